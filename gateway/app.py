@@ -1,0 +1,178 @@
+"""The aiohttp app factory, with python-socketio's AsyncServer attached.
+
+``create_app(settings)`` wires the records store, the broker, the task manager, the HTTP routes,
+the Socket.IO handlers, and two background tasks started and stopped with the app: the relay
+(pub/sub to rooms) and the heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import redis.asyncio as aioredis
+import socketio
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from gateway import jsonlib
+from gateway.appkeys import BROKER, MANAGER, RECORDS, RELAY, SETTINGS, SIO
+from gateway.broker import Broker, RedisBroker
+from gateway.http_api import add_routes, auth_middleware, errors_middleware, json_response
+from gateway.manager import TaskManager
+from gateway.relay import Relay
+from gateway.sockets import register_socket_handlers, user_room
+from shared.errors import BrokerUnavailable
+from shared.records import AsyncRecords
+from shared.registry import load_task_modules
+from shared.schema import Update
+from shared.settings import Settings
+
+log = logging.getLogger("taskgate.gateway")
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+SOCKETIO_CLIENT_DIR = WEB_DIR / "node_modules" / "socket.io-client" / "dist"
+PING_INTERVAL_S = 20
+PING_TIMEOUT_S = 20
+STORE_TIMEOUT_S = 3.0
+
+
+def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Application:
+    """Build the gateway. ``broker`` replaces the one made from settings (benchmarks, tests)."""
+    secret = settings.require_secret()
+    redis_url = settings.require_redis()
+    load_task_modules(settings.task_modules)
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware], client_max_size=settings.max_body_bytes
+    )
+    app[SETTINGS] = settings
+    origins: str | list[str] | None = list(settings.cors_allowed_origins) or None
+    sio = socketio.AsyncServer(
+        async_mode="aiohttp",
+        cors_allowed_origins=origins,
+        json=jsonlib,
+        ping_interval=PING_INTERVAL_S,
+        ping_timeout=PING_TIMEOUT_S,
+        max_http_buffer_size=settings.max_body_bytes,
+        transports=["websocket", "polling"],
+    )
+    sio.attach(app)
+    app[SIO] = sio
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        client = aioredis.Redis.from_url(
+            redis_url, socket_timeout=STORE_TIMEOUT_S, socket_connect_timeout=STORE_TIMEOUT_S
+        )
+        records = AsyncRecords(client, settings.keys, settings.retention_s)
+        app[RECORDS] = records
+        the_broker = broker or _make_broker(settings)
+        app[BROKER] = the_broker
+        manager = TaskManager(settings, records, the_broker, revoke=_revoker(settings))
+        app[MANAGER] = manager
+        register_socket_handlers(sio, manager, secret)
+
+        async def deliver(update: Update) -> None:
+            await sio.emit("task", update["snapshot"], room=user_room(update["owner"]))
+
+        async def resync() -> None:
+            for room in list(sio.manager.rooms.get("/", {})):
+                if isinstance(room, str) and room.startswith("user:"):
+                    for snap in await manager.live(room[len("user:") :]):
+                        await sio.emit("task", snap, room=room)
+
+        relay = Relay(redis_url, settings.keys.progress_channel, deliver, resync)
+        app[RELAY] = relay
+        tasks = [
+            asyncio.create_task(relay.run(), name="taskgate-relay"),
+            asyncio.create_task(_heartbeat(sio, settings.heartbeat_s), name="taskgate-heartbeat"),
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await manager.close()
+            await the_broker.close()
+            await client.aclose()
+
+    app.cleanup_ctx.append(lifecycle)
+    add_routes(app)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/", index)
+    if (WEB_DIR / "src").is_dir():
+        app.router.add_static("/static", WEB_DIR / "src")
+    if SOCKETIO_CLIENT_DIR.is_dir():
+        app.router.add_static("/vendor/socket.io-client", SOCKETIO_CLIENT_DIR)
+    return app
+
+
+def _make_broker(settings: Settings) -> Broker:
+    url = settings.effective_broker_url
+    assert url is not None
+    if settings.broker_is_amqp:
+        raise BrokerUnavailable("the RabbitMQ broker is not supported by this gateway yet")
+    return RedisBroker(url, settings.keys.broker_prefix)
+
+
+def _revoker(settings: Settings):  # type: ignore[no-untyped-def]
+    """Celery's revoke (a broadcast on the broker), run in a thread: never on the loop."""
+    from worker.celery_app import make_celery
+
+    celery_app = None
+
+    async def revoke(task_id: str) -> None:
+        nonlocal celery_app
+        if celery_app is None:
+            celery_app = await asyncio.to_thread(make_celery, settings)
+        await asyncio.wait_for(asyncio.to_thread(celery_app.control.revoke, task_id), 10)
+
+    return revoke
+
+
+async def _heartbeat(sio: socketio.AsyncServer, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await sio.emit("heartbeat", {"ts": time.time()})
+        except Exception:
+            log.exception("heartbeat emit failed")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(STORE_TIMEOUT_S):
+            await request.app[RECORDS].client.ping()
+        checks["redis"] = "ok"
+    except (RedisError, OSError, TimeoutError) as exc:
+        checks["redis"] = f"unreachable: {type(exc).__name__}"
+    try:
+        await request.app[BROKER].ping()
+        checks["broker"] = "ok"
+    except BrokerUnavailable as exc:
+        checks["broker"] = exc.message
+    ok = all(v == "ok" for v in checks.values())
+    return json_response(
+        {"status": "ok" if ok else "unavailable", **checks}, status=200 if ok else 503
+    )
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    page = WEB_DIR / "src" / "index.html"
+    if not page.is_file():
+        return json_response(
+            {"error": {"code": "not_found", "message": "web client not installed"}}, status=404
+        )
+    return web.FileResponse(page, headers={"Cache-Control": "no-cache"})

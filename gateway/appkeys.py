@@ -1,0 +1,19 @@
+"""Typed application state (``web.AppKey``), shared by the app factory and the handlers."""
+
+from __future__ import annotations
+
+import socketio
+from aiohttp import web
+
+from gateway.broker import Broker
+from gateway.manager import TaskManager
+from gateway.relay import Relay
+from shared.records import AsyncRecords
+from shared.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+MANAGER = web.AppKey("manager", TaskManager)
+RECORDS = web.AppKey("records", AsyncRecords)
+BROKER = web.AppKey("broker", Broker)  # type: ignore[type-abstract]
+RELAY = web.AppKey("relay", Relay)
+SIO = web.AppKey("sio", socketio.AsyncServer)

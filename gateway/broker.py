@@ -1,0 +1,86 @@
+"""Publishing task messages to the broker, asynchronously, with no blocking call.
+
+``RedisBroker`` speaks kombu's Redis transport directly through redis.asyncio: an ``LPUSH`` of
+the JSON envelope onto the queue's list (the priority picks the list). A failure raises
+``BrokerUnavailable``; nothing is retried silently, the caller decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.celery_message import TaskMessage
+from shared.errors import BrokerUnavailable
+
+# Must match the Celery app's ``priority_steps`` and kombu's separator for priority lists.
+_PRIORITY_SEP = "\x06\x16"
+MAX_PRIORITY = 9
+
+
+def redis_priority(priority: int) -> int:
+    """taskgate's priority (9 = most urgent, as on RabbitMQ) to kombu-Redis's (0 first)."""
+    return MAX_PRIORITY - max(0, min(MAX_PRIORITY, priority))
+
+
+class Broker(Protocol):
+    async def publish(self, messages: Sequence[TaskMessage]) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def queue_depths(self, queues: Sequence[str]) -> dict[str, int]: ...
+
+    async def close(self) -> None: ...
+
+
+class RedisBroker:
+    """kombu Redis transport, async. ``prefix`` is kombu's ``global_keyprefix``."""
+
+    def __init__(self, url: str, prefix: str, *, timeout: float = 3.0) -> None:
+        self.prefix = prefix
+        self.timeout = timeout
+        self.client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=15,
+        )
+
+    def queue_key(self, queue: str, broker_priority: int) -> str:
+        base = f"{self.prefix}{queue}"
+        return f"{base}{_PRIORITY_SEP}{broker_priority}" if broker_priority else base
+
+    async def publish(self, messages: Sequence[TaskMessage]) -> None:
+        """Push every message in one pipelined round trip; raise ``BrokerUnavailable``."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for msg in messages:
+                        pri = redis_priority(msg.priority)
+                        pipe.lpush(self.queue_key(msg.queue, pri), msg.redis_envelope(pri))
+                    await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise BrokerUnavailable(f"broker unreachable: {type(exc).__name__}") from exc
+
+    async def ping(self) -> None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.client.ping()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise BrokerUnavailable(f"broker unreachable: {type(exc).__name__}") from exc
+
+    async def queue_depths(self, queues: Sequence[str]) -> dict[str, int]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for q in queues:
+                for pri in range(MAX_PRIORITY + 1):
+                    pipe.llen(self.queue_key(q, pri))
+            sizes = await pipe.execute()
+        steps = MAX_PRIORITY + 1
+        return {q: int(sum(sizes[i * steps : (i + 1) * steps])) for i, q in enumerate(queues)}
+
+    async def close(self) -> None:
+        await self.client.aclose()

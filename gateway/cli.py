@@ -1,0 +1,137 @@
+"""The ``taskgate`` command: ``up``, ``gateway``, ``token``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.auth import issue_token
+from gateway.embedded import SECRET_FILE, embedded
+from shared.errors import ConfigError
+from shared.logging import setup_logging
+from shared.settings import Secret, Settings
+
+DEMO_USER = "demo"
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def serve(settings: Settings, banner: str | None = None) -> None:
+    """Run the gateway until SIGINT or SIGTERM."""
+    from gateway.app import create_app
+
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(
+            f"TASKGATE_PORT: cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
+        ) from None
+    if banner:
+        print(banner, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def cmd_gateway(_: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    settings.require_secret()
+    settings.require_redis()
+    setup_logging(settings.log_level)
+    _install_uvloop()
+    asyncio.run(serve(settings, f"taskgate gateway on http://{settings.host}:{settings.port}/"))
+    return 0
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_up(_: argparse.Namespace) -> int:
+    # SIGTERM before the loop runs unwinds like Ctrl-C, so the children are still stopped.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    settings = Settings.from_env()
+    setup_logging(settings.log_level)
+    data_dir = Path(settings.data_dir)
+    # Ctrl-C reaches only this process; the children (own process groups) are stopped in order.
+    with embedded(dict(os.environ), data_dir) as env:
+        settings = Settings.from_env(env)
+        secret = settings.require_secret()
+        token = issue_token(secret, DEMO_USER)
+        url = f"http://{settings.host}:{settings.port}/"
+        banner = (
+            f"taskgate is up: {url}?token={token}\n"
+            f"  Redis:       {settings.redis_url}\n"
+            f"  demo token:  {token}\n"
+            f"  logs:        {data_dir}/ (redis.log, worker-fast.log, worker-heavy.log)\n"
+            f"  try:         curl -H 'Authorization: Bearer {token}'"
+            " -H 'Content-Type: application/json' "
+            f'-d \'{{"task":"demo.count","input":{{"steps":5}}}}\' {url}api/tasks\n'
+            "Ctrl-C stops everything."
+        )
+        os.environ.update({k: env[k] for k in ("TASKGATE_REDIS_URL", "TASKGATE_SECRET")})
+        _install_uvloop()
+        asyncio.run(serve(settings, banner))
+    print("taskgate stopped.", flush=True)
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    secret = settings.secret
+    if secret is None:
+        path = Path(settings.data_dir) / SECRET_FILE
+        if not path.is_file():
+            raise ConfigError(
+                "TASKGATE_SECRET: not set, and no running `taskgate up` secret in "
+                f"{settings.data_dir}/"
+            )
+        secret = Secret(path.read_text().strip())
+    print(issue_token(secret, args.user, args.ttl))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="taskgate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="embedded Redis, one worker per queue and the gateway")
+    sub.add_parser("gateway", help="the gateway alone (needs TASKGATE_REDIS_URL, TASKGATE_SECRET)")
+    tok = sub.add_parser("token", help="print a token for USER")
+    tok.add_argument("user")
+    tok.add_argument("--ttl", type=float, default=24 * 3600, help="seconds (default a day)")
+    args = parser.parse_args(argv)
+    handler = {"up": cmd_up, "gateway": cmd_gateway, "token": cmd_token}[args.command]
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"taskgate: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

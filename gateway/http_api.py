@@ -1,0 +1,107 @@
+"""The HTTP API (see the README's table): JSON in, JSON out, errors as ``{"error": {...}}``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.appkeys import MANAGER, SETTINGS
+from gateway.auth import bearer, verify_token
+from shared.errors import BadRequest, PayloadTooLarge, TaskgateError
+
+log = logging.getLogger("taskgate.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+USER = "taskgate.user"
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+def error_response(exc: TaskgateError) -> web.Response:
+    headers = {}
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, int(retry_after + 0.999)))
+    return json_response(exc.to_dict(), status=exc.http_status, headers=headers)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes a JSON error; nothing a client sends can produce a traceback."""
+    try:
+        return await handler(request)
+    except TaskgateError as exc:
+        return error_response(exc)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(PayloadTooLarge("request body too large"))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        return json_response(
+            {"error": {"code": code, "message": exc.reason}}, status=exc.status, headers=None
+        )
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith("/api/"):
+        settings = request.app[SETTINGS]
+        identity = verify_token(
+            settings.require_secret(), bearer(request.headers.get("Authorization"))
+        )
+        request[USER] = identity.user
+    return await handler(request)
+
+
+async def read_json(request: web.Request) -> Any:
+    if request.content_type != "application/json":
+        raise BadRequest("Content-Type must be application/json")
+    body = await request.read()
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc.msg}") from None
+
+
+async def submit_task(request: web.Request) -> web.Response:
+    snap = await request.app[MANAGER].submit(request[USER], await read_json(request))
+    return json_response(snap, status=202)
+
+
+async def get_task(request: web.Request) -> web.Response:
+    snap = await request.app[MANAGER].get(request[USER], request.match_info["task_id"])
+    return json_response(snap)
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    limit_raw = request.query.get("limit", "50")
+    try:
+        limit = int(limit_raw)
+    except ValueError:
+        raise BadRequest("limit must be an integer") from None
+    status = request.query.get("status") or None
+    snaps = await request.app[MANAGER].list(request[USER], status, limit)
+    return json_response({"tasks": snaps})
+
+
+async def cancel_task(request: web.Request) -> web.Response:
+    snap = await request.app[MANAGER].cancel(request[USER], request.match_info["task_id"])
+    return json_response(snap, status=202)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/tasks", submit_task)
+    app.router.add_get("/api/tasks", list_tasks)
+    app.router.add_get("/api/tasks/{task_id}", get_task)
+    app.router.add_delete("/api/tasks/{task_id}", cancel_task)

@@ -1,0 +1,101 @@
+"""The error tree shared by the gateway and the workers.
+
+::
+
+    TaskgateError                  code            HTTP
+    ├── ConfigError                config          (fails at start, never on a request)
+    ├── BadRequest                 bad_request     400  malformed JSON, wrong content type
+    ├── AuthError                  unauthorized    401  no, bad or expired token
+    ├── NotFound                   not_found       404  unknown id, or another user's
+    ├── Conflict                   conflict        409  idempotency key reused with another body
+    ├── PayloadTooLarge            too_large       413
+    ├── InvalidInput               invalid_input   422  fails a schema; ``details`` names the field
+    │   └── UnknownTask            unknown_task    422
+    ├── RateLimited                rate_limited    429  ``retry_after`` seconds
+    ├── BrokerUnavailable          broker_unavailable 503  nothing was accepted
+    └── TaskCancelled              (worker side: raised inside a task to stop it cooperatively)
+
+Every error renders to ``{"error": {"code", "message", "details"?}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TaskgateError(Exception):
+    """Base of every error taskgate raises on purpose."""
+
+    code = "error"
+    http_status = 500
+
+    def __init__(self, message: str, *, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            body["details"] = self.details
+        return {"error": body}
+
+
+class ConfigError(TaskgateError):
+    """A setting is missing or malformed; the message is one line naming the variable."""
+
+    code = "config"
+
+
+class BadRequest(TaskgateError):
+    code = "bad_request"
+    http_status = 400
+
+
+class AuthError(TaskgateError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class NotFound(TaskgateError):
+    code = "not_found"
+    http_status = 404
+
+
+class Conflict(TaskgateError):
+    code = "conflict"
+    http_status = 409
+
+
+class PayloadTooLarge(TaskgateError):
+    code = "too_large"
+    http_status = 413
+
+
+class InvalidInput(TaskgateError):
+    code = "invalid_input"
+    http_status = 422
+
+
+class UnknownTask(InvalidInput):
+    code = "unknown_task"
+
+
+class RateLimited(TaskgateError):
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after: float, details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.retry_after = retry_after
+
+
+class BrokerUnavailable(TaskgateError):
+    code = "broker_unavailable"
+    http_status = 503
+
+
+class TaskCancelled(TaskgateError):
+    """Raised inside a running task (by ``ctx.progress`` or ``ctx.raise_if_cancelled``)."""
+
+    code = "cancelled"

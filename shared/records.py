@@ -1,0 +1,342 @@
+"""Task records in Redis, and the atomic steps that change them.
+
+A record is one hash per task. Snapshot fields are stored JSON-encoded, so the Lua scripts can
+assemble the snapshot by concatenation; internal fields start with ``_``:
+
+- ``_owner``: the user id (raw string); ``_pct``: the highest percent reported;
+  ``_cancel``: ``1`` once a cancel was asked; ``_attempt``: runs started.
+
+Every change is one script run (``TRANSITION``): check, write, bump ``seq``, maintain the user's
+active/ended sets, publish the update, all atomically. Workers use ``SyncRecords`` (redis-py),
+the gateway ``AsyncRecords`` (redis.asyncio); both run the same scripts with the same arguments.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+import redis
+import redis.asyncio as aioredis
+
+from shared.keys import Keys
+from shared.schema import SCHEMA_VERSION, SNAPSHOT_FIELDS, Snapshot
+from shared.status import TERMINAL_NAMES, TaskStatus
+
+_SNAPSHOT_LUA = """
+local function snapshot(key)
+  local vals = redis.call('HMGET', key, {fields})
+  local parts = {{}}
+  local names = {{{names}}}
+  for i, name in ipairs(names) do
+    local v = vals[i]
+    if not v then v = 'null' end
+    parts[i] = '"' .. name .. '":' .. v
+  end
+  return '{{' .. table.concat(parts, ',') .. '}}'
+end
+""".format(
+    fields=", ".join(f"'{f}'" for f in SNAPSHOT_FIELDS),
+    names=", ".join(f"'{f}'" for f in SNAPSHOT_FIELDS),
+)
+
+_TERMINAL_LUA = "local TERMINAL = {%s}\n" % ", ".join(
+    f"['\"{name}\"'] = true" for name in sorted(TERMINAL_NAMES)
+)
+
+# KEYS[1]: record. ARGV: prefix, retention_s, mode, new_status, percent, owner_check,
+# only_if_status (comma list of JSON-encoded statuses or ''), now, then field/value pairs.
+# Returns {code, seq, cancel_flag[, snapshot]}; code 1 applied, 0 already terminal,
+# 2 skipped (stale progress or status precondition), 3 cancel flag set without a change,
+# -1 no such record (or not the owner's).
+TRANSITION_LUA = (
+    _SNAPSHOT_LUA
+    + _TERMINAL_LUA
+    + """
+local key = KEYS[1]
+local prefix, retention, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local new_status, percent, owner_check = ARGV[4], ARGV[5], ARGV[6]
+local only_if, now = ARGV[7], tonumber(ARGV[8])
+if redis.call('EXISTS', key) == 0 then return {-1, 0, '0'} end
+local cur = redis.call('HMGET', key, 'status', '_owner', '_pct', '_cancel', 'seq')
+local status, owner = cur[1], cur[2]
+local pct = tonumber(cur[3]) or 0
+local cancel = cur[4] or '0'
+local seq = tonumber(cur[5]) or 0
+if owner_check ~= '' and owner ~= owner_check then return {-1, 0, '0'} end
+if TERMINAL[status] then return {0, seq, cancel} end
+if mode == 'cancel' then
+  redis.call('HSET', key, '_cancel', '1')
+  cancel = '1'
+  if status ~= '"PENDING"' then return {3, seq, cancel} end
+elseif mode == 'progress' then
+  if status ~= '"RUNNING"' then return {2, seq, cancel} end
+  local p = tonumber(percent)
+  if p < pct then return {2, seq, cancel} end
+  redis.call('HSET', key, '_pct', percent)
+end
+if only_if ~= '' then
+  local ok = false
+  for s in string.gmatch(only_if, '[^,]+') do
+    if s == status then ok = true end
+  end
+  if not ok then return {2, seq, cancel} end
+end
+if mode ~= 'progress' and percent ~= '' then redis.call('HSET', key, '_pct', percent) end
+for i = 9, #ARGV, 2 do
+  redis.call('HSET', key, ARGV[i], ARGV[i + 1])
+end
+if new_status ~= '' then redis.call('HSET', key, 'status', new_status) end
+seq = redis.call('HINCRBY', key, 'seq', 1)
+if new_status ~= '' and TERMINAL[new_status] then
+  redis.call('ZREM', prefix .. 'user:' .. owner .. ':active', string.sub(key, #prefix + 6))
+  redis.call('ZADD', prefix .. 'user:' .. owner .. ':ended', now, string.sub(key, #prefix + 6))
+  redis.call('EXPIRE', key, retention)
+end
+local snap = snapshot(key)
+local msg = '{"v":%d,"owner":' .. cjson.encode(owner) .. ',"snapshot":' .. snap .. '}'
+redis.call('PUBLISH', prefix .. 'progress', msg)
+return {1, seq, cancel, snap}
+"""
+    % SCHEMA_VERSION
+)
+
+# KEYS[1]: record. ARGV: prefix, owner, created_at, max_active, retention_s, then field/value pairs.
+# Returns {1, snapshot}, {-2} when the id exists, {-3, active} when the user is at max_active.
+CREATE_LUA = (
+    _SNAPSHOT_LUA
+    + """
+local key = KEYS[1]
+local prefix, owner, created, max_active = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local retention = tonumber(ARGV[5])
+if redis.call('EXISTS', key) == 1 then return {-2, ''} end
+local active_key = prefix .. 'user:' .. owner .. ':active'
+if max_active > 0 then
+  local n = redis.call('ZCARD', active_key)
+  if n >= max_active then return {-3, tostring(n)} end
+end
+local task_id = string.sub(key, #prefix + 6)
+for i = 6, #ARGV, 2 do
+  redis.call('HSET', key, ARGV[i], ARGV[i + 1])
+end
+redis.call('HSET', key, '_owner', owner, '_pct', '0', '_cancel', '0', 'seq', 1)
+redis.call('ZADD', prefix .. 'user:' .. owner .. ':tasks', created, task_id)
+redis.call('ZADD', active_key, created, task_id)
+-- Ended tasks leave the index lazily (see AsyncRecords.list); keep the index itself bounded.
+redis.call('ZREMRANGEBYSCORE', prefix .. 'user:' .. owner .. ':tasks', '-inf', created - retention)
+redis.call('ZREMRANGEBYSCORE', prefix .. 'user:' .. owner .. ':ended', '-inf', created - retention)
+return {1, snapshot(key)}
+"""
+)
+
+# KEYS[1]: record. ARGV: prefix, owner_check. Returns the snapshot or false.
+SNAPSHOT_LUA = (
+    _SNAPSHOT_LUA
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], '_owner') ~= ARGV[2] then return false end
+return snapshot(KEYS[1])
+"""
+)
+
+Mode = Literal["status", "progress", "cancel"]
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionResult:
+    """What a transition did. ``applied`` means seq moved and an update was published."""
+
+    code: int
+    seq: int
+    cancel_requested: bool
+    snapshot: bytes | None = None
+
+    @property
+    def applied(self) -> bool:
+        return self.code == 1
+
+    @property
+    def missing(self) -> bool:
+        return self.code == -1
+
+    @property
+    def already_terminal(self) -> bool:
+        return self.code == 0
+
+
+def _enc(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+def transition_args(
+    keys: Keys,
+    retention_s: int,
+    mode: Mode,
+    *,
+    status: TaskStatus | None = None,
+    percent: float | None = None,
+    owner: str | None = None,
+    only_if: Sequence[TaskStatus] = (),
+    fields: dict[str, Any] | None = None,
+) -> list[Any]:
+    args: list[Any] = [
+        keys.prefix,
+        retention_s,
+        mode,
+        _enc(status.value) if status is not None else "",
+        repr(float(percent)) if percent is not None else "",
+        owner if owner is not None else "",
+        ",".join(_enc(s.value).decode() for s in only_if),
+        repr(time.time()),
+    ]
+    for name, value in (fields or {}).items():
+        args.append(name)
+        args.append(_enc(value))
+    return args
+
+
+def _result(raw: Sequence[Any]) -> TransitionResult:
+    snap = raw[3] if len(raw) > 3 else None
+    flag = raw[2]
+    return TransitionResult(
+        code=int(raw[0]),
+        seq=int(raw[1]),
+        cancel_requested=flag in (b"1", "1"),
+        snapshot=snap.encode() if isinstance(snap, str) else snap,
+    )
+
+
+def decode_snapshot(raw: bytes | str) -> Snapshot:
+    snap: Snapshot = orjson.loads(raw)
+    return snap
+
+
+def new_record_fields(
+    task_id: str, task: str, queue: str, created_at: float, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "task_id": task_id,
+        "task": task,
+        "queue": queue,
+        "status": TaskStatus.PENDING.value,
+        "progress": {"percent": 0.0, "message": None, "data": {}},
+        "result": None,
+        "error": None,
+        "created_at": created_at,
+        "started_at": None,
+        "finished_at": None,
+    }
+    if extra:
+        fields.update(extra)
+    return fields
+
+
+def _create_args(
+    keys: Keys, owner: str, fields: dict[str, Any], max_active: int, retention_s: int
+) -> list[Any]:
+    args: list[Any] = [keys.prefix, owner, repr(fields["created_at"]), max_active, retention_s]
+    for name, value in fields.items():
+        args.append(name)
+        args.append(_enc(value))
+    return args
+
+
+class SyncRecords:
+    """Record access for workers (blocking redis-py; workers are threads/processes, not loops)."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, retention_s: int) -> None:
+        self.client = client
+        self.keys = keys
+        self.retention_s = retention_s
+        self._transition = client.register_script(TRANSITION_LUA)
+        self._snapshot = client.register_script(SNAPSHOT_LUA)
+
+    def transition(self, task_id: str, mode: Mode, **kw: Any) -> TransitionResult:
+        args = transition_args(self.keys, self.retention_s, mode, **kw)
+        return _result(self._transition(keys=[self.keys.task(task_id)], args=args))
+
+    def snapshot(self, task_id: str) -> Snapshot | None:
+        raw = self._snapshot(keys=[self.keys.task(task_id)], args=[self.keys.prefix, ""])
+        return decode_snapshot(raw) if raw else None
+
+    def cancel_requested(self, task_id: str) -> bool:
+        return self.client.hget(self.keys.task(task_id), "_cancel") in (b"1", "1")
+
+
+class AsyncRecords:
+    """Record access for the gateway (redis.asyncio)."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, retention_s: int) -> None:
+        self.client = client
+        self.keys = keys
+        self.retention_s = retention_s
+        self._transition = client.register_script(TRANSITION_LUA)
+        self._create = client.register_script(CREATE_LUA)
+        self._snapshot = client.register_script(SNAPSHOT_LUA)
+
+    async def transition(self, task_id: str, mode: Mode, **kw: Any) -> TransitionResult:
+        args = transition_args(self.keys, self.retention_s, mode, **kw)
+        return _result(await self._transition(keys=[self.keys.task(task_id)], args=args))
+
+    async def create(
+        self, owner: str, fields: dict[str, Any], max_active: int
+    ) -> tuple[int, bytes]:
+        """Write a new PENDING record (seq 1). Returns (code, snapshot-or-count)."""
+        args = _create_args(self.keys, owner, fields, max_active, self.retention_s)
+        code, payload = await self._create(keys=[self.keys.task(fields["task_id"])], args=args)
+        return int(code), payload.encode() if isinstance(payload, str) else payload
+
+    async def discard(self, owner: str, task_id: str) -> None:
+        """Undo ``create`` after the broker refused the message: nothing stays accepted."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.task(task_id))
+            pipe.zrem(self.keys.user_tasks(owner), task_id)
+            pipe.zrem(self.keys.user_active(owner), task_id)
+            await pipe.execute()
+
+    async def publish_snapshot(self, owner: str, snapshot: bytes) -> None:
+        """Announce a snapshot as it is (no seq bump): used once the broker accepted a task."""
+        msg = b'{"v":%d,"owner":%s,"snapshot":%s}' % (SCHEMA_VERSION, _enc(owner), snapshot)
+        await self.client.publish(self.keys.progress_channel, msg)
+
+    async def snapshot_raw(self, task_id: str, owner: str | None) -> bytes | None:
+        raw = await self._snapshot(
+            keys=[self.keys.task(task_id)], args=[self.keys.prefix, owner or ""]
+        )
+        if not raw:
+            return None
+        return raw.encode() if isinstance(raw, str) else bytes(raw)
+
+    async def snapshot(self, task_id: str, owner: str | None) -> Snapshot | None:
+        raw = await self.snapshot_raw(task_id, owner)
+        return decode_snapshot(raw) if raw else None
+
+    async def snapshots(self, task_ids: Sequence[str], owner: str) -> list[Snapshot]:
+        """Snapshots of many tasks in one round trip; missing ones are skipped."""
+        if not task_ids:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for tid in task_ids:
+                await self._snapshot(
+                    keys=[self.keys.task(tid)], args=[self.keys.prefix, owner], client=pipe
+                )
+            raws = await pipe.execute()
+        return [decode_snapshot(r) for r in raws if r]
+
+    async def list_ids(self, owner: str, limit: int) -> list[str]:
+        ids = await self.client.zrevrange(self.keys.user_tasks(owner), 0, max(0, limit - 1))
+        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+
+    async def live_ids(self, owner: str, since: float) -> list[str]:
+        """Ids of the user's non-terminal tasks and of those that ended after ``since``."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.zrange(self.keys.user_active(owner), 0, -1)
+            pipe.zrangebyscore(self.keys.user_ended(owner), since, "+inf")
+            active, ended = await pipe.execute()
+        seen: dict[str, None] = {}
+        for i in [*active, *ended]:
+            seen[i.decode() if isinstance(i, bytes) else i] = None
+        return list(seen)

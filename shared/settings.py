@@ -1,0 +1,211 @@
+"""Settings, read once from the environment (see the configuration table in the README).
+
+``Settings.from_env()`` either returns a complete, checked object or raises ``ConfigError`` whose
+message is one line naming the variable and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from shared.errors import ConfigError
+from shared.keys import Keys
+
+T = TypeVar("T")
+
+MIN_SECRET_BYTES = 32
+
+
+class Secret:
+    """A string that never shows itself in ``repr`` or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str | None = None
+    broker_url: str | None = None
+    backend_url: str | None = None
+    secret: Secret | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    cors_allowed_origins: tuple[str, ...] = ()
+    soft_time_limit: float = 300.0
+    time_limit: float = 600.0
+    worker_concurrency: int | None = None
+    prefetch_multiplier: int = 1
+    submit_rate: float = 50.0
+    max_active: int = 1000
+    retention_s: int = 86400
+    key_prefix: str = "taskgate:"
+    task_modules: tuple[str, ...] = ("worker.demo",)
+    log_level: str = "INFO"
+    heartbeat_s: float = 15.0
+    max_body_bytes: int = 1024 * 1024
+    data_dir: str = ".taskgate"
+    keys: Keys = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keys", Keys(self.key_prefix))
+
+    @property
+    def effective_broker_url(self) -> str | None:
+        return self.broker_url or self.redis_url
+
+    @property
+    def effective_backend_url(self) -> str | None:
+        return self.backend_url or self.redis_url
+
+    @property
+    def broker_is_amqp(self) -> bool:
+        url = self.effective_broker_url or ""
+        return url.startswith(("amqp://", "amqps://", "pyamqp://"))
+
+    def require_redis(self) -> str:
+        if not self.redis_url:
+            raise ConfigError(
+                "TASKGATE_REDIS_URL: not set (`taskgate up` starts an embedded Redis; "
+                "a gateway or worker on its own needs this)"
+            )
+        return self.redis_url
+
+    def require_secret(self) -> Secret:
+        if self.secret is None:
+            raise ConfigError(
+                "TASKGATE_SECRET: not set (the gateway signs and checks tokens with it)"
+            )
+        if len(self.secret.get().encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(f"TASKGATE_SECRET: must be at least {MIN_SECRET_BYTES} bytes long")
+        return self.secret
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and check every variable; raise ``ConfigError`` on the first bad one."""
+        env = os.environ if environ is None else environ
+        r = _Reader(env)
+        redis_url = r.url("TASKGATE_REDIS_URL", ("redis://", "rediss://", "unix://"))
+        broker_url = r.url(
+            "CELERY_BROKER_URL", ("redis://", "rediss://", "amqp://", "amqps://", "pyamqp://")
+        )
+        backend_url = r.url("CELERY_BACKEND_URL", ("redis://", "rediss://")) or r.url(
+            "CELERY_RESULT_BACKEND", ("redis://", "rediss://")
+        )
+        secret_raw = env.get("TASKGATE_SECRET")
+        soft = r.number("CELERY_TASK_SOFT_TIME_LIMIT", 300.0, float, low=0.1)
+        hard = r.number("CELERY_TASK_TIME_LIMIT", 600.0, float, low=0.1)
+        if hard < soft:
+            raise ConfigError(
+                f"CELERY_TASK_TIME_LIMIT: {hard} is below CELERY_TASK_SOFT_TIME_LIMIT ({soft})"
+            )
+        concurrency_raw = env.get("CELERY_WORKER_CONCURRENCY", "").strip()
+        return cls(
+            redis_url=redis_url,
+            broker_url=broker_url,
+            backend_url=backend_url,
+            secret=Secret(secret_raw) if secret_raw else None,
+            host=env.get("TASKGATE_HOST", "127.0.0.1").strip() or "127.0.0.1",
+            port=r.number("TASKGATE_PORT", 8080, int, low=0, high=65535),
+            cors_allowed_origins=r.csv("CORS_ALLOWED_ORIGINS"),
+            soft_time_limit=soft,
+            time_limit=hard,
+            worker_concurrency=(
+                r.number("CELERY_WORKER_CONCURRENCY", 1, int, low=1) if concurrency_raw else None
+            ),
+            prefetch_multiplier=r.number("CELERY_WORKER_PREFETCH_MULTIPLIER", 1, int, low=1),
+            submit_rate=r.number("TASKGATE_SUBMIT_RATE", 50.0, float, low=0),
+            max_active=r.number("TASKGATE_MAX_ACTIVE", 1000, int, low=0),
+            retention_s=r.number("TASKGATE_RETENTION_S", 86400, int, low=1),
+            key_prefix=r.key_prefix("TASKGATE_KEY_PREFIX", "taskgate:"),
+            task_modules=r.csv("TASKGATE_TASK_MODULES") or ("worker.demo",),
+            log_level=r.choice(
+                "TASKGATE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+            ),
+            heartbeat_s=r.number("TASKGATE_HEARTBEAT_S", 15.0, float, low=0.1),
+            max_body_bytes=r.number("TASKGATE_MAX_BODY", 1024 * 1024, int, low=1024),
+            data_dir=env.get("TASKGATE_DATA_DIR", ".taskgate").strip() or ".taskgate",
+        )
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def _raw(self, name: str) -> str | None:
+        value = self.env.get(name)
+        if value is None or not value.strip():
+            return None
+        return value.strip()
+
+    def url(self, name: str, schemes: tuple[str, ...]) -> str | None:
+        value = self._raw(name)
+        if value is not None and not value.startswith(schemes):
+            raise ConfigError(f"{name}: {value!r} must start with one of {', '.join(schemes)}")
+        return value
+
+    def number(
+        self,
+        name: str,
+        default: T,
+        kind: Callable[[str], T],
+        *,
+        low: float | None = None,
+        high: float | None = None,
+    ) -> T:
+        value = self._raw(name)
+        if value is None:
+            return default
+        try:
+            parsed = kind(value)
+        except ValueError:
+            raise ConfigError(f"{name}: {value!r} is not a valid {kind.__name__}") from None
+        num = float(parsed)  # type: ignore[arg-type]
+        if num != num or num in (float("inf"), float("-inf")):
+            raise ConfigError(f"{name}: {value!r} is not a finite number")
+        if low is not None and num < low:
+            raise ConfigError(f"{name}: {value!r} must be at least {low:g}")
+        if high is not None and num > high:
+            raise ConfigError(f"{name}: {value!r} must be at most {high:g}")
+        return parsed
+
+    def csv(self, name: str) -> tuple[str, ...]:
+        value = self._raw(name)
+        if value is None:
+            return ()
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self._raw(name)
+        if value is None:
+            return default
+        if value.upper() not in choices:
+            raise ConfigError(f"{name}: {value!r} must be one of {', '.join(choices)}")
+        return value.upper()
+
+    def key_prefix(self, name: str, default: str) -> str:
+        value = self._raw(name)
+        if value is None:
+            return default
+        if any(c.isspace() for c in value) or len(value) > 64:
+            raise ConfigError(f"{name}: {value!r} must be at most 64 characters without spaces")
+        return value
