@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import redis.asyncio as aioredis
 import socketio
 from aiohttp import web
 from redis.exceptions import RedisError
@@ -28,6 +27,7 @@ from gateway.relay import Relay
 from gateway.sockets import register_socket_handlers, user_room
 from shared.errors import BrokerUnavailable
 from shared.records import AsyncRecords
+from shared.redis_client import async_client
 from shared.registry import load_task_modules
 from shared.schema import Update
 from shared.settings import Settings
@@ -64,7 +64,7 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
     app[SIO] = sio
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        client = aioredis.Redis.from_url(
+        client = async_client(
             redis_url, socket_timeout=STORE_TIMEOUT_S, socket_connect_timeout=STORE_TIMEOUT_S
         )
         records = AsyncRecords(client, settings.keys, settings.retention_s)

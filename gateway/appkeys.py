@@ -14,6 +14,6 @@ from shared.settings import Settings
 SETTINGS = web.AppKey("settings", Settings)
 MANAGER = web.AppKey("manager", TaskManager)
 RECORDS = web.AppKey("records", AsyncRecords)
-BROKER = web.AppKey("broker", Broker)  # type: ignore[type-abstract]
+BROKER = web.AppKey("broker", Broker)
 RELAY = web.AppKey("relay", Relay)
 SIO = web.AppKey("sio", socketio.AsyncServer)

@@ -11,11 +11,11 @@ import asyncio
 from collections.abc import Sequence
 from typing import Protocol
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.celery_message import TaskMessage
 from shared.errors import BrokerUnavailable
+from shared.redis_client import async_client
 
 # Must match the Celery app's ``priority_steps`` and kombu's separator for priority lists.
 _PRIORITY_SEP = "\x06\x16"
@@ -43,7 +43,7 @@ class RedisBroker:
     def __init__(self, url: str, prefix: str, *, timeout: float = 3.0) -> None:
         self.prefix = prefix
         self.timeout = timeout
-        self.client = aioredis.Redis.from_url(
+        self.client = async_client(
             url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,

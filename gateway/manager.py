@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 from redis.exceptions import RedisError
@@ -88,7 +88,7 @@ def parse_submission(body: Any) -> Submission:
     return Submission(spec, data, queue, priority, key)
 
 
-def valid_task_id(task_id: Any) -> bool:
+def valid_task_id(task_id: object) -> TypeGuard[str]:
     return isinstance(task_id, str) and _TASK_ID.match(task_id) is not None
 
 
@@ -180,7 +180,7 @@ class TaskManager:
             raise Conflict("idempotency key refers to a task that no longer exists")
         return snap
 
-    async def get(self, user: str, task_id: str) -> Snapshot:
+    async def get(self, user: str, task_id: object) -> Snapshot:
         if not valid_task_id(task_id):
             raise NotFound("no such task")
         snap = await self.records.snapshot(task_id, user)
@@ -188,7 +188,9 @@ class TaskManager:
             raise NotFound("no such task")
         return snap
 
-    async def list(self, user: str, status: str | None = None, limit: int = 50) -> list[Snapshot]:
+    async def list_tasks(
+        self, user: str, status: str | None = None, limit: int = 50
+    ) -> list[Snapshot]:
         """The user's tasks, newest first, optionally of one status."""
         if status is not None and status not in TaskStatus.__members__:
             raise BadRequest(f"status must be one of {', '.join(TaskStatus.__members__)}")
@@ -201,7 +203,7 @@ class TaskManager:
             snaps = [s for s in snaps if s["status"] == status]
         return snaps[:limit]
 
-    async def cancel(self, user: str, task_id: str) -> Snapshot:
+    async def cancel(self, user: str, task_id: object) -> Snapshot:
         """Ask a task to stop: a queued task ends CANCELLED now, a running one at its next step."""
         if not valid_task_id(task_id):
             raise NotFound("no such task")

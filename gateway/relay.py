@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from shared.redis_client import async_client
 from shared.schema import Update, decode_update
 
 log = logging.getLogger("taskgate.relay")
@@ -53,7 +54,7 @@ class Relay:
         delays = backoff_delays()
         first = True
         while True:
-            client = aioredis.Redis.from_url(self.url, socket_connect_timeout=3.0)
+            client = async_client(self.url, socket_connect_timeout=3.0)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
@@ -74,7 +75,7 @@ class Relay:
             finally:
                 self.connected.clear()
                 try:
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
                     await client.aclose()
                 except (RedisError, OSError):
                     pass

@@ -68,7 +68,7 @@ def register_socket_handlers(
     @sio.event  # type: ignore[untyped-decorator]
     async def cancel(sid: str, data: Any = None) -> dict[str, Any]:
         try:
-            task_id = data.get("task_id") if isinstance(data, dict) else None
+            task_id = data.get("task_id") if isinstance(data, dict) else ""
             await manager.cancel(await user_of(sid), task_id)
         except Exception as exc:
             return _error(exc)

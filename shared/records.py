@@ -328,7 +328,7 @@ class AsyncRecords:
 
     async def list_ids(self, owner: str, limit: int) -> list[str]:
         ids = await self.client.zrevrange(self.keys.user_tasks(owner), 0, max(0, limit - 1))
-        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
     async def live_ids(self, owner: str, since: float) -> list[str]:
         """Ids of the user's non-terminal tasks and of those that ended after ``since``."""

@@ -82,4 +82,5 @@ def decode_update(data: bytes | str) -> Update:
         raise ValueError("update without owner or snapshot")
     if not isinstance(snap.get("task_id"), str) or not isinstance(snap.get("seq"), int):
         raise ValueError("snapshot without task_id or seq")
-    return msg  # type: ignore[no-any-return]
+    update: Update = msg  # type: ignore[assignment]
+    return update

@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import task_revoked
-from kombu import Queue
+from kombu import Queue  # type: ignore[attr-defined]
 
 from shared.errors import ConfigError
 from shared.logging import setup_logging
@@ -64,7 +64,9 @@ def make_celery(settings: Settings) -> Celery:
         task_soft_time_limit=settings.soft_time_limit,
         task_time_limit=settings.time_limit,
         task_queues=[
-            Queue(name, routing_key=name, queue_arguments={"x-max-priority": 10})
+            Queue(  # type: ignore[no-untyped-call]
+                name, routing_key=name, queue_arguments={"x-max-priority": 10}
+            )
             for name in DEFAULT_QUEUES
         ],
         task_default_queue="fast",
@@ -80,7 +82,7 @@ def make_celery(settings: Settings) -> Celery:
     for spec in all_tasks().values():
         register_celery_task(app, spec, records)
 
-    @task_revoked.connect(weak=False)
+    @task_revoked.connect(weak=False)  # type: ignore[untyped-decorator]
     def _on_revoked(request: Any = None, **_: Any) -> None:
         task_id = getattr(request, "id", None)
         if task_id:

@@ -7,12 +7,12 @@ import os
 import time
 from typing import Any
 
-import redis
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from shared.errors import InvalidInput, TaskCancelled
 from shared.records import SyncRecords
+from shared.redis_client import sync_client
 from shared.registry import TaskSpec
 from shared.settings import Settings
 from shared.status import TaskStatus
@@ -33,7 +33,7 @@ class RecordsPerProcess:
 
     def get(self) -> SyncRecords:
         if self._records is None or self._pid != os.getpid():
-            client = redis.Redis.from_url(
+            client = sync_client(
                 self.settings.require_redis(), socket_timeout=10, health_check_interval=30
             )
             self._records = SyncRecords(client, self.settings.keys, self.settings.retention_s)

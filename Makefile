@@ -1,0 +1,39 @@
+# The two commands of the README: `make up` (run taskgate) and `make test` (pass the tests).
+# Both set up what they need first: a virtualenv in .venv, web/node_modules, system packages.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SHELL := /bin/bash
+
+.PHONY: setup up test lint unit bench system-deps clean
+
+setup: $(VENV)/.installed web/node_modules/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+web/node_modules/.installed: web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+	touch $@
+
+system-deps:
+	bash scripts/system-deps.sh
+
+up: setup
+	$(VENV)/bin/taskgate up
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: system-deps setup lint
+	$(VENV)/bin/pytest -q
+
+bench: system-deps setup
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) web/node_modules .taskgate .pytest_cache .mypy_cache .ruff_cache
