@@ -20,9 +20,15 @@ from redis.exceptions import RedisError
 
 from gateway import jsonlib
 from gateway.appkeys import BROKER, MANAGER, RECORDS, RELAY, SETTINGS, SIO
-from gateway.broker import Broker, RedisBroker
+from gateway.broker import Broker
+from gateway.broker_factory import make_broker
+from gateway.control import CeleryControl
 from gateway.http_api import add_routes, auth_middleware, errors_middleware, json_response
+from gateway.http_manage import add_manage_routes
 from gateway.manager import TaskManager
+from gateway.metrics import METRICS, Metrics, count_requests, metrics_handler
+from gateway.openapi import add_openapi_route
+from gateway.origins import OriginPolicy
 from gateway.relay import Relay
 from gateway.sockets import register_socket_handlers, user_room
 from shared.errors import BrokerUnavailable
@@ -46,11 +52,20 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
     secret = settings.require_secret()
     redis_url = settings.require_redis()
     load_task_modules(settings.task_modules)
+    origin_policy = OriginPolicy(settings.cors_allowed_origins)
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware], client_max_size=settings.max_body_bytes
+        middlewares=[
+            count_requests,
+            origin_policy.middleware(),
+            errors_middleware,
+            auth_middleware,
+        ],
+        client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
-    origins: str | list[str] | None = list(settings.cors_allowed_origins) or None
+    app[METRICS] = Metrics()
+    # The same policy as HTTP CORS; python-engineio refuses a handshake from any other Origin.
+    origins = origin_policy.engineio_check
     sio = socketio.AsyncServer(
         async_mode="aiohttp",
         cors_allowed_origins=origins,
@@ -69,13 +84,15 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
         )
         records = AsyncRecords(client, settings.keys, settings.retention_s)
         app[RECORDS] = records
-        the_broker = broker or _make_broker(settings)
+        the_broker = broker or make_broker(settings)
         app[BROKER] = the_broker
-        manager = TaskManager(settings, records, the_broker, revoke=_revoker(settings))
+        control = CeleryControl(settings)
+        manager = TaskManager(settings, records, the_broker, control=control)
         app[MANAGER] = manager
         register_socket_handlers(sio, manager, secret)
 
         async def deliver(update: Update) -> None:
+            manager.notify(update["snapshot"])
             await sio.emit("task", update["snapshot"], room=user_room(update["owner"]))
 
         async def resync() -> None:
@@ -86,6 +103,7 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
 
         relay = Relay(redis_url, settings.keys.progress_channel, deliver, resync)
         app[RELAY] = relay
+        manager.relay = relay
         tasks = [
             asyncio.create_task(relay.run(), name="taskgate-relay"),
             asyncio.create_task(_heartbeat(sio, settings.heartbeat_s), name="taskgate-heartbeat"),
@@ -104,6 +122,9 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
 
     app.cleanup_ctx.append(lifecycle)
     add_routes(app)
+    add_openapi_route(app)
+    add_manage_routes(app)
+    app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/", index)
@@ -112,29 +133,6 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
     if SOCKETIO_CLIENT_DIR.is_dir():
         app.router.add_static("/vendor/socket.io-client", SOCKETIO_CLIENT_DIR)
     return app
-
-
-def _make_broker(settings: Settings) -> Broker:
-    url = settings.effective_broker_url
-    assert url is not None
-    if settings.broker_is_amqp:
-        raise BrokerUnavailable("the RabbitMQ broker is not supported by this gateway yet")
-    return RedisBroker(url, settings.keys.broker_prefix)
-
-
-def _revoker(settings: Settings):  # type: ignore[no-untyped-def]
-    """Celery's revoke (a broadcast on the broker), run in a thread: never on the loop."""
-    from worker.celery_app import make_celery
-
-    celery_app = None
-
-    async def revoke(task_id: str) -> None:
-        nonlocal celery_app
-        if celery_app is None:
-            celery_app = await asyncio.to_thread(make_celery, settings)
-        await asyncio.wait_for(asyncio.to_thread(celery_app.control.revoke, task_id), 10)
-
-    return revoke
 
 
 async def _heartbeat(sio: socketio.AsyncServer, interval: float) -> None:

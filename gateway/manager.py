@@ -13,7 +13,8 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
@@ -22,6 +23,10 @@ from redis.exceptions import RedisError
 
 from gateway.broker import MAX_PRIORITY, Broker
 from gateway.celery_message import build_task_message
+from gateway.control import CeleryControl
+from gateway.manager_config import ManagerConfig
+from gateway.ratelimit import take_submit_tokens
+from gateway.relay import Relay
 from shared.errors import (
     BadRequest,
     BrokerUnavailable,
@@ -29,13 +34,15 @@ from shared.errors import (
     InvalidInput,
     NotFound,
     RateLimited,
+    ResultTimeout,
     TaskgateError,
 )
 from shared.records import AsyncRecords, decode_snapshot, new_record_fields
-from shared.registry import TaskSpec, get_task
-from shared.schema import Snapshot
+from shared.redis_client import async_client
+from shared.registry import TaskSpec, get_task, load_task_modules
+from shared.schema import Snapshot, Update
 from shared.settings import Settings
-from shared.status import TaskStatus
+from shared.status import TERMINAL_NAMES, TaskStatus
 
 log = logging.getLogger("taskgate.manager")
 
@@ -43,9 +50,12 @@ SUBMIT_FIELDS = frozenset({"task", "input", "queue", "priority", "idempotency_ke
 _TASK_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 RECENT_S = 600.0
 MAX_LIST = 500
+MAX_BATCH = 10_000
+RESULT_POLL_S = 1.0
 _IDEM_MAX = 200
 
-Revoker = Callable[[str], Awaitable[None]]
+# Stands in for an item's answer until the batch is through.
+_PENDING_ITEM = TaskgateError("not processed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,18 +71,30 @@ def _field_error(field: str, reason: str) -> InvalidInput:
     return InvalidInput(f"{field} {reason}", details={"field": field, "reason": reason})
 
 
-def parse_submission(body: Any) -> Submission:
+def parse_submission(body: Any, routes: Sequence[tuple[str, str]] = ()) -> Submission:
     """Check a submit body against the contract and the task's schema; raise ``InvalidInput``."""
     if not isinstance(body, dict):
         raise _field_error("body", "must be a JSON object")
+    # Routing, scheduling, serializer, headers, links and ids are the server's to choose: any
+    # option beyond the contract's is refused rather than ignored.
     extra = sorted(str(k)[:64] for k in body if k not in SUBMIT_FIELDS)
     if extra:
-        raise _field_error(extra[0], "is not an accepted option")
+        raise InvalidInput(
+            f"{extra[0]} is not an accepted option",
+            details={
+                "field": extra[0],
+                "reason": "is not an accepted option",
+                "accepted": sorted(SUBMIT_FIELDS),
+            },
+        )
+    if "task" not in body:
+        raise _field_error("task", "is required")
     spec = get_task(body.get("task"))
     data = spec.schema.validate(body.get("input"))
-    queue = body.get("queue", spec.queue)
-    if queue != spec.queue:
-        raise _field_error("queue", f"must be {spec.queue!r} for {spec.name}")
+    allowed = spec.allowed_queues(routes)
+    queue = body.get("queue", allowed[0])
+    if queue not in allowed:
+        raise _field_error("queue", f"must be one of {', '.join(allowed)} for {spec.name}")
     priority = body.get("priority", 0)
     if (
         isinstance(priority, bool)
@@ -88,6 +110,13 @@ def parse_submission(body: Any) -> Submission:
     return Submission(spec, data, queue, priority, key)
 
 
+def _batch_body(item: Any) -> Any:
+    """Batch items may say ``input_data`` (the older managers' name) for ``input``."""
+    if isinstance(item, Mapping) and "input_data" in item and "input" not in item:
+        item = {("input" if k == "input_data" else k): v for k, v in item.items()}
+    return item
+
+
 def valid_task_id(task_id: object) -> TypeGuard[str]:
     return isinstance(task_id, str) and _TASK_ID.match(task_id) is not None
 
@@ -100,17 +129,102 @@ class TaskManager:
         settings: Settings,
         records: AsyncRecords,
         broker: Broker,
-        revoke: Revoker | None = None,
+        control: CeleryControl | None = None,
+        config: ManagerConfig | None = None,
     ) -> None:
+        load_task_modules(settings.task_modules)
         self.settings = settings
         self.records = records
         self.broker = broker
-        self._revoke = revoke
+        self.control = control
+        self.config = config or ManagerConfig.from_env()
+        self.relay: Relay | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._waiters: dict[str, list[asyncio.Future[Snapshot]]] = defaultdict(list)
+        # Tasks accepted by this process, by name (exported as a Prometheus counter).
+        self.accepted: Counter[str] = Counter()
+        self._owned: list[Callable[[], Awaitable[None]]] = []
+
+    @classmethod
+    async def connect(
+        cls,
+        settings: Settings | None = None,
+        config: ManagerConfig | Mapping[str, Any] | None = None,
+    ) -> TaskManager:
+        """A manager for use inside any asyncio program (no HTTP server needed).
+
+        It opens its own Redis and broker connections and listens for updates, so
+        ``execute_task`` returns as soon as the task ends. Call ``close()`` when done.
+        """
+        from gateway.broker_factory import make_broker
+
+        settings = settings or Settings.from_env()
+        if isinstance(config, Mapping):
+            config = ManagerConfig.from_mapping(config)
+        client = async_client(settings.require_redis(), socket_timeout=3.0)
+        records = AsyncRecords(client, settings.keys, settings.retention_s)
+        broker = make_broker(settings)
+        manager = cls(settings, records, broker, CeleryControl(settings), config)
+        relay = Relay(
+            settings.require_redis(),
+            settings.keys.progress_channel,
+            manager.deliver_update,
+        )
+        manager.relay = relay
+        listener = asyncio.create_task(relay.run(), name="taskgate-manager-relay")
+
+        async def stop() -> None:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+            await broker.close()
+            await client.aclose()
+
+        manager._owned.append(stop)
+        return manager
+
+    async def deliver_update(self, update: Update) -> None:
+        self.notify(update["snapshot"])
+
+    def notify(self, snap: Snapshot) -> None:
+        """Wake whoever waits for this task's end (called by the relay for every update)."""
+        if snap["status"] in TERMINAL_NAMES:
+            for fut in self._waiters.pop(snap["task_id"], []):
+                if not fut.done():
+                    fut.set_result(snap)
+
+    async def wait_result(self, user: str, task_id: object, timeout: float) -> Snapshot:
+        """The task's terminal snapshot; ``ResultTimeout`` if it has not ended in ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        while True:
+            # Registered before the read, so an end that lands in between is not missed; the
+            # poll covers an update pub/sub lost.
+            fut: asyncio.Future[Snapshot] = loop.create_future()
+            snap = await self.get(user, task_id)
+            assert isinstance(task_id, str)
+            if snap["status"] in TERMINAL_NAMES:
+                return snap
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise ResultTimeout(
+                    f"task has not ended after {timeout:g}s", details={"task_id": task_id}
+                )
+            self._waiters[task_id].append(fut)
+            try:
+                return await asyncio.wait_for(fut, min(remaining, RESULT_POLL_S))
+            except TimeoutError:
+                pass
+            finally:
+                waiting = self._waiters.get(task_id)
+                if waiting is not None and fut in waiting:
+                    waiting.remove(fut)
+                    if not waiting:
+                        del self._waiters[task_id]
 
     async def submit(self, user: str, body: Any) -> Snapshot:
         """Accept one task: record first, then the broker. 503 leaves nothing accepted."""
-        sub = parse_submission(body)
+        sub = parse_submission(body, self.settings.routes)
+        await take_submit_tokens(self.records.client, self.settings, user)
         task_id = str(uuid.uuid4())
         try:
             if sub.idempotency_key is not None:
@@ -132,20 +246,91 @@ class TaskManager:
             await self.records.publish_snapshot(user, snap)
         except RedisError:
             log.warning("task %s accepted but its PENDING update was not published", task_id)
+        self.accepted[sub.spec.name] += 1
         return decode_snapshot(snap)
+
+    async def submit_many(self, user: str, bodies: Any) -> list[Snapshot | TaskgateError]:
+        """Accept a batch: each item validated on its own, answered in order.
+
+        Valid items are recorded and published in pipelined round trips (one for the records,
+        one for the broker, one for the PENDING updates). If the broker refuses, every record of
+        the batch is removed and ``BrokerUnavailable`` is raised: nothing is accepted.
+        """
+        if not isinstance(bodies, list) or not 0 < len(bodies) <= MAX_BATCH:
+            raise _field_error("tasks", f"must be a list of 1 to {MAX_BATCH} tasks")
+        out: list[Snapshot | TaskgateError] = []
+        plain: list[tuple[int, Submission, str]] = []
+        for i, body in enumerate(bodies):
+            try:
+                sub = parse_submission(body, self.settings.routes)
+            except TaskgateError as exc:
+                out.append(exc)
+                continue
+            out.append(_PENDING_ITEM)
+            if sub.idempotency_key is not None:
+                # Rare in batches; the single path gives the same dedup guarantees.
+                try:
+                    out[i] = await self.submit(user, body)
+                except BrokerUnavailable:
+                    raise
+                except TaskgateError as exc:
+                    out[i] = exc
+                continue
+            plain.append((i, sub, str(uuid.uuid4())))
+        if not plain:
+            return out
+        now = time.time()
+        try:
+            created = await self.records.create_many(
+                user,
+                [new_record_fields(tid, s.spec.name, s.queue, now) for _, s, tid in plain],
+                self.settings.max_active,
+            )
+            accepted: list[tuple[int, str, bytes]] = []
+            messages = []
+            for (i, sub, tid), (code, payload) in zip(plain, created, strict=True):
+                if code == 1:
+                    accepted.append((i, tid, payload))
+                    messages.append(
+                        build_task_message(
+                            tid, sub.spec.name, sub.queue, kwargs=sub.input, priority=sub.priority
+                        )
+                    )
+                else:
+                    out[i] = self._create_error(code, payload)
+            if messages:
+                try:
+                    await self.broker.publish(messages)
+                except BrokerUnavailable:
+                    await self.records.discard_many(user, [tid for _, tid, _ in accepted])
+                    raise
+        except RedisError as exc:
+            raise BrokerUnavailable(f"task store unreachable: {type(exc).__name__}") from exc
+        try:
+            await self.records.publish_snapshots(user, [snap for _, _, snap in accepted])
+        except RedisError:
+            log.warning("batch accepted but its PENDING updates were not published")
+        for i, _, snap in accepted:
+            decoded = decode_snapshot(snap)
+            self.accepted[decoded["task"]] += 1
+            out[i] = decoded
+        return out
 
     async def _create(self, user: str, sub: Submission, task_id: str) -> bytes:
         fields = new_record_fields(task_id, sub.spec.name, sub.queue, time.time())
         code, payload = await self.records.create(user, fields, self.settings.max_active)
+        if code != 1:
+            raise self._create_error(code, payload)
+        return payload
+
+    def _create_error(self, code: int, payload: bytes) -> TaskgateError:
         if code == -3:
-            raise RateLimited(
+            return RateLimited(
                 f"too many active tasks (limit {self.settings.max_active})",
                 retry_after=1.0,
                 details={"active": int(payload)},
             )
-        if code != 1:
-            raise TaskgateError(f"could not create task record (code {code})")
-        return payload
+        return TaskgateError(f"could not create task record (code {code})")
 
     async def _undo(self, user: str, task_id: str, sub: Submission) -> None:
         try:
@@ -216,8 +401,8 @@ class TaskManager:
         )
         if result.missing:
             raise NotFound("no such task")
-        if result.code == 3 and self._revoke is not None:
-            self._spawn(self._revoke(task_id))
+        if result.code == 3 and self.control is not None:
+            self._spawn(self.control.revoke(task_id))
         return await self.get(user, task_id)
 
     async def live(self, user: str) -> list[Snapshot]:
@@ -253,3 +438,151 @@ class TaskManager:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        for stop in self._owned:
+            await stop()
+        self._owned.clear()
+
+    # -- The in-process API (the methods teams know from hand-written Celery managers) --------
+
+    def _user(self, context: Mapping[str, Any] | None) -> str:
+        user = (context or {}).get("user_id") or (context or {}).get("user")
+        return str(user) if user else self.config.default_user
+
+    async def execute_task(
+        self,
+        task_name: str,
+        input_data: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> Snapshot:
+        """Submit, then wait for the end: the terminal snapshot (``status``, ``result``,
+        ``error``). Raises ``ResultTimeout`` after ``task_timeout_seconds``; the task keeps
+        running (cancel it with ``cancel_task`` if that is what you want)."""
+        body: dict[str, Any] = {"task": task_name, "input": dict(input_data or {})}
+        if queue is not None:
+            body["queue"] = queue
+        if priority is not None:
+            body["priority"] = priority
+        user = self._user(context)
+        snap = await self.submit(user, body)
+        return await self.wait_result(user, snap["task_id"], self.config.task_timeout_seconds)
+
+    async def execute_heavy_task(
+        self,
+        task_name: str,
+        input_data: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> Snapshot:
+        """``execute_task`` on the ``heavy`` queue (the task must allow it)."""
+        return await self.execute_task(task_name, input_data, context, queue="heavy")
+
+    async def execute_dsl_task_step(
+        self,
+        step: Mapping[str, Any],
+        input_data: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> Snapshot:
+        """Run one DSL step ``{"task": name, "parameters": {...}}``: its parameters, overlaid
+        with ``input_data``, are the task's input."""
+        if not isinstance(step, Mapping) or not isinstance(step.get("task"), str):
+            raise _field_error("step.task", "must name a task")
+        params = step.get("parameters") or {}
+        if not isinstance(params, Mapping):
+            raise _field_error("step.parameters", "must be an object")
+        extra = set(step) - {"task", "parameters", "queue", "priority"}
+        if extra:
+            raise _field_error(f"step.{sorted(extra)[0]}", "is not an accepted option")
+        return await self.execute_task(
+            step["task"],
+            {**params, **(input_data or {})},
+            context,
+            queue=step.get("queue"),
+            priority=step.get("priority"),
+        )
+
+    async def batch_execute_tasks(
+        self, tasks: Sequence[Mapping[str, Any]], context: Mapping[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Run many tasks and wait for all: one entry per task, in order, each the terminal
+        snapshot or ``{"error": {...}}``. Submitted ``batch_size`` at a time, at most
+        ``rate_limit_requests_per_second``; one failure does not sink the rest."""
+        user = self._user(context)
+        loop = asyncio.get_running_loop()
+        out: list[dict[str, Any]] = [{} for _ in tasks]
+        waits: list[tuple[int, asyncio.Task[Snapshot]]] = []
+        size = self.config.batch_size
+        for start in range(0, len(tasks), size):
+            began = loop.time()
+            chunk = [_batch_body(t) for t in tasks[start : start + size]]
+            try:
+                answers: list[Snapshot | TaskgateError] = await self.submit_many(user, chunk)
+            except TaskgateError as exc:
+                answers = [exc] * len(chunk)
+            for offset, answer in enumerate(answers):
+                i = start + offset
+                if isinstance(answer, TaskgateError):
+                    out[i] = answer.to_dict()
+                else:
+                    wait = self.wait_result(
+                        user, answer["task_id"], self.config.task_timeout_seconds
+                    )
+                    waits.append((i, asyncio.ensure_future(wait)))
+            # Pace: a chunk of n may start only n / rate seconds after the previous one.
+            pause = len(chunk) / self.config.rate_limit_requests_per_second - (loop.time() - began)
+            if pause > 0 and start + size < len(tasks):
+                await asyncio.sleep(pause)
+        for i, waiter in waits:
+            try:
+                out[i] = dict(await waiter)
+            except TaskgateError as exc:
+                out[i] = exc.to_dict()
+        return out
+
+    async def get_task_result(
+        self, task_id: str, context: Mapping[str, Any] | None = None, wait: float = 0.0
+    ) -> Snapshot:
+        """The task's snapshot now, or (``wait`` > 0) once it ended, up to ``wait`` seconds."""
+        user = self._user(context)
+        if wait > 0:
+            return await self.wait_result(user, task_id, wait)
+        return await self.get(user, task_id)
+
+    async def cancel_task(self, task_id: str, context: Mapping[str, Any] | None = None) -> Snapshot:
+        return await self.cancel(self._user(context), task_id)
+
+    async def get_queue_info(self) -> dict[str, Any]:
+        """Depth of every configured queue (messages waiting in the broker)."""
+        depths = await self.broker.queue_depths(self.settings.queues)
+        return {"queues": [{"name": q, "depth": depths.get(q, 0)} for q in self.settings.queues]}
+
+    async def get_worker_stats(self) -> dict[str, Any]:
+        """Workers that answered a Celery inspect, with queues, active task ids and counters."""
+        if self.control is None:
+            return {"workers": []}
+        return {"workers": await self.control.workers()}
+
+    async def get_system_health(self) -> dict[str, Any]:
+        """Redis, broker, relay and workers, each ``ok`` or what is wrong."""
+        checks: dict[str, Any] = {}
+        try:
+            async with asyncio.timeout(3.0):
+                await self.records.client.ping()
+            checks["redis"] = "ok"
+        except (RedisError, OSError, TimeoutError) as exc:
+            checks["redis"] = f"unreachable: {type(exc).__name__}"
+        try:
+            await self.broker.ping()
+            checks["broker"] = "ok"
+        except BrokerUnavailable as exc:
+            checks["broker"] = exc.message
+        if self.relay is not None:
+            checks["relay"] = "ok" if self.relay.connected.is_set() else "reconnecting"
+        try:
+            workers = (await self.get_worker_stats())["workers"]
+            checks["workers"] = len(workers)
+        except (TimeoutError, OSError) as exc:
+            checks["workers"] = f"unknown: {type(exc).__name__}"
+        ok = all(checks.get(k, "ok") == "ok" for k in ("redis", "broker", "relay"))
+        return {"status": "ok" if ok else "degraded", **checks}

@@ -11,6 +11,7 @@
     ├── PayloadTooLarge            too_large       413
     ├── InvalidInput               invalid_input   422  fails a schema; ``details`` names the field
     │   └── UnknownTask            unknown_task    422
+    ├── ResultTimeout              timeout         408  the task did not end within the wait
     ├── RateLimited                rate_limited    429  ``retry_after`` seconds
     ├── BrokerUnavailable          broker_unavailable 503  nothing was accepted
     └── TaskCancelled              (worker side: raised inside a task to stop it cooperatively)
@@ -79,6 +80,13 @@ class InvalidInput(TaskgateError):
 
 class UnknownTask(InvalidInput):
     code = "unknown_task"
+
+
+class ResultTimeout(TaskgateError):
+    """The task did not end within the wait (``?wait=``, ``execute_task``); it keeps running."""
+
+    code = "timeout"
+    http_status = 408
 
 
 class RateLimited(TaskgateError):

@@ -4,7 +4,13 @@ A record is one hash per task. Snapshot fields are stored JSON-encoded, so the L
 assemble the snapshot by concatenation; internal fields start with ``_``:
 
 - ``_owner``: the user id (raw string); ``_pct``: the highest percent reported;
-  ``_cancel``: ``1`` once a cancel was asked; ``_attempt``: runs started.
+  ``_cancel``: ``1`` once a cancel was asked; ``_attempt``: runs started;
+  ``_hb``: the time of the running worker's last heartbeat (``HEARTBEAT_LUA``).
+
+``stalled`` (a snapshot field) is ``true`` while a RUNNING task has missed three heartbeats
+(``STALL_LUA``, run by the gateways) and goes back to ``false`` at its next change or heartbeat.
+Every record expires ``retention_s`` after its last change, whatever its status; a running
+task's heartbeat counts as a change, so only abandoned records expire unfinished.
 
 Every change is one script run (``TRANSITION``): check, write, bump ``seq``, maintain the user's
 active/ended sets, publish the update, all atomically. Workers use ``SyncRecords`` (redis-py),
@@ -90,12 +96,16 @@ for i = 9, #ARGV, 2 do
   redis.call('HSET', key, ARGV[i], ARGV[i + 1])
 end
 if new_status ~= '' then redis.call('HSET', key, 'status', new_status) end
+-- The task moved: it is not stalled (any more).
+if redis.call('HGET', key, 'stalled') == 'true' then redis.call('HSET', key, 'stalled', 'false') end
 seq = redis.call('HINCRBY', key, 'seq', 1)
 if new_status ~= '' and TERMINAL[new_status] then
   redis.call('ZREM', prefix .. 'user:' .. owner .. ':active', string.sub(key, #prefix + 6))
   redis.call('ZADD', prefix .. 'user:' .. owner .. ':ended', now, string.sub(key, #prefix + 6))
-  redis.call('EXPIRE', key, retention)
+  redis.call('ZREM', prefix .. 'running', string.sub(key, #prefix + 6))
 end
+-- Every record, terminal or not, lives retention seconds after its last change.
+redis.call('EXPIRE', key, retention)
 local snap = snapshot(key)
 local msg = '{"v":%d,"owner":' .. cjson.encode(owner) .. ',"snapshot":' .. snap .. '}'
 redis.call('PUBLISH', prefix .. 'progress', msg)
@@ -116,13 +126,23 @@ if redis.call('EXISTS', key) == 1 then return {-2, ''} end
 local active_key = prefix .. 'user:' .. owner .. ':active'
 if max_active > 0 then
   local n = redis.call('ZCARD', active_key)
-  if n >= max_active then return {-3, tostring(n)} end
+  if n >= max_active then
+    -- A record that never ended expires too; drop such ids before refusing.
+    for _, id in ipairs(redis.call('ZRANGE', active_key, 0, -1)) do
+      if redis.call('EXISTS', prefix .. 'task:' .. id) == 0 then
+        redis.call('ZREM', active_key, id)
+      end
+    end
+    n = redis.call('ZCARD', active_key)
+    if n >= max_active then return {-3, tostring(n)} end
+  end
 end
 local task_id = string.sub(key, #prefix + 6)
 for i = 6, #ARGV, 2 do
   redis.call('HSET', key, ARGV[i], ARGV[i + 1])
 end
 redis.call('HSET', key, '_owner', owner, '_pct', '0', '_cancel', '0', 'seq', 1)
+redis.call('EXPIRE', key, retention)
 redis.call('ZADD', prefix .. 'user:' .. owner .. ':tasks', created, task_id)
 redis.call('ZADD', active_key, created, task_id)
 -- Ended tasks leave the index lazily (see AsyncRecords.list); keep the index itself bounded.
@@ -130,6 +150,60 @@ redis.call('ZREMRANGEBYSCORE', prefix .. 'user:' .. owner .. ':tasks', '-inf', c
 redis.call('ZREMRANGEBYSCORE', prefix .. 'user:' .. owner .. ':ended', '-inf', created - retention)
 return {1, snapshot(key)}
 """
+)
+
+# KEYS[1]: record. ARGV: prefix, retention_s, now. A worker's heartbeat for a RUNNING task:
+# stamps ``_hb``, scores the task in the running set, keeps the record alive, and clears
+# ``stalled`` (bumping seq and publishing) if the task had been marked stalled.
+# Returns {code, cancel_flag}: 1 applied and published, 2 stamped, 0 not RUNNING, -1 no record.
+HEARTBEAT_LUA = (
+    _SNAPSHOT_LUA
+    + """
+local key = KEYS[1]
+local prefix, retention, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+if redis.call('EXISTS', key) == 0 then return {-1, '0'} end
+local cur = redis.call('HMGET', key, 'status', '_owner', '_cancel', 'stalled')
+local cancel = cur[3] or '0'
+if cur[1] ~= '"RUNNING"' then return {0, cancel} end
+local task_id = string.sub(key, #prefix + 6)
+redis.call('HSET', key, '_hb', ARGV[3])
+redis.call('ZADD', prefix .. 'running', now, task_id)
+redis.call('EXPIRE', key, retention)
+if cur[4] ~= 'true' then return {2, cancel} end
+redis.call('HSET', key, 'stalled', 'false')
+redis.call('HINCRBY', key, 'seq', 1)
+local msg = '{"v":%d,"owner":' .. cjson.encode(cur[2]) .. ',"snapshot":' .. snapshot(key) .. '}'
+redis.call('PUBLISH', prefix .. 'progress', msg)
+return {1, cancel}
+"""
+    % SCHEMA_VERSION
+)
+
+# KEYS[1]: record. ARGV: prefix, stale_before. Marks a RUNNING task whose last heartbeat is
+# older than stale_before as stalled (bumps seq, publishes); idempotent, so every gateway may
+# run it. Returns 1 marked, 2 fresh, 3 already marked, 0 not RUNNING or no record (dropped from
+# the running set).
+STALL_LUA = (
+    _SNAPSHOT_LUA
+    + """
+local key = KEYS[1]
+local prefix, stale_before = ARGV[1], tonumber(ARGV[2])
+local task_id = string.sub(key, #prefix + 6)
+local cur = redis.call('HMGET', key, 'status', '_owner', '_hb', 'stalled')
+if cur[1] ~= '"RUNNING"' then
+  redis.call('ZREM', prefix .. 'running', task_id)
+  return 0
+end
+local hb = tonumber(cur[3])
+if hb and hb >= stale_before then return 2 end
+if cur[4] == 'true' then return 3 end
+redis.call('HSET', key, 'stalled', 'true')
+redis.call('HINCRBY', key, 'seq', 1)
+local msg = '{"v":%d,"owner":' .. cjson.encode(cur[2]) .. ',"snapshot":' .. snapshot(key) .. '}'
+redis.call('PUBLISH', prefix .. 'progress', msg)
+return 1
+"""
+    % SCHEMA_VERSION
 )
 
 # KEYS[1]: record. ARGV: prefix, owner_check. Returns the snapshot or false.
@@ -209,6 +283,10 @@ def _result(raw: Sequence[Any]) -> TransitionResult:
     )
 
 
+def _update_bytes(owner: str, snapshot: bytes) -> bytes:
+    return b'{"v":%d,"owner":%s,"snapshot":%s}' % (SCHEMA_VERSION, _enc(owner), snapshot)
+
+
 def decode_snapshot(raw: bytes | str) -> Snapshot:
     snap: Snapshot = orjson.loads(raw)
     return snap
@@ -228,6 +306,7 @@ def new_record_fields(
         "created_at": created_at,
         "started_at": None,
         "finished_at": None,
+        "stalled": False,
     }
     if extra:
         fields.update(extra)
@@ -253,6 +332,7 @@ class SyncRecords:
         self.retention_s = retention_s
         self._transition = client.register_script(TRANSITION_LUA)
         self._snapshot = client.register_script(SNAPSHOT_LUA)
+        self._heartbeat = client.register_script(HEARTBEAT_LUA)
 
     def transition(self, task_id: str, mode: Mode, **kw: Any) -> TransitionResult:
         args = transition_args(self.keys, self.retention_s, mode, **kw)
@@ -265,6 +345,17 @@ class SyncRecords:
     def cancel_requested(self, task_id: str) -> bool:
         return self.client.hget(self.keys.task(task_id), "_cancel") in (b"1", "1")
 
+    def attempts(self, task_id: str) -> int:
+        """How many runs of the task have started (``_attempt``; 0 before the first)."""
+        raw = self.client.hget(self.keys.task(task_id), "_attempt")
+        return int(raw) if raw else 0
+
+    def heartbeat(self, task_id: str) -> TransitionResult:
+        """Stamp a RUNNING task's heartbeat (``HEARTBEAT_LUA``); code 0 once it left RUNNING."""
+        args = [self.keys.prefix, self.retention_s, repr(time.time())]
+        code, flag = self._heartbeat(keys=[self.keys.task(task_id)], args=args)
+        return TransitionResult(code=int(code), seq=0, cancel_requested=flag in (b"1", "1"))
+
 
 class AsyncRecords:
     """Record access for the gateway (redis.asyncio)."""
@@ -276,6 +367,7 @@ class AsyncRecords:
         self._transition = client.register_script(TRANSITION_LUA)
         self._create = client.register_script(CREATE_LUA)
         self._snapshot = client.register_script(SNAPSHOT_LUA)
+        self._stall = client.register_script(STALL_LUA)
 
     async def transition(self, task_id: str, mode: Mode, **kw: Any) -> TransitionResult:
         args = transition_args(self.keys, self.retention_s, mode, **kw)
@@ -289,6 +381,35 @@ class AsyncRecords:
         code, payload = await self._create(keys=[self.keys.task(fields["task_id"])], args=args)
         return int(code), payload.encode() if isinstance(payload, str) else payload
 
+    async def create_many(
+        self, owner: str, many: Sequence[dict[str, Any]], max_active: int
+    ) -> list[tuple[int, bytes]]:
+        """``create`` for many records in one pipelined round trip."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for fields in many:
+                args = _create_args(self.keys, owner, fields, max_active, self.retention_s)
+                await self._create(keys=[self.keys.task(fields["task_id"])], args=args, client=pipe)
+            raws = await pipe.execute()
+        return [
+            (int(code), payload.encode() if isinstance(payload, str) else payload)
+            for code, payload in raws
+        ]
+
+    async def discard_many(self, owner: str, task_ids: Sequence[str]) -> None:
+        if not task_ids:
+            return
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(*[self.keys.task(t) for t in task_ids])
+            pipe.zrem(self.keys.user_tasks(owner), *task_ids)
+            pipe.zrem(self.keys.user_active(owner), *task_ids)
+            await pipe.execute()
+
+    async def publish_snapshots(self, owner: str, snapshots: Sequence[bytes]) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for snap in snapshots:
+                pipe.publish(self.keys.progress_channel, _update_bytes(owner, snap))
+            await pipe.execute()
+
     async def discard(self, owner: str, task_id: str) -> None:
         """Undo ``create`` after the broker refused the message: nothing stays accepted."""
         async with self.client.pipeline(transaction=True) as pipe:
@@ -299,8 +420,7 @@ class AsyncRecords:
 
     async def publish_snapshot(self, owner: str, snapshot: bytes) -> None:
         """Announce a snapshot as it is (no seq bump): used once the broker accepted a task."""
-        msg = b'{"v":%d,"owner":%s,"snapshot":%s}' % (SCHEMA_VERSION, _enc(owner), snapshot)
-        await self.client.publish(self.keys.progress_channel, msg)
+        await self.client.publish(self.keys.progress_channel, _update_bytes(owner, snapshot))
 
     async def snapshot_raw(self, task_id: str, owner: str | None) -> bytes | None:
         raw = await self._snapshot(
@@ -313,6 +433,25 @@ class AsyncRecords:
     async def snapshot(self, task_id: str, owner: str | None) -> Snapshot | None:
         raw = await self.snapshot_raw(task_id, owner)
         return decode_snapshot(raw) if raw else None
+
+    async def mark_stalled(self, stale_after: float, limit: int = 1000) -> list[str]:
+        """Mark RUNNING tasks without a heartbeat for ``stale_after`` seconds as stalled.
+
+        Returns the ids newly marked. Safe to run from every gateway at once (``STALL_LUA``).
+        """
+        stale_before = time.time() - stale_after
+        ids = await self.client.zrangebyscore(
+            self.keys.running, "-inf", stale_before, start=0, num=limit
+        )
+        marked: list[str] = []
+        for raw in ids:
+            tid = raw.decode() if isinstance(raw, bytes) else str(raw)
+            code = await self._stall(
+                keys=[self.keys.task(tid)], args=[self.keys.prefix, repr(stale_before)]
+            )
+            if int(code) == 1:
+                marked.append(tid)
+        return marked
 
     async def snapshots(self, task_ids: Sequence[str], owner: str) -> list[Snapshot]:
         """Snapshots of many tasks in one round trip; missing ones are skipped."""

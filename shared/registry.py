@@ -17,8 +17,9 @@ modules (``TASKGATE_TASK_MODULES``) so both know the same names.
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -49,13 +50,31 @@ class TaskSpec:
     schema: InputSchema
     queue: str = "fast"
     description: str = ""
+    # Other queues a client may choose for this task (``queue`` in the submit body).
+    queues: tuple[str, ...] = ()
+
+    def default_queue(self, routes: Sequence[tuple[str, str]] = ()) -> str:
+        """The queue routing rules (``TASKGATE_ROUTES``, first match wins) give, else ``queue``."""
+        for pattern, queue in routes:
+            if fnmatch.fnmatchcase(self.name, pattern):
+                return queue
+        return self.queue
+
+    def allowed_queues(self, routes: Sequence[tuple[str, str]] = ()) -> tuple[str, ...]:
+        default = self.default_queue(routes)
+        return (default, *[q for q in (self.queue, *self.queues) if q != default])
 
 
 _REGISTRY: dict[str, TaskSpec] = {}
 
 
 def task(
-    name: str, *, schema: InputSchema, queue: str = "fast", description: str = ""
+    name: str,
+    *,
+    schema: InputSchema,
+    queue: str = "fast",
+    queues: tuple[str, ...] = (),
+    description: str = "",
 ) -> Callable[[TaskFn], TaskFn]:
     """Register ``fn`` under ``name``; the function itself is returned unchanged."""
 
@@ -63,9 +82,8 @@ def task(
         existing = _REGISTRY.get(name)
         if existing is not None and existing.fn is not fn:
             raise ValueError(f"task name {name!r} is registered twice")
-        _REGISTRY[name] = TaskSpec(
-            name, fn, schema, queue, description or (fn.__doc__ or "").strip()
-        )
+        doc = description or (fn.__doc__ or "").strip()
+        _REGISTRY[name] = TaskSpec(name, fn, schema, queue, doc, queues)
         return fn
 
     return register

@@ -7,16 +7,21 @@ message is one line naming the variable and what is wrong with it.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from shared.errors import ConfigError
 from shared.keys import Keys
 
 T = TypeVar("T")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 MIN_SECRET_BYTES = 32
+# Default gap between the hard time limit and the broker's visibility timeout: a message must
+# not become visible again while the task that holds it may still legitimately be running.
+VISIBILITY_MARGIN_S = 60.0
 
 
 class Secret:
@@ -64,10 +69,27 @@ class Settings:
     heartbeat_s: float = 15.0
     max_body_bytes: int = 1024 * 1024
     data_dir: str = ".taskgate"
+    token_audience: str | None = None
+    token_issuer: str | None = None
+    socket_event_rate: float = 20.0
+    queues: tuple[str, ...] = ("fast", "heavy")
+    routes: tuple[tuple[str, str], ...] = ()
+    beat_schedule: tuple[tuple[str, float], ...] = (("taskgate.sweep", 300.0),)
+    # Reliability (docs/RELIABILITY.md). ``None``: the hard time limit plus VISIBILITY_MARGIN_S.
+    visibility_timeout_s: float | None = None
+    max_attempts: int = 3
+    task_heartbeat_s: float = 5.0
     keys: Keys = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keys", Keys(self.key_prefix))
+
+    @property
+    def visibility_timeout(self) -> float:
+        """Seconds before the Redis broker hands an un-acked message to another worker."""
+        if self.visibility_timeout_s is not None:
+            return self.visibility_timeout_s
+        return self.time_limit + VISIBILITY_MARGIN_S
 
     @property
     def effective_broker_url(self) -> str | None:
@@ -119,6 +141,14 @@ class Settings:
                 f"CELERY_TASK_TIME_LIMIT: {hard} is below CELERY_TASK_SOFT_TIME_LIMIT ({soft})"
             )
         concurrency_raw = env.get("CELERY_WORKER_CONCURRENCY", "").strip()
+        visibility: float | None = None
+        if r.present("TASKGATE_VISIBILITY_TIMEOUT_S"):
+            visibility = r.number("TASKGATE_VISIBILITY_TIMEOUT_S", 0.0, float, low=1)
+            if visibility <= hard:
+                raise ConfigError(
+                    f"TASKGATE_VISIBILITY_TIMEOUT_S: {visibility:g} must exceed "
+                    f"CELERY_TASK_TIME_LIMIT ({hard:g}), or a running task is delivered twice"
+                )
         return cls(
             redis_url=redis_url,
             broker_url=broker_url,
@@ -144,6 +174,14 @@ class Settings:
             heartbeat_s=r.number("TASKGATE_HEARTBEAT_S", 15.0, float, low=0.1),
             max_body_bytes=r.number("TASKGATE_MAX_BODY", 1024 * 1024, int, low=1024),
             data_dir=env.get("TASKGATE_DATA_DIR", ".taskgate").strip() or ".taskgate",
+            token_audience=r.text("TASKGATE_TOKEN_AUDIENCE"),
+            token_issuer=r.text("TASKGATE_TOKEN_ISSUER"),
+            socket_event_rate=r.number("TASKGATE_SOCKET_EVENT_RATE", 20.0, float, low=0),
+            **r.queues_and_routes(),
+            beat_schedule=r.schedule("TASKGATE_BEAT_SCHEDULE", (("taskgate.sweep", 300.0),)),
+            visibility_timeout_s=visibility,
+            max_attempts=r.number("TASKGATE_MAX_ATTEMPTS", 3, int, low=1, high=100),
+            task_heartbeat_s=r.number("TASKGATE_TASK_HEARTBEAT_S", 5.0, float, low=0.1, high=3600),
         )
 
 
@@ -156,6 +194,9 @@ class _Reader:
         if value is None or not value.strip():
             return None
         return value.strip()
+
+    def present(self, name: str) -> bool:
+        return self._raw(name) is not None
 
     def url(self, name: str, schemes: tuple[str, ...]) -> str | None:
         value = self._raw(name)
@@ -188,6 +229,9 @@ class _Reader:
             raise ConfigError(f"{name}: {value!r} must be at most {high:g}")
         return parsed
 
+    def text(self, name: str) -> str | None:
+        return self._raw(name)
+
     def csv(self, name: str) -> tuple[str, ...]:
         value = self._raw(name)
         if value is None:
@@ -201,6 +245,43 @@ class _Reader:
         if value.upper() not in choices:
             raise ConfigError(f"{name}: {value!r} must be one of {', '.join(choices)}")
         return value.upper()
+
+    def queues_and_routes(self) -> dict[str, Any]:
+        queues = self.csv("TASKGATE_QUEUES") or ("fast", "heavy")
+        for q in queues:
+            if not _NAME.match(q):
+                raise ConfigError(f"TASKGATE_QUEUES: {q!r} is not a valid queue name")
+        routes = []
+        for rule in self.csv("TASKGATE_ROUTES"):
+            pattern, sep, queue = rule.partition("=")
+            if not sep or not pattern.strip() or queue.strip() not in queues:
+                raise ConfigError(
+                    f"TASKGATE_ROUTES: {rule!r} must be pattern=queue, "
+                    "the queue one of TASKGATE_QUEUES"
+                )
+            routes.append((pattern.strip(), queue.strip()))
+        return {"queues": queues, "routes": tuple(routes)}
+
+    def schedule(
+        self, name: str, default: tuple[tuple[str, float], ...]
+    ) -> tuple[tuple[str, float], ...]:
+        """``task=seconds,task=seconds``; ``off`` for none."""
+        value = self._raw(name)
+        if value is None:
+            return default
+        if value.lower() == "off":
+            return ()
+        out = []
+        for rule in self.csv(name):
+            task, sep, every = rule.partition("=")
+            try:
+                seconds = float(every)
+            except ValueError:
+                seconds = -1.0
+            if not sep or not task.strip() or not 1 <= seconds <= 7 * 86400:
+                raise ConfigError(f"{name}: {rule!r} must be task=seconds (1 to 604800)")
+            out.append((task.strip(), seconds))
+        return tuple(out)
 
     def key_prefix(self, name: str, default: str) -> str:
         value = self._raw(name)

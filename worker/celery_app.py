@@ -21,7 +21,6 @@ from shared.settings import Settings
 from shared.status import TaskStatus
 from worker.runner import RecordsPerProcess, finish, register_celery_task
 
-DEFAULT_QUEUES = ("fast", "heavy")
 # kombu's Redis transport consumes priority keys in this order; 10 steps give 0-9 their own list.
 REDIS_PRIORITY_STEPS = list(range(10))
 # A message un-acked for this long is handed to another worker. With late acks it must exceed the
@@ -67,8 +66,9 @@ def make_celery(settings: Settings) -> Celery:
             Queue(  # type: ignore[no-untyped-call]
                 name, routing_key=name, queue_arguments={"x-max-priority": 10}
             )
-            for name in DEFAULT_QUEUES
+            for name in settings.queues
         ],
+        task_routes=[{pattern: {"queue": queue}} for pattern, queue in settings.routes],
         task_default_queue="fast",
         task_queue_max_priority=10,
         task_default_priority=0,

@@ -17,6 +17,7 @@ class DemoFailure(Exception):
 @task(
     "demo.count",
     queue="fast",
+    queues=("heavy",),
     schema=InputSchema(
         {
             "steps": Field("int", default=10, low=1, high=10000),
@@ -54,6 +55,7 @@ def fail(ctx: TaskContext, message: str, after: int) -> None:
 @task(
     "demo.sleep",
     queue="fast",
+    queues=("heavy",),
     schema=InputSchema({"seconds": Field("float", default=5.0, low=0, high=3600)}),
 )
 def sleep(ctx: TaskContext, seconds: float) -> dict[str, Any]:

@@ -1,0 +1,51 @@
+"""HTTP routes beyond single tasks: batches, results with wait, queues, workers."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.appkeys import MANAGER
+from gateway.http_api import USER, json_response, read_json
+from shared.errors import BadRequest, TaskgateError
+
+MAX_WAIT_S = 60.0
+
+
+async def submit_batch(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    if not isinstance(body, dict) or set(body) != {"tasks"}:
+        raise BadRequest('body must be {"tasks": [...]}')
+    answers = await request.app[MANAGER].submit_many(request[USER], body["tasks"])
+    items = [
+        a.to_dict() if isinstance(a, TaskgateError) else {"task_id": a["task_id"], "seq": a["seq"]}
+        for a in answers
+    ]
+    return json_response({"tasks": items}, status=202)
+
+
+async def task_result(request: web.Request) -> web.Response:
+    raw = request.query.get("wait", "0")
+    try:
+        wait = float(raw)
+    except ValueError:
+        raise BadRequest("wait must be a number of seconds") from None
+    if not 0 <= wait <= MAX_WAIT_S:
+        raise BadRequest(f"wait must be from 0 to {MAX_WAIT_S:g} seconds")
+    manager = request.app[MANAGER]
+    snap = await manager.wait_result(request[USER], request.match_info["task_id"], wait)
+    return json_response(snap)
+
+
+async def queues(request: web.Request) -> web.Response:
+    return json_response(await request.app[MANAGER].get_queue_info())
+
+
+async def workers(request: web.Request) -> web.Response:
+    return json_response(await request.app[MANAGER].get_worker_stats())
+
+
+def add_manage_routes(app: web.Application) -> None:
+    app.router.add_post("/api/tasks/batch", submit_batch)
+    app.router.add_get("/api/tasks/{task_id}/result", task_result)
+    app.router.add_get("/api/queues", queues)
+    app.router.add_get("/api/workers", workers)

@@ -1,0 +1,104 @@
+"""Prometheus metrics in the text exposition format (``GET /metrics``), with no extra library.
+
+Counters live in this process; gauges (queue depths, connected sockets, relay state) are read at
+scrape time. Labels are bounded: routes by their pattern, tasks by registered name.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from gateway.appkeys import BROKER, MANAGER, RELAY, SETTINGS, SIO
+
+Labels = tuple[tuple[str, str], ...]
+_HELP = {
+    "taskgate_http_requests_total": ("counter", "HTTP requests by route pattern and status"),
+    "taskgate_tasks_submitted_total": ("counter", "Tasks accepted, by task name"),
+    "taskgate_relay_updates_total": ("counter", "Updates the relay delivered to rooms"),
+    "taskgate_relay_skipped_total": ("counter", "Malformed pub/sub messages skipped"),
+    "taskgate_relay_reconnects_total": ("counter", "Times the relay reconnected to Redis"),
+    "taskgate_relay_connected": ("gauge", "1 while the relay is subscribed"),
+    "taskgate_socketio_connections": ("gauge", "Connected Socket.IO clients"),
+    "taskgate_queue_depth": ("gauge", "Messages waiting in each broker queue"),
+    "taskgate_uptime_seconds": ("gauge", "Seconds since this gateway started"),
+}
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.counters: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
+        self.started = time.monotonic()
+
+    def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
+        self.counters[name][tuple(sorted(labels.items()))] += value
+
+
+def _line(name: str, labels: Labels, value: float) -> str:
+    if labels:
+        inner = ",".join(
+            f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+            for k, v in labels
+        )
+        return f"{name}{{{inner}}} {value:g}"
+    return f"{name} {value:g}"
+
+
+def render(metrics: Metrics, gauges: dict[str, dict[Labels, float]]) -> str:
+    out: list[str] = []
+    for name, (kind, text) in _HELP.items():
+        series = {**metrics.counters.get(name, {}), **gauges.get(name, {})}
+        if not series and kind == "counter":
+            series = {(): 0.0}
+        if not series:
+            continue
+        out.append(f"# HELP {name} {text}")
+        out.append(f"# TYPE {name} {kind}")
+        out.extend(_line(name, labels, value) for labels, value in sorted(series.items()))
+    return "\n".join(out) + "\n"
+
+
+METRICS = web.AppKey("metrics", Metrics)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        info = request.match_info.route.resource
+        route = info.canonical if info is not None else "unmatched"
+        request.app[METRICS].inc(
+            "taskgate_http_requests_total", method=request.method, route=route, status=str(status)
+        )
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    app = request.app
+    gauges: dict[str, dict[Labels, float]] = defaultdict(dict)
+    relay = app[RELAY]
+    gauges["taskgate_relay_updates_total"][()] = relay.delivered
+    gauges["taskgate_relay_skipped_total"][()] = relay.skipped
+    gauges["taskgate_relay_reconnects_total"][()] = relay.reconnects
+    gauges["taskgate_relay_connected"][()] = 1.0 if relay.connected.is_set() else 0.0
+    gauges["taskgate_socketio_connections"][()] = len(app[SIO].eio.sockets)
+    for task, count in app[MANAGER].accepted.items():
+        gauges["taskgate_tasks_submitted_total"][(("task", task),)] = count
+    gauges["taskgate_uptime_seconds"][()] = round(time.monotonic() - app[METRICS].started, 3)
+    try:
+        depths = await app[BROKER].queue_depths(app[SETTINGS].queues)
+        for queue, depth in depths.items():
+            gauges["taskgate_queue_depth"][(("queue", queue),)] = depth
+    except Exception:
+        pass
+    return web.Response(text=render(app[METRICS], gauges), content_type="text/plain")
