@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import socketio
 from aiohttp import web
@@ -31,6 +32,8 @@ from gateway.openapi import add_openapi_route
 from gateway.origins import OriginPolicy
 from gateway.relay import Relay
 from gateway.sockets import register_socket_handlers, user_room
+from gateway.stalls import watch_stalls
+from gateway.workflows import WorkflowNotifier
 from shared.errors import BrokerUnavailable
 from shared.records import AsyncRecords
 from shared.redis_client import async_client
@@ -42,6 +45,8 @@ log = logging.getLogger("taskgate.gateway")
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 SOCKETIO_CLIENT_DIR = WEB_DIR / "node_modules" / "socket.io-client" / "dist"
+# Engine.IO pings every client each interval and drops one that has not answered within the
+# timeout: a dead client (closed laptop, lost network) is reaped within 40 s.
 PING_INTERVAL_S = 20
 PING_TIMEOUT_S = 20
 STORE_TIMEOUT_S = 3.0
@@ -91,14 +96,24 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
         app[MANAGER] = manager
         register_socket_handlers(sio, manager, secret)
 
+        async def emit_workflow(owner: str, snap: dict[str, Any]) -> None:
+            await sio.emit("workflow", snap, room=user_room(owner))
+
+        notifier = WorkflowNotifier(manager.workflows, emit_workflow)
+
         async def deliver(update: Update) -> None:
-            manager.notify(update["snapshot"])
-            await sio.emit("task", update["snapshot"], room=user_room(update["owner"]))
+            snap = update["snapshot"]
+            manager.notify(snap)
+            await sio.emit("task", snap, room=user_room(update["owner"]))
+            workflow_id = snap.get("workflow_id")
+            if workflow_id:
+                notifier.child_changed(update["owner"], workflow_id)
 
         async def resync() -> None:
             for room in list(sio.manager.rooms.get("/", {})):
                 if isinstance(room, str) and room.startswith("user:"):
                     for snap in await manager.live(room[len("user:") :]):
+                        manager.notify(snap)
                         await sio.emit("task", snap, room=room)
 
         relay = Relay(redis_url, settings.keys.progress_channel, deliver, resync)
@@ -107,6 +122,9 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
         tasks = [
             asyncio.create_task(relay.run(), name="taskgate-relay"),
             asyncio.create_task(_heartbeat(sio, settings.heartbeat_s), name="taskgate-heartbeat"),
+            asyncio.create_task(
+                watch_stalls(records, settings.task_heartbeat_s), name="taskgate-stalls"
+            ),
         ]
         try:
             yield
@@ -116,6 +134,7 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await notifier.close()
             await manager.close()
             await the_broker.close()
             await client.aclose()

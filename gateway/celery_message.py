@@ -63,6 +63,7 @@ def build_task_message(
     parent_id: str | None = None,
     root_id: str | None = None,
     group_id: str | None = None,
+    group_index: int | None = None,
 ) -> TaskMessage:
     args = args or []
     kwargs = kwargs or {}
@@ -74,7 +75,7 @@ def build_task_message(
         "eta": None,
         "expires": None,
         "group": group_id,
-        "group_index": None,
+        "group_index": group_index,
         "retries": 0,
         "timelimit": [None, None],
         "root_id": root_id or task_id,

@@ -49,3 +49,23 @@ def add_manage_routes(app: web.Application) -> None:
     app.router.add_get("/api/tasks/{task_id}/result", task_result)
     app.router.add_get("/api/queues", queues)
     app.router.add_get("/api/workers", workers)
+    app.router.add_post("/api/workflows", submit_workflow)
+    app.router.add_get("/api/workflows/{workflow_id}", get_workflow)
+    app.router.add_delete("/api/workflows/{workflow_id}", cancel_workflow)
+
+
+async def submit_workflow(request: web.Request) -> web.Response:
+    ack = await request.app[MANAGER].workflows.submit(request[USER], await read_json(request))
+    return json_response(ack, status=202)
+
+
+async def get_workflow(request: web.Request) -> web.Response:
+    manager = request.app[MANAGER]
+    snap = await manager.workflows.snapshot(request[USER], request.match_info["workflow_id"])
+    return json_response(snap)
+
+
+async def cancel_workflow(request: web.Request) -> web.Response:
+    manager = request.app[MANAGER]
+    snap = await manager.workflows.cancel(request[USER], request.match_info["workflow_id"])
+    return json_response(snap, status=202)

@@ -16,9 +16,10 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import orjson
+import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.broker import MAX_PRIORITY, Broker
@@ -43,6 +44,9 @@ from shared.registry import TaskSpec, get_task, load_task_modules
 from shared.schema import Snapshot, Update
 from shared.settings import Settings
 from shared.status import TERMINAL_NAMES, TaskStatus
+
+if TYPE_CHECKING:
+    from gateway.workflows import Workflows
 
 log = logging.getLogger("taskgate.manager")
 
@@ -144,6 +148,8 @@ class TaskManager:
         # Tasks accepted by this process, by name (exported as a Prometheus counter).
         self.accepted: Counter[str] = Counter()
         self._owned: list[Callable[[], Awaitable[None]]] = []
+        self._backend: aioredis.Redis | None = None
+        self._workflows: Workflows | None = None
 
     @classmethod
     async def connect(
@@ -181,6 +187,16 @@ class TaskManager:
 
         manager._owned.append(stop)
         return manager
+
+    async def backend_client(self) -> aioredis.Redis:
+        """A client of Celery's result backend (the records' Redis unless configured apart)."""
+        url = self.settings.effective_backend_url
+        if url is None or url == self.settings.redis_url:
+            return self.records.client
+        if self._backend is None:
+            self._backend = async_client(url, socket_timeout=3.0)
+            self._owned.append(self._backend.aclose)
+        return self._backend
 
     async def deliver_update(self, update: Update) -> None:
         self.notify(update["snapshot"])
@@ -248,6 +264,21 @@ class TaskManager:
             log.warning("task %s accepted but its PENDING update was not published", task_id)
         self.accepted[sub.spec.name] += 1
         return decode_snapshot(snap)
+
+    @property
+    def workflows(self) -> Workflows:
+        if self._workflows is None:
+            from gateway.workflows import Workflows
+
+            self._workflows = Workflows(self)
+        return self._workflows
+
+    async def submit_any(self, user: str, body: Any) -> dict[str, Any]:
+        """A task or a workflow (a body with ``chain``, ``group`` or ``chord``): the ack."""
+        if isinstance(body, dict) and body.keys() & {"chain", "group", "chord"}:
+            return await self.workflows.submit(user, body)
+        snap = await self.submit(user, body)
+        return {"task_id": snap["task_id"], "status": snap["status"], "seq": snap["seq"]}
 
     async def submit_many(self, user: str, bodies: Any) -> list[Snapshot | TaskgateError]:
         """Accept a batch: each item validated on its own, answered in order.

@@ -1,19 +1,40 @@
-"""Socket.IO: auth on connect, one room per user, ``submit``/``cancel``/``watch`` with acks."""
+"""Socket.IO: auth on connect, one room per user, ``submit``/``cancel``/``watch`` with acks.
+
+Two guards sit in front of python-socketio's own packet handling (``SocketGuard``):
+
+- every Socket.IO packet a connection sends is checked before it is decoded: binary packets,
+  namespaces other than ``/``, a packet before ``CONNECT`` (or a second ``CONNECT``) and packets
+  beyond the per-connection rate (``TASKGATE_SOCKET_EVENT_RATE``) close that connection; so does
+  a packet python-socketio cannot decode (python-socketio alone would log it and keep the
+  connection open);
+- a connection is closed once its token expires (``exp`` plus the verifier's leeway).
+
+Frames larger than ``max_http_buffer_size`` never reach this module: python-engineio gives that
+size to aiohttp's ``WebSocketResponse(max_msg_size=...)``, which closes the socket with 1009.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import socketio
 
-from gateway.auth import verify_token
+from gateway.auth import LEEWAY_S, TokenRules, verify_token
 from gateway.manager import TaskManager
 from shared.errors import AuthError, TaskgateError
 from shared.schema import Snapshot
 from shared.settings import Secret
 
 log = logging.getLogger("taskgate.sockets")
+
+NAMESPACE = "/"
+# Socket.IO packet types (the first character of a text packet).
+_CONNECT, _DISCONNECT, _EVENT, _ACK = "0", "1", "2", "3"
+_TEXT_TYPES = frozenset({_CONNECT, _DISCONNECT, _EVENT, _ACK})
 
 
 def user_room(user: str) -> str:
@@ -27,9 +48,99 @@ def _error(exc: Exception) -> dict[str, Any]:
     return {"error": {"code": "internal", "message": "internal error"}}
 
 
+class _Bucket:
+    """A token bucket for one connection: ``rate`` per second, ``burst`` at most."""
+
+    __slots__ = ("last", "tokens")
+
+    def __init__(self, burst: float) -> None:
+        self.tokens = burst
+        self.last = time.monotonic()
+
+    def take(self, rate: float, burst: float) -> bool:
+        now = time.monotonic()
+        self.tokens = min(burst, self.tokens + (now - self.last) * rate)
+        self.last = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class SocketGuard:
+    """Checks every Engine.IO message before python-socketio sees it; see the module doc."""
+
+    def __init__(self, sio: socketio.AsyncServer, event_rate: float) -> None:
+        self.sio = sio
+        self.rate = event_rate
+        self.burst = max(1.0, 2 * event_rate)
+        self._buckets: dict[str, _Bucket] = {}
+        self.closed_for: dict[str, int] = {}
+        self._dispatch: Callable[[str, Any], Awaitable[None]] = sio._handle_eio_message
+        self._eio_disconnect: Callable[..., Awaitable[None]] = sio._handle_eio_disconnect
+
+    def install(self) -> None:
+        self.sio.eio.on("message", self.on_message)
+        self.sio.eio.on("disconnect", self.on_disconnect)
+
+    def refusal(self, eio_sid: str, data: Any) -> str | None:
+        """Why this packet closes its connection, or ``None`` when it may go on."""
+        if self.rate > 0:
+            bucket = self._buckets.get(eio_sid)
+            if bucket is None:
+                bucket = self._buckets[eio_sid] = _Bucket(self.burst)
+            if not bucket.take(self.rate, self.burst):
+                return "too many packets"
+        if not isinstance(data, str):
+            return "binary packets are not accepted"
+        kind = data[:1]
+        if kind not in _TEXT_TYPES:
+            return "binary or unknown packet type" if kind else "empty packet"
+        if data[1:2] == "/":
+            end = data.find(",")
+            namespace = data[1:end] if end > 0 else data[1:]
+            if namespace != NAMESPACE:
+                return "unknown namespace"
+        connected = self.sio.manager.sid_from_eio_sid(eio_sid, NAMESPACE) is not None
+        if kind == _CONNECT and connected:
+            return "second CONNECT"
+        if kind != _CONNECT and not connected:
+            return "packet before CONNECT"
+        return None
+
+    async def on_message(self, eio_sid: str, data: Any) -> None:
+        reason = self.refusal(eio_sid, data)
+        if reason is None:
+            try:
+                await self._dispatch(eio_sid, data)
+                return
+            except Exception as exc:  # a packet python-socketio could not decode
+                reason = f"malformed packet ({type(exc).__name__})"
+        await self.close(eio_sid, reason)
+
+    async def close(self, eio_sid: str, reason: str) -> None:
+        log.warning("closing Socket.IO connection %s: %s", eio_sid, reason)
+        self.closed_for[reason] = self.closed_for.get(reason, 0) + 1
+        self._buckets.pop(eio_sid, None)
+        try:
+            await self.sio.eio.disconnect(eio_sid)
+        except Exception:
+            log.exception("could not close connection %s", eio_sid)
+
+    async def on_disconnect(self, eio_sid: str, *reason: Any) -> None:
+        self._buckets.pop(eio_sid, None)
+        await self._eio_disconnect(eio_sid, *reason)
+
+
 def register_socket_handlers(
     sio: socketio.AsyncServer, manager: TaskManager, secret: Secret
-) -> None:
+) -> SocketGuard:
+    rules = TokenRules.from_settings(manager.settings)
+    guard = SocketGuard(sio, manager.settings.socket_event_rate)
+    guard.install()
+    expiry_timers: dict[str, asyncio.TimerHandle] = {}
+    closing: set[asyncio.Task[None]] = set()
+
     async def user_of(sid: str) -> str:
         session = await sio.get_session(sid)
         user: str = session["user"]
@@ -39,17 +150,32 @@ def register_socket_handlers(
         for snap in snaps:
             await sio.emit("task", snap, to=sid)
 
+    def expire(sid: str) -> None:
+        expiry_timers.pop(sid, None)
+        log.info("closing Socket.IO session %s: token expired", sid)
+        task = asyncio.ensure_future(sio.disconnect(sid))
+        closing.add(task)
+        task.add_done_callback(closing.discard)
+
     @sio.event  # type: ignore[untyped-decorator]
     async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         token = auth.get("token") if isinstance(auth, dict) else None
         try:
-            identity = verify_token(secret, token)
+            identity = verify_token(secret, token, rules)
         except AuthError as exc:
             raise socketio.exceptions.ConnectionRefusedError(exc.message) from None
         await sio.save_session(sid, {"user": identity.user, "exp": identity.expires_at})
         await sio.enter_room(sid, user_room(identity.user))
+        delay = max(0.0, identity.expires_at + LEEWAY_S - time.time())
+        expiry_timers[sid] = asyncio.get_running_loop().call_later(delay, expire, sid)
         # Sent after the handshake completes, so the client has its handlers in place.
         sio.start_background_task(_send_live, sid, identity.user)
+
+    @sio.event  # type: ignore[untyped-decorator]
+    async def disconnect(sid: str, *_: Any) -> None:
+        timer = expiry_timers.pop(sid, None)
+        if timer is not None:
+            timer.cancel()
 
     async def _send_live(sid: str, user: str) -> None:
         try:
@@ -58,15 +184,14 @@ def register_socket_handlers(
             log.exception("could not send connect-time snapshots to %s", user)
 
     @sio.event  # type: ignore[untyped-decorator]
-    async def submit(sid: str, data: Any = None) -> dict[str, Any]:
+    async def submit(sid: str, data: Any = None, *_: Any) -> dict[str, Any]:
         try:
-            snap = await manager.submit(await user_of(sid), data)
+            return await manager.submit_any(await user_of(sid), data)
         except Exception as exc:
             return _error(exc)
-        return {"task_id": snap["task_id"], "status": snap["status"], "seq": snap["seq"]}
 
     @sio.event  # type: ignore[untyped-decorator]
-    async def cancel(sid: str, data: Any = None) -> dict[str, Any]:
+    async def cancel(sid: str, data: Any = None, *_: Any) -> dict[str, Any]:
         try:
             task_id = data.get("task_id") if isinstance(data, dict) else ""
             await manager.cancel(await user_of(sid), task_id)
@@ -75,7 +200,7 @@ def register_socket_handlers(
         return {"ok": True}
 
     @sio.event  # type: ignore[untyped-decorator]
-    async def watch(sid: str, data: Any = None) -> dict[str, Any]:
+    async def watch(sid: str, data: Any = None, *_: Any) -> dict[str, Any]:
         try:
             wanted = data.get("tasks") if isinstance(data, dict) else None
             snaps = await manager.watch(await user_of(sid), wanted)
@@ -83,3 +208,5 @@ def register_socket_handlers(
             return _error(exc)
         await send_snapshots(sid, snaps)
         return {"ok": True, "sent": len(snaps)}
+
+    return guard

@@ -31,6 +31,15 @@ class Keys:
         return f"{self.prefix}user:{user}:ended"
 
     @property
+    def running(self) -> str:
+        """Sorted set: RUNNING tasks scored by their last worker heartbeat (stall detection)."""
+        return f"{self.prefix}running"
+
+    def workflow(self, workflow_id: str) -> str:
+        """Hash: a workflow's owner, kind and child task ids (see ``gateway.workflows``)."""
+        return f"{self.prefix}workflow:{workflow_id}"
+
+    @property
     def progress_channel(self) -> str:
         """Pub/sub channel: every change of every task (``shared.schema.Update``)."""
         return f"{self.prefix}progress"

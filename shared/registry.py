@@ -31,6 +31,7 @@ class TaskContext(Protocol):
     """What a running task gets as its first argument."""
 
     task_id: str
+    parent_result: Any  # a chain's previous result, or a chord's header results
 
     def progress(self, percent: float, message: str | None = None, **data: Any) -> None:
         """Report progress (0-100); raises ``TaskCancelled`` once a cancel was asked."""

@@ -38,6 +38,10 @@ class Snapshot(TypedDict):
     created_at: float
     started_at: float | None
     finished_at: float | None
+    # True while a RUNNING task's worker has missed three heartbeats (see shared.records).
+    stalled: bool
+    # The workflow (chain, group, chord) this task belongs to, or null.
+    workflow_id: str | None
 
 
 class Update(TypedDict):
@@ -60,6 +64,8 @@ SNAPSHOT_FIELDS: tuple[str, ...] = (
     "created_at",
     "started_at",
     "finished_at",
+    "stalled",
+    "workflow_id",
 )
 
 

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import time
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from shared.errors import TaskCancelled
 from shared.records import SyncRecords
+
+log = logging.getLogger("taskgate.worker")
+# A progress update lost to a Redis outage is dropped, not retried: the task keeps running and
+# its next update (or its terminal status, which is retried) brings the record up to date.
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 # How stale the cached cancel flag may be when a task polls ``ctx.cancelled`` in a tight loop.
 _CANCEL_POLL_S = 0.25
@@ -18,6 +28,8 @@ class Context:
 
     def __init__(self, task_id: str, records: SyncRecords) -> None:
         self.task_id = task_id
+        # The previous step's result in a chain, the header results in a chord's body.
+        self.parent_result: Any = None
         self._records = records
         self._cancel = False
         self._cancel_checked = 0.0
@@ -32,12 +44,16 @@ class Context:
         if not math.isfinite(pct):
             raise ValueError("percent must be a finite number")
         pct = min(100.0, max(0.0, pct))
-        result = self._records.transition(
-            self.task_id,
-            "progress",
-            percent=pct,
-            fields={"progress": {"percent": pct, "message": message, "data": data}},
-        )
+        try:
+            result = self._records.transition(
+                self.task_id,
+                "progress",
+                percent=pct,
+                fields={"progress": {"percent": pct, "message": message, "data": data}},
+            )
+        except _TRANSIENT as exc:
+            log.warning("progress of %s dropped: Redis unreachable (%s)", self.task_id, exc)
+            return
         self._cancel_checked = time.monotonic()
         if result.cancel_requested:
             self._cancel = True
@@ -47,7 +63,9 @@ class Context:
     def cancelled(self) -> bool:
         """True once a cancel was asked (read from the record at most every 250 ms)."""
         if not self._cancel and time.monotonic() - self._cancel_checked > _CANCEL_POLL_S:
-            self._cancel = self._records.cancel_requested(self.task_id)
+            # Unknown during a Redis outage; asked again at the next poll.
+            with contextlib.suppress(*_TRANSIENT):
+                self._cancel = self._records.cancel_requested(self.task_id)
             self._cancel_checked = time.monotonic()
         return self._cancel
 

@@ -70,6 +70,25 @@ def sleep(ctx: TaskContext, seconds: float) -> dict[str, Any]:
 
 
 @task(
+    "demo.add",
+    queue="fast",
+    schema=InputSchema({"value": Field("float", default=0.0, low=-1e12, high=1e12)}),
+)
+def add(ctx: TaskContext, value: float) -> dict[str, Any]:
+    """Adds ``value`` to the totals it is handed in a workflow (a chain's previous result, a
+    chord's header results); shows results flowing through chain and chord."""
+    before = ctx.parent_result
+    parts = before if isinstance(before, list) else [before]
+    total = value + sum(
+        float(p["total"])
+        for p in parts
+        if isinstance(p, dict) and isinstance(p.get("total"), (int, float))
+    )
+    ctx.progress(100.0, f"total {total:g}")
+    return {"total": total}
+
+
+@task(
     "demo.primes",
     queue="heavy",
     schema=InputSchema({"limit": Field("int", default=1_000_000, low=2, high=50_000_000)}),

@@ -1,26 +1,52 @@
-"""Runs one registered task inside a Celery task, turning its life into record transitions."""
+"""Runs one registered task inside a Celery task, turning its life into record transitions.
+
+What each run does, in order (docs/RELIABILITY.md explains why):
+
+1. validates the input again (the broker is not trusted either);
+2. counts the run in the record (``_attempt``); a task whose earlier runs all killed their
+   worker process (``TASKGATE_MAX_ATTEMPTS`` of them) ends FAILED instead of running again;
+3. moves the record to RUNNING unless it already ended (a cancelled task never runs, however
+   often its message is delivered) and starts a heartbeat thread that stamps the record every
+   ``TASKGATE_TASK_HEARTBEAT_S`` seconds while the run lasts;
+4. runs the function and records exactly one terminal status. Terminal writes are retried
+   through short Redis outages; progress updates are dropped during one (the record keeps the
+   truth, the next update or the relay's resync repairs the view).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import random
+import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.errors import InvalidInput, TaskCancelled
-from shared.records import SyncRecords
+from shared.records import SyncRecords, TransitionResult
 from shared.redis_client import sync_client
 from shared.registry import TaskSpec
 from shared.settings import Settings
 from shared.status import TaskStatus
 from worker.context import Context
+from worker.workflow import settle_workflow
 
 log = logging.getLogger("taskgate.worker")
 
+T = TypeVar("T")
+
 _NON_TERMINAL = (TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.RETRYING)
+# Redis errors worth retrying: the server is away, not the command wrong.
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+# How long a terminal write keeps retrying through a Redis outage before giving up.
+FINISH_RETRY_S = 60.0
 
 
 class RecordsPerProcess:
@@ -34,11 +60,29 @@ class RecordsPerProcess:
     def get(self) -> SyncRecords:
         if self._records is None or self._pid != os.getpid():
             client = sync_client(
-                self.settings.require_redis(), socket_timeout=10, health_check_interval=30
+                self.settings.require_redis(),
+                socket_timeout=10,
+                socket_connect_timeout=5,
+                health_check_interval=30,
             )
             self._records = SyncRecords(client, self.settings.keys, self.settings.retention_s)
             self._pid = os.getpid()
         return self._records
+
+
+def retrying(fn: Callable[[], T], what: str, deadline_s: float = FINISH_RETRY_S) -> T:
+    """Call ``fn``, retrying transient Redis errors with capped, jittered backoff."""
+    deadline = time.monotonic() + deadline_s
+    delay = 0.1
+    while True:
+        try:
+            return fn()
+        except TRANSIENT as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: Redis unreachable (%s); retrying", what, type(exc).__name__)
+            time.sleep(random.uniform(delay / 2, delay))
+            delay = min(delay * 2, 2.0)
 
 
 def _error(exc: BaseException) -> dict[str, str]:
@@ -46,22 +90,83 @@ def _error(exc: BaseException) -> dict[str, str]:
 
 
 def finish(records: SyncRecords, task_id: str, status: TaskStatus, **fields: Any) -> None:
+    """Record the terminal status (a no-op if the task already ended)."""
     if status is TaskStatus.COMPLETED:
         fields.setdefault("progress", {"percent": 100.0, "message": "completed", "data": {}})
-    records.transition(
-        task_id,
-        "status",
-        status=status,
-        percent=100.0 if status is TaskStatus.COMPLETED else None,
-        fields={"finished_at": time.time(), **fields},
+    finished = {"finished_at": time.time(), **fields}
+    retrying(
+        lambda: records.transition(
+            task_id,
+            "status",
+            status=status,
+            percent=100.0 if status is TaskStatus.COMPLETED else None,
+            fields=finished,
+        ),
+        f"recording {status.value} for {task_id}",
     )
+
+
+class Heartbeat:
+    """A daemon thread that stamps a running task's record every ``interval`` seconds.
+
+    It beats as long as the process lives, so a missing heartbeat means the worker process is
+    gone or frozen, not that the task is slow (progress says that).
+    """
+
+    def __init__(self, records: SyncRecords, task_id: str, interval: float) -> None:
+        self.records = records
+        self.task_id = task_id
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"taskgate-heartbeat-{task_id[:8]}", daemon=True
+        )
+
+    def beat(self) -> TransitionResult | None:
+        try:
+            return self.records.heartbeat(self.task_id)
+        except RedisError as exc:
+            log.warning("heartbeat of %s failed: %s", self.task_id, type(exc).__name__)
+            return None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            result = self.beat()
+            if result is not None and result.code in (0, -1):
+                return  # the task left RUNNING (or its record is gone): nothing to keep alive
+
+    def __enter__(self) -> Heartbeat:
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _worker_lost_error(attempts: int) -> dict[str, str]:
+    return {
+        "type": "WorkerLost",
+        "message": (
+            f"the worker process died during each of the task's {attempts} runs "
+            "(killed, out of memory, or crashed); it is not run again"
+        ),
+    }
 
 
 def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess) -> None:
     """Bind a registry entry to a Celery task of the same name."""
+    settings = records.settings
 
     @app.task(name=spec.name, bind=True, queue=spec.queue)  # type: ignore[untyped-decorator]
     def run(self: Task, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return execute(self, *args, **kwargs)
+        finally:
+            settle_workflow(self.request, records.get())
+
+    def execute(self: Task, *args: Any, **kwargs: Any) -> Any:
         task_id: str = self.request.id
         store = records.get()
         try:
@@ -69,53 +174,91 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
         except InvalidInput as exc:
             finish(store, task_id, TaskStatus.FAILED, error=_error(exc))
             return None
-        started = store.transition(
-            task_id,
-            "status",
-            status=TaskStatus.RUNNING,
-            only_if=_NON_TERMINAL,
-            fields={"started_at": time.time()},
+        # Runs are counted before they start: a run that kills its process cannot count itself
+        # afterwards, and task_reject_on_worker_lost hands its message straight back.
+        previous = retrying(lambda: store.attempts(task_id), f"reading attempts of {task_id}")
+        if previous >= settings.max_attempts:
+            log.error("task %s (%s) killed its worker %d times; failing it", task_id, spec.name,
+                      previous)  # fmt: skip
+            finish(store, task_id, TaskStatus.FAILED, error=_worker_lost_error(previous))
+            return None
+        now = time.time()
+        started = retrying(
+            lambda: store.transition(
+                task_id,
+                "status",
+                status=TaskStatus.RUNNING,
+                only_if=_NON_TERMINAL,
+                fields={"started_at": now, "_attempt": previous + 1, "_hb": now},
+            ),
+            f"starting {task_id}",
         )
         if started.missing:
-            log.warning("task %s (%s) has no record; not running it", task_id, spec.name)
+            log.warning("task %s (%s) has no record (expired?); not running it", task_id,
+                        spec.name)  # fmt: skip
             return None
         if started.already_terminal:
             log.info("task %s already ended (cancelled?); not running it", task_id)
             return None
+        if previous:
+            log.warning("task %s (%s): run %d (an earlier run was lost)", task_id, spec.name,
+                        previous + 1)  # fmt: skip
         ctx = Context(task_id, store)
+        # In a chain or a chord's body, Celery passes the previous result(s) first.
+        ctx.parent_result = args[0] if args else None
         if started.cancel_requested:
             finish(store, task_id, TaskStatus.CANCELLED)
             return None
-        try:
-            result = spec.fn(ctx, *args, **data)
-        except TaskCancelled:
-            finish(store, task_id, TaskStatus.CANCELLED)
-            return None
-        except SoftTimeLimitExceeded:
-            finish(
-                store,
-                task_id,
-                TaskStatus.TIMED_OUT,
-                error={"type": "TimeLimitExceeded", "message": "soft time limit exceeded"},
-            )
-            raise
-        except Exception as exc:
-            finish(store, task_id, TaskStatus.FAILED, error=_error(exc))
-            raise
-        if ctx.cancelled:
-            finish(store, task_id, TaskStatus.CANCELLED)
-            return None
-        try:
-            finish(store, task_id, TaskStatus.COMPLETED, result=result)
-        except TypeError as exc:
-            finish(
-                store,
-                task_id,
-                TaskStatus.FAILED,
-                error={
-                    "type": "ResultNotJSON",
-                    "message": f"result is not JSON-serializable: {exc}",
-                },
-            )
-            raise
-        return result
+        with Heartbeat(store, task_id, settings.task_heartbeat_s):
+            return _run(spec, ctx, store, task_id, args, data, settings)
+
+
+def _run(
+    spec: TaskSpec,
+    ctx: Context,
+    store: SyncRecords,
+    task_id: str,
+    args: tuple[Any, ...],
+    data: dict[str, Any],
+    settings: Settings,
+) -> Any:
+    try:
+        result = spec.fn(ctx, **data)
+    except TaskCancelled:
+        finish(store, task_id, TaskStatus.CANCELLED)
+        return None
+    except SoftTimeLimitExceeded:
+        finish(
+            store,
+            task_id,
+            TaskStatus.TIMED_OUT,
+            error={
+                "type": "TimeLimitExceeded",
+                "message": f"soft time limit ({settings.soft_time_limit:g}s) exceeded",
+            },
+        )
+        raise
+    except Exception as exc:
+        finish(store, task_id, TaskStatus.FAILED, error=_error(exc))
+        raise
+    if ctx.cancelled:
+        finish(store, task_id, TaskStatus.CANCELLED)
+        return None
+    try:
+        finish(store, task_id, TaskStatus.COMPLETED, result=result)
+    except TypeError as exc:
+        finish(
+            store,
+            task_id,
+            TaskStatus.FAILED,
+            error={
+                "type": "ResultNotJSON",
+                "message": f"result is not JSON-serializable: {exc}",
+            },
+        )
+        raise
+    return result
+
+
+def hard_time_limit_error(limit: object) -> dict[str, str]:
+    return {"type": "TimeLimitExceeded", "message": f"hard time limit ({limit}s) exceeded"}

@@ -1,0 +1,347 @@
+"""Workflows on Celery's canvas: chain, group and chord, published without Celery.
+
+A workflow is submitted as one body (``{"chain": [...]}``, ``{"group": [...]}`` or
+``{"chord": {"header": [...], "body": step}}``); each step is a submit body. Every step gets its
+own task record (PENDING, with ``workflow_id``) before anything is published, then:
+
+- chain: one message for the first step whose embed carries the rest as Celery signatures; the
+  worker's own trace publishes each next step with the previous result as its first argument;
+- group: one message per step, all with the group id;
+- chord: one message per header step with the group id and the body signature in the embed; the
+  chord size is written to the result backend the way ``celery.canvas.chord`` does, so the
+  worker's backend calls the body with the list of header results.
+
+The owner watches one rolled-up ``workflow`` snapshot: each child's status and percent, an overall
+percent (the mean), a status, and a ``seq`` that is the sum of the children's (so it rises with
+every child change and clients can drop stale ones the same way as for tasks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import orjson
+from redis.exceptions import RedisError
+
+from gateway.broker import redis_priority
+from gateway.celery_message import TaskMessage, build_task_message
+from gateway.manager import Submission, TaskManager, _field_error, parse_submission
+from shared.errors import BrokerUnavailable, NotFound, TaskgateError
+from shared.records import new_record_fields
+from shared.status import TERMINAL_NAMES
+
+log = logging.getLogger("taskgate.workflows")
+
+MAX_STEPS = 100
+KINDS = ("chain", "group", "chord")
+_SEVERITY = ("FAILED", "TIMED_OUT", "CANCELLED")
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    kind: str
+    steps: list[Submission]  # chord: header steps, then the body last
+    ids: list[str]
+
+
+def parse_workflow(body: Any, routes: Any = ()) -> tuple[str, list[Submission]]:
+    if not isinstance(body, dict) or len(body) != 1 or next(iter(body)) not in KINDS:
+        raise _field_error(
+            "body", 'must be one of {"chain": [...]}, {"group": [...]}, {"chord": {...}}'
+        )
+    kind, spec = next(iter(body.items()))
+    if kind == "chord":
+        if not isinstance(spec, dict) or set(spec) != {"header", "body"}:
+            raise _field_error("chord", 'must be {"header": [steps], "body": step}')
+        raw_steps, path = [*_step_list(spec["header"], "chord.header"), spec["body"]], "chord"
+    else:
+        raw_steps, path = _step_list(spec, kind), kind
+    steps = []
+    for i, step in enumerate(raw_steps):
+        where = f"{path}.body" if kind == "chord" and i == len(raw_steps) - 1 else f"{path}[{i}]"
+        if isinstance(step, dict) and ({"idempotency_key", "callback_url"} & set(step)):
+            raise _field_error(where, "steps take no idempotency_key or callback_url")
+        try:
+            steps.append(parse_submission(step, routes))
+        except TaskgateError as exc:
+            details = exc.details if isinstance(exc.details, dict) else {}
+            field = details.get("field", "")
+            exc.details = {**details, "field": f"{where}.{field}" if field else where}
+            exc.message = f"{where}: {exc.message}"
+            raise
+    return kind, steps
+
+
+def _step_list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list) or not 0 < len(value) <= MAX_STEPS:
+        raise _field_error(where, f"must be a list of 1 to {MAX_STEPS} steps")
+    return value
+
+
+class Workflows:
+    """Submits workflows and rolls their children up into one snapshot."""
+
+    def __init__(self, manager: TaskManager) -> None:
+        self.manager = manager
+        self.keys = manager.settings.keys
+        self.amqp = manager.settings.broker_is_amqp
+
+    def _priority(self, p: int) -> int:
+        return p if self.amqp else redis_priority(p)
+
+    def _signature(
+        self, sub: Submission, task_id: str, wid: str, chord_size: int | None = None
+    ) -> dict[str, Any]:
+        return {
+            "task": sub.spec.name,
+            "args": [],
+            "kwargs": sub.input,
+            "options": {
+                "task_id": task_id,
+                "queue": sub.queue,
+                "priority": self._priority(sub.priority),
+                "root_id": wid,
+            },
+            "subtask_type": None,
+            "immutable": False,
+            "chord_size": chord_size,
+        }
+
+    def messages(self, plan: Plan, wid: str) -> list[TaskMessage]:
+        steps, ids = plan.steps, plan.ids
+        if plan.kind == "group":
+            return [
+                build_task_message(
+                    tid,
+                    s.spec.name,
+                    s.queue,
+                    kwargs=s.input,
+                    priority=s.priority,
+                    group_id=wid,
+                    root_id=wid,
+                    group_index=i,
+                )
+                for i, (s, tid) in enumerate(zip(steps, ids, strict=True))
+            ]
+        if plan.kind == "chain":
+            rest = [self._signature(s, tid, wid) for s, tid in zip(steps[1:], ids[1:], strict=True)]
+            first = steps[0]
+            embed = {
+                "callbacks": None,
+                "errbacks": None,
+                "chain": rest[::-1] or None,
+                "chord": None,
+            }
+            return [
+                build_task_message(
+                    ids[0],
+                    first.spec.name,
+                    first.queue,
+                    kwargs=first.input,
+                    priority=first.priority,
+                    embed=embed,
+                    root_id=wid,
+                )
+            ]
+        header, body = steps[:-1], steps[-1]
+        body_sig = self._signature(body, ids[-1], wid, chord_size=len(header))
+        chord_embed: dict[str, Any] = {
+            "callbacks": None, "errbacks": None, "chain": None, "chord": body_sig,
+        }  # fmt: skip
+        return [
+            build_task_message(
+                tid,
+                s.spec.name,
+                s.queue,
+                kwargs=s.input,
+                priority=s.priority,
+                embed=chord_embed,
+                group_id=wid,
+                root_id=wid,
+                group_index=i,
+            )
+            for i, (s, tid) in enumerate(zip(header, ids[:-1], strict=True))
+        ]
+
+    async def submit(self, user: str, body: Any) -> dict[str, Any]:
+        """Record every step, then publish; 503 leaves nothing accepted."""
+        kind, steps = parse_workflow(body, self.manager.settings.routes)
+        wid = str(uuid.uuid4())
+        plan = Plan(kind, steps, [str(uuid.uuid4()) for _ in steps])
+        records = self.manager.records
+        now = time.time()
+        try:
+            await self._save(user, wid, plan, now)
+            created = await records.create_many(
+                user,
+                [
+                    new_record_fields(tid, s.spec.name, s.queue, now, {"workflow_id": wid})
+                    for s, tid in zip(steps, plan.ids, strict=True)
+                ],
+                self.manager.settings.max_active,
+            )
+            refused = [(code, payload) for code, payload in created if code != 1]
+            if refused:
+                await self._discard(
+                    user, wid, [t for t, (c, _) in zip(plan.ids, created, strict=True) if c == 1]
+                )
+                raise self.manager._create_error(*refused[0])
+            try:
+                if kind == "chord":
+                    await self._set_chord_size(wid, len(steps) - 1)
+                await self.manager.broker.publish(self.messages(plan, wid))
+            except (BrokerUnavailable, RedisError):
+                await self._discard(user, wid, plan.ids)
+                raise
+        except RedisError as exc:
+            raise BrokerUnavailable(f"task store unreachable: {type(exc).__name__}") from exc
+        # Accepted now; if this fails, the records are the truth and clients catch up from them.
+        with contextlib.suppress(RedisError):
+            await records.publish_snapshots(user, [payload for _, payload in created])
+        for s in steps:
+            self.manager.accepted[s.spec.name] += 1
+        return {"workflow_id": wid, "kind": kind, "task_ids": plan.ids}
+
+    async def _save(self, user: str, wid: str, plan: Plan, now: float) -> None:
+        key = self.keys.workflow(wid)
+        settings = self.manager.settings
+        # Outlives its children: they expire retention_s after they end.
+        ttl = settings.retention_s + int(settings.time_limit) * len(plan.ids) + 3600
+        async with self.manager.records.client.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                key,
+                mapping={
+                    "owner": user,
+                    "kind": plan.kind,
+                    "task_ids": orjson.dumps(plan.ids),
+                    "created_at": repr(now),
+                },
+            )
+            pipe.expire(key, ttl)
+            await pipe.execute()
+
+    async def _discard(self, user: str, wid: str, task_ids: list[str]) -> None:
+        try:
+            await self.manager.records.discard_many(user, task_ids)
+            await self.manager.records.client.delete(self.keys.workflow(wid))
+        except RedisError:
+            pass
+
+    async def _set_chord_size(self, wid: str, size: int) -> None:
+        # As celery.backends.redis.RedisBackend.set_chord_size, with the backend's key prefix.
+        client = await self.manager.backend_client()
+        prefix = f"{self.keys.broker_prefix}celery-taskset-meta-{wid}"
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.delete(f"{prefix}.c")
+            pipe.set(f"{prefix}.s", size, ex=86400)
+            await pipe.execute()
+
+    async def _load(self, user: str, wid: Any) -> tuple[str, list[str], float]:
+        if not isinstance(wid, str) or len(wid) > 64:
+            raise NotFound("no such workflow")
+        got = await self.manager.records.client.hgetall(self.keys.workflow(wid))
+        raw = cast(dict[bytes, bytes], got)
+        if not raw or raw.get(b"owner", b"").decode() != user:
+            raise NotFound("no such workflow")
+        return raw[b"kind"].decode(), orjson.loads(raw[b"task_ids"]), float(raw[b"created_at"])
+
+    async def snapshot(self, user: str, wid: Any) -> dict[str, Any]:
+        kind, ids, created = await self._load(user, wid)
+        snaps = {s["task_id"]: s for s in await self.manager.records.snapshots(ids, user)}
+        children: list[dict[str, Any]] = []
+        for tid in ids:
+            s = snaps.get(tid)
+            if s is None:
+                children.append(
+                    {"task_id": tid, "task": None, "status": "EXPIRED", "percent": 100.0, "seq": 0}
+                )
+                continue
+            done = s["status"] in TERMINAL_NAMES
+            children.append(
+                {
+                    "task_id": tid,
+                    "task": s["task"],
+                    "status": s["status"],
+                    "percent": 100.0 if done else float(s["progress"]["percent"]),
+                    "seq": s["seq"],
+                }
+            )
+        return {
+            "workflow_id": wid,
+            "kind": kind,
+            "status": rollup_status([c["status"] for c in children]),
+            "seq": sum(int(c["seq"]) for c in children),
+            "percent": round(sum(c["percent"] for c in children) / len(children), 3),
+            "children": children,
+            "created_at": created,
+        }
+
+    async def cancel(self, user: str, wid: Any) -> dict[str, Any]:
+        _, ids, _ = await self._load(user, wid)
+        for tid in ids:
+            await self.manager.cancel(user, tid)
+        return await self.snapshot(user, wid)
+
+
+def rollup_status(statuses: list[str]) -> str:
+    if all(s == "COMPLETED" for s in statuses):
+        return "COMPLETED"
+    if all(s in TERMINAL_NAMES or s == "EXPIRED" for s in statuses):
+        return next((sev for sev in _SEVERITY if sev in statuses), "FAILED")
+    if any(s in ("RUNNING", "RETRYING") or s in TERMINAL_NAMES for s in statuses):
+        return "RUNNING"
+    return "PENDING"
+
+
+class WorkflowNotifier:
+    """Pushes the rolled-up ``workflow`` snapshot to the owner after a child changes.
+
+    Runs beside the relay, never inside it: a burst of child updates for one workflow costs one
+    roll-up in flight plus at most one more (the latest wins), not one per update.
+    """
+
+    def __init__(
+        self, workflows: Workflows, emit: Callable[[str, dict[str, Any]], Awaitable[None]]
+    ):
+        self.workflows = workflows
+        self.emit = emit
+        self._busy: set[str] = set()
+        self._again: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def child_changed(self, owner: str, wid: str) -> None:
+        if wid in self._busy:
+            self._again.add(wid)
+            return
+        self._busy.add(wid)
+        task = asyncio.create_task(self._push(owner, wid))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _push(self, owner: str, wid: str) -> None:
+        try:
+            while True:
+                self._again.discard(wid)
+                try:
+                    await self.emit(owner, await self.workflows.snapshot(owner, wid))
+                except NotFound:
+                    return
+                except Exception:
+                    log.exception("could not push workflow %s", wid)
+                    return
+                if wid not in self._again:
+                    return
+        finally:
+            self._busy.discard(wid)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
