@@ -1,17 +1,20 @@
 """The Celery app: JSON only, late acks, prefetch 1, queues ``fast`` and ``heavy``.
 
 Every Celery setting taskgate relies on is set here, so the workers, beat, Flower and the
-gateway (which only publishes and revokes) read the same configuration.
+gateway (which only publishes and revokes) read the same configuration. docs/RELIABILITY.md
+says which promise rests on which setting.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from typing import Any
 
 from celery import Celery
-from celery.signals import task_revoked
+from celery.exceptions import TimeLimitExceeded
+from celery.signals import task_failure, task_revoked
 from kombu import Queue  # type: ignore[attr-defined]
 
 from shared.errors import ConfigError
@@ -19,17 +22,27 @@ from shared.logging import setup_logging
 from shared.registry import all_tasks, load_task_modules
 from shared.settings import Settings
 from shared.status import TaskStatus
-from worker.runner import RecordsPerProcess, finish, register_celery_task
+from worker.maintenance import register_maintenance
+from worker.runner import RecordsPerProcess, finish, hard_time_limit_error, register_celery_task
 
 # kombu's Redis transport consumes priority keys in this order; 10 steps give 0-9 their own list.
 REDIS_PRIORITY_STEPS = list(range(10))
-# A message un-acked for this long is handed to another worker. With late acks it must exceed the
-# hard time limit, or a task still running would be delivered twice.
-VISIBILITY_MARGIN_S = 60.0
 
 
-def visibility_timeout(settings: Settings) -> float:
-    return settings.time_limit + VISIBILITY_MARGIN_S
+def visibility_timeout(settings: Settings) -> int:
+    """Seconds an un-acked message stays with its worker before Redis hands it to another.
+
+    With late acks a message stays un-acked while its task runs, so this must exceed the hard
+    time limit (``Settings.from_env`` refuses otherwise), or a task still running would be
+    delivered twice. It is also how long a task of a worker killed with SIGKILL waits before
+    it is run again. Celery documents it as an int.
+    """
+    return max(1, math.ceil(settings.visibility_timeout))
+
+
+def restore_interval(settings: Settings) -> int:
+    """How often a worker looks for messages whose visibility timeout passed."""
+    return max(1, min(10, visibility_timeout(settings) // 4))
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
@@ -38,6 +51,10 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
     return {
         "global_keyprefix": settings.keys.broker_prefix,
         "visibility_timeout": visibility_timeout(settings),
+        # kombu sweeps every interval * throttle seconds (10 * 10 by default); with a throttle
+        # of 1 a lost message is back in its queue within visibility_timeout + interval.
+        "unacked_restore_interval": restore_interval(settings),
+        "unacked_restore_throttle": 1,
         "priority_steps": REDIS_PRIORITY_STEPS,
         "queue_order_strategy": "priority",
     }
@@ -50,7 +67,12 @@ def make_celery(settings: Settings) -> Celery:
         broker_url=settings.effective_broker_url,
         result_backend=settings.effective_backend_url,
         broker_transport_options=broker_transport_options(settings),
-        result_backend_transport_options={"global_keyprefix": settings.keys.broker_prefix},
+        result_backend_transport_options={
+            "global_keyprefix": settings.keys.broker_prefix,
+            "visibility_timeout": visibility_timeout(settings),
+        },
+        # Celery's docs ask for the same visibility timeout in all three places.
+        visibility_timeout=visibility_timeout(settings),
         broker_connection_retry_on_startup=True,
         task_serializer="json",
         result_serializer="json",
@@ -81,6 +103,11 @@ def make_celery(settings: Settings) -> Celery:
     records = RecordsPerProcess(settings)
     for spec in all_tasks().values():
         register_celery_task(app, spec, records)
+    register_maintenance(app, records)
+    app.conf.beat_schedule = {
+        f"{task} every {every:g}s": {"task": task, "schedule": every}
+        for task, every in settings.beat_schedule
+    }
 
     @task_revoked.connect(weak=False)  # type: ignore[untyped-decorator]
     def _on_revoked(request: Any = None, **_: Any) -> None:
@@ -88,7 +115,21 @@ def make_celery(settings: Settings) -> Celery:
         if task_id:
             finish(records.get(), task_id, TaskStatus.CANCELLED)
 
+    @task_failure.connect(weak=False)  # type: ignore[untyped-decorator]
+    def _on_failure(
+        sender: Any = None, task_id: str | None = None, exception: Any = None, **_: Any
+    ) -> None:
+        # The hard time limit kills the pool process; Celery reports it from the main process,
+        # which records the end the task itself never could.
+        if task_id and isinstance(exception, TimeLimitExceeded) and _ours(sender, app):
+            limit = exception.args[0] if exception.args else settings.time_limit
+            finish(records.get(), task_id, TaskStatus.TIMED_OUT, error=hard_time_limit_error(limit))
+
     return app
+
+
+def _ours(sender: Any, app: Celery) -> bool:
+    return sender is None or getattr(sender, "app", app) is app
 
 
 @functools.cache
