@@ -21,15 +21,17 @@ from redis.exceptions import RedisError
 
 from gateway import jsonlib
 from gateway.appkeys import BROKER, MANAGER, RECORDS, RELAY, SETTINGS, SIO
-from gateway.broker import Broker
+from gateway.broker import Broker, RedisBroker
 from gateway.broker_factory import make_broker
 from gateway.control import CeleryControl
+from gateway.fanout import Fanout
 from gateway.http_api import add_routes, auth_middleware, errors_middleware, json_response
 from gateway.http_manage import add_manage_routes
 from gateway.manager import TaskManager
 from gateway.metrics import METRICS, Metrics, count_requests, metrics_handler
 from gateway.openapi import add_openapi_route
 from gateway.origins import OriginPolicy
+from gateway.redelivery import OutboxBroker, watch_outbox
 from gateway.relay import Relay
 from gateway.sockets import register_socket_handlers, user_room
 from gateway.stalls import watch_stalls
@@ -90,6 +92,10 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
         records = AsyncRecords(client, settings.keys, settings.retention_s)
         app[RECORDS] = records
         the_broker = broker or make_broker(settings)
+        outbox: OutboxBroker | None = None
+        if isinstance(the_broker, RedisBroker) and settings.effective_broker_url == redis_url:
+            # Brings back messages kombu's Redis transport loses in flight (gateway/redelivery.py).
+            the_broker = outbox = OutboxBroker(the_broker, settings.keys)
         app[BROKER] = the_broker
         control = CeleryControl(settings)
         manager = TaskManager(settings, records, the_broker, control=control)
@@ -100,11 +106,12 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
             await sio.emit("workflow", snap, room=user_room(owner))
 
         notifier = WorkflowNotifier(manager.workflows, emit_workflow)
+        fanout = Fanout(sio)
 
         async def deliver(update: Update) -> None:
             snap = update["snapshot"]
             manager.notify(snap)
-            await sio.emit("task", snap, room=user_room(update["owner"]))
+            await fanout.to_room(user_room(update["owner"]), "task", snap)
             workflow_id = snap.get("workflow_id")
             if workflow_id:
                 notifier.child_changed(update["owner"], workflow_id)
@@ -114,18 +121,27 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
                 if isinstance(room, str) and room.startswith("user:"):
                     for snap in await manager.live(room[len("user:") :]):
                         manager.notify(snap)
-                        await sio.emit("task", snap, room=room)
+                        await fanout.to_room(room, "task", snap)
 
         relay = Relay(redis_url, settings.keys.progress_channel, deliver, resync)
         app[RELAY] = relay
         manager.relay = relay
         tasks = [
             asyncio.create_task(relay.run(), name="taskgate-relay"),
-            asyncio.create_task(_heartbeat(sio, settings.heartbeat_s), name="taskgate-heartbeat"),
+            asyncio.create_task(
+                _heartbeat(fanout, settings.heartbeat_s), name="taskgate-heartbeat"
+            ),
             asyncio.create_task(
                 watch_stalls(records, settings.task_heartbeat_s), name="taskgate-stalls"
             ),
         ]
+        if outbox is not None:
+            sweep = max(1.0, min(10.0, settings.visibility_timeout / 4))
+            tasks.append(
+                asyncio.create_task(
+                    watch_outbox(outbox, settings.queues, sweep), name="taskgate-outbox"
+                )
+            )
         try:
             yield
         finally:
@@ -154,11 +170,11 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
     return app
 
 
-async def _heartbeat(sio: socketio.AsyncServer, interval: float) -> None:
+async def _heartbeat(fanout: Fanout, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            await sio.emit("heartbeat", {"ts": time.time()})
+            await fanout.to_all("heartbeat", {"ts": time.time()})
         except Exception:
             log.exception("heartbeat emit failed")
 

@@ -38,7 +38,9 @@ class CeleryControl:
 
     async def revoke(self, task_id: str) -> None:
         app = await self.app()
-        await asyncio.wait_for(asyncio.to_thread(app.control.revoke, task_id), 10)
+        # ``app.control`` is created (and celery.app.control imported) on first access: that
+        # must happen in the thread too, not on the loop.
+        await asyncio.wait_for(asyncio.to_thread(lambda: app.control.revoke(task_id)), 10)
 
     async def workers(self) -> list[dict[str, Any]]:
         """Each worker with its queues, active task ids and counters (cached for 2 s)."""

@@ -103,7 +103,7 @@ async def test_queue_worker_and_health_info(manager: TaskManager) -> None:
     assert all(isinstance(q["depth"], int) for q in queues["queues"])
     workers = (await manager.get_worker_stats())["workers"]
     assert workers, "the session's worker answers inspect"
-    assert set(workers[0]["queues"]) == {"fast", "heavy"}
+    assert {"fast", "heavy"} <= set(workers[0]["queues"])
     health = await manager.get_system_health()
     assert health["status"] == "ok" and health["workers"] >= 1
 
