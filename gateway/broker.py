@@ -55,13 +55,21 @@ class RedisBroker:
         return f"{base}{_PRIORITY_SEP}{broker_priority}" if broker_priority else base
 
     async def publish(self, messages: Sequence[TaskMessage]) -> None:
-        """Push every message in one pipelined round trip; raise ``BrokerUnavailable``."""
+        """Push every message in one round trip (one multi-value ``LPUSH`` per list, in order:
+        the first message is consumed first); raise ``BrokerUnavailable``."""
+        lists: dict[str, list[bytes]] = {}
+        for msg in messages:
+            pri = redis_priority(msg.priority)
+            lists.setdefault(self.queue_key(msg.queue, pri), []).append(msg.redis_envelope(pri))
         try:
             async with asyncio.timeout(self.timeout):
+                if len(lists) == 1:
+                    ((key, values),) = lists.items()
+                    await self.client.lpush(key, *values)
+                    return
                 async with self.client.pipeline(transaction=False) as pipe:
-                    for msg in messages:
-                        pri = redis_priority(msg.priority)
-                        pipe.lpush(self.queue_key(msg.queue, pri), msg.redis_envelope(pri))
+                    for key, values in lists.items():
+                        pipe.lpush(key, *values)
                     await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             raise BrokerUnavailable(f"broker unreachable: {type(exc).__name__}") from exc

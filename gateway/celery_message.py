@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import os
 import socket
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +44,8 @@ class TaskMessage:
                     "delivery_info": {"exchange": "", "routing_key": self.queue},
                     "priority": broker_priority,
                     "body_encoding": "base64",
-                    "delivery_tag": str(uuid.uuid4()),
+                    # kombu keys its un-acked set by this tag; a task id is unique per message.
+                    "delivery_tag": self.task_id,
                 },
             }
         )

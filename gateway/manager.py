@@ -16,7 +16,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -39,11 +39,13 @@ from shared.errors import (
     TaskgateError,
 )
 from shared.records import AsyncRecords, decode_snapshot, new_record_fields
+from shared.records_batch import BatchRecords, pending_snapshot
 from shared.redis_client import async_client
 from shared.registry import TaskSpec, get_task, load_task_modules
 from shared.schema import Snapshot, Update
 from shared.settings import Settings
 from shared.status import TERMINAL_NAMES, TaskStatus
+from shared.webhooks import WebhookPolicy, WebhookRefused, webhook_fields
 
 if TYPE_CHECKING:
     from gateway.workflows import Workflows
@@ -69,13 +71,16 @@ class Submission:
     queue: str
     priority: int
     idempotency_key: str | None
+    callback_url: str | None = None
 
 
 def _field_error(field: str, reason: str) -> InvalidInput:
     return InvalidInput(f"{field} {reason}", details={"field": field, "reason": reason})
 
 
-def parse_submission(body: Any, routes: Sequence[tuple[str, str]] = ()) -> Submission:
+def parse_submission(
+    body: Any, routes: Sequence[tuple[str, str]] = (), webhooks: WebhookPolicy | None = None
+) -> Submission:
     """Check a submit body against the contract and the task's schema; raise ``InvalidInput``."""
     if not isinstance(body, dict):
         raise _field_error("body", "must be a JSON object")
@@ -109,9 +114,13 @@ def parse_submission(body: Any, routes: Sequence[tuple[str, str]] = ()) -> Submi
     key = body.get("idempotency_key")
     if key is not None and (not isinstance(key, str) or not 0 < len(key) <= _IDEM_MAX):
         raise _field_error("idempotency_key", f"must be a string of 1 to {_IDEM_MAX} characters")
-    if body.get("callback_url") is not None:
-        raise _field_error("callback_url", "is not supported by this gateway yet")
-    return Submission(spec, data, queue, priority, key)
+    callback = body.get("callback_url")
+    if callback is not None:
+        try:
+            (webhooks or WebhookPolicy()).check_url(callback)
+        except WebhookRefused as exc:
+            raise _field_error("callback_url", str(exc)) from None
+    return Submission(spec, data, queue, priority, key, callback)
 
 
 def _batch_body(item: Any) -> Any:
@@ -139,6 +148,7 @@ class TaskManager:
         load_task_modules(settings.task_modules)
         self.settings = settings
         self.records = records
+        self.batch = BatchRecords(records.client, settings.keys, settings.retention_s)
         self.broker = broker
         self.control = control
         self.config = config or ManagerConfig.from_env()
@@ -239,7 +249,9 @@ class TaskManager:
 
     async def submit(self, user: str, body: Any) -> Snapshot:
         """Accept one task: record first, then the broker. 503 leaves nothing accepted."""
-        sub = parse_submission(body, self.settings.routes)
+        sub = parse_submission(
+            body, self.settings.routes, WebhookPolicy.from_settings(self.settings)
+        )
         await take_submit_tokens(self.records.client, self.settings, user)
         task_id = str(uuid.uuid4())
         try:
@@ -291,9 +303,10 @@ class TaskManager:
             raise _field_error("tasks", f"must be a list of 1 to {MAX_BATCH} tasks")
         out: list[Snapshot | TaskgateError] = []
         plain: list[tuple[int, Submission, str]] = []
+        policy = WebhookPolicy.from_settings(self.settings)
         for i, body in enumerate(bodies):
             try:
-                sub = parse_submission(body, self.settings.routes)
+                sub = parse_submission(body, self.settings.routes, policy)
             except TaskgateError as exc:
                 out.append(exc)
                 continue
@@ -310,45 +323,56 @@ class TaskManager:
             plain.append((i, sub, str(uuid.uuid4())))
         if not plain:
             return out
+        await take_submit_tokens(self.records.client, self.settings, user, count=len(plain))
         now = time.time()
+        # What all records of the batch share is sent once; per record only what differs.
+        common = new_record_fields("", "", "", now)
+        for name in ("task_id", "task", "queue"):
+            del common[name]
+        records = [
+            {
+                "task_id": tid,
+                "task": s.spec.name,
+                "queue": s.queue,
+                "webhook": (webhook_fields(s.callback_url) or {"webhook": None})["webhook"],
+            }
+            for _, s, tid in plain
+        ]
         try:
-            created = await self.records.create_many(
-                user,
-                [new_record_fields(tid, s.spec.name, s.queue, now) for _, s, tid in plain],
-                self.settings.max_active,
-            )
-            accepted: list[tuple[int, str, bytes]] = []
+            codes = await self.batch.create(user, common, records, now, self.settings.max_active)
+            accepted: list[tuple[int, dict[str, Any]]] = []
             messages = []
-            for (i, sub, tid), (code, payload) in zip(plain, created, strict=True):
+            for (i, sub, tid), record, code in zip(plain, records, codes, strict=True):
                 if code == 1:
-                    accepted.append((i, tid, payload))
+                    accepted.append((i, record))
                     messages.append(
                         build_task_message(
                             tid, sub.spec.name, sub.queue, kwargs=sub.input, priority=sub.priority
                         )
                     )
                 else:
-                    out[i] = self._create_error(code, payload)
+                    out[i] = self._create_error(code, str(self.settings.max_active).encode())
             if messages:
                 try:
                     await self.broker.publish(messages)
                 except BrokerUnavailable:
-                    await self.records.discard_many(user, [tid for _, tid, _ in accepted])
+                    await self.records.discard_many(user, [r["task_id"] for _, r in accepted])
                     raise
         except RedisError as exc:
             raise BrokerUnavailable(f"task store unreachable: {type(exc).__name__}") from exc
         try:
-            await self.records.publish_snapshots(user, [snap for _, _, snap in accepted])
+            await self.batch.announce(user, [r["task_id"] for _, r in accepted])
         except RedisError:
             log.warning("batch accepted but its PENDING updates were not published")
-        for i, _, snap in accepted:
-            decoded = decode_snapshot(snap)
-            self.accepted[decoded["task"]] += 1
-            out[i] = decoded
+        for i, record in accepted:
+            self.accepted[record["task"]] += 1
+            out[i] = cast(Snapshot, pending_snapshot(common, record))
         return out
 
     async def _create(self, user: str, sub: Submission, task_id: str) -> bytes:
-        fields = new_record_fields(task_id, sub.spec.name, sub.queue, time.time())
+        fields = new_record_fields(
+            task_id, sub.spec.name, sub.queue, time.time(), webhook_fields(sub.callback_url)
+        )
         code, payload = await self.records.create(user, fields, self.settings.max_active)
         if code != 1:
             raise self._create_error(code, payload)
@@ -543,7 +567,13 @@ class TaskManager:
         loop = asyncio.get_running_loop()
         out: list[dict[str, Any]] = [{} for _ in tasks]
         waits: list[tuple[int, asyncio.Task[Snapshot]]] = []
+        # Chunks fit the user's submit bucket (TASKGATE_SUBMIT_RATE), so none is refused whole.
+        server_rate = self.settings.submit_rate
         size = self.config.batch_size
+        rate = self.config.rate_limit_requests_per_second
+        if server_rate > 0:
+            size = max(1, min(size, int(server_rate)))
+            rate = min(rate, server_rate)
         for start in range(0, len(tasks), size):
             began = loop.time()
             chunk = [_batch_body(t) for t in tasks[start : start + size]]
@@ -561,7 +591,7 @@ class TaskManager:
                     )
                     waits.append((i, asyncio.ensure_future(wait)))
             # Pace: a chunk of n may start only n / rate seconds after the previous one.
-            pause = len(chunk) / self.config.rate_limit_requests_per_second - (loop.time() - began)
+            pause = len(chunk) / rate - (loop.time() - began)
             if pause > 0 and start + size < len(tasks):
                 await asyncio.sleep(pause)
         for i, waiter in waits:

@@ -18,6 +18,7 @@ modules (``TASKGATE_TASK_MODULES``) so both know the same names.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import importlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -56,14 +57,19 @@ class TaskSpec:
 
     def default_queue(self, routes: Sequence[tuple[str, str]] = ()) -> str:
         """The queue routing rules (``TASKGATE_ROUTES``, first match wins) give, else ``queue``."""
-        for pattern, queue in routes:
-            if fnmatch.fnmatchcase(self.name, pattern):
-                return queue
-        return self.queue
+        return self.allowed_queues(routes)[0]
 
     def allowed_queues(self, routes: Sequence[tuple[str, str]] = ()) -> tuple[str, ...]:
-        default = self.default_queue(routes)
-        return (default, *[q for q in (self.queue, *self.queues) if q != default])
+        """The default queue first, then the others a client may choose."""
+        return _allowed_queues(self.name, self.queue, self.queues, tuple(routes))
+
+
+@functools.lru_cache(maxsize=4096)
+def _allowed_queues(
+    name: str, queue: str, queues: tuple[str, ...], routes: tuple[tuple[str, str], ...]
+) -> tuple[str, ...]:
+    default = next((q for pattern, q in routes if fnmatch.fnmatchcase(name, pattern)), queue)
+    return (default, *[q for q in (queue, *queues) if q != default])
 
 
 _REGISTRY: dict[str, TaskSpec] = {}

@@ -209,3 +209,44 @@ async def test_http_queues_workers_and_metrics(http: TestClient) -> None:
     assert 'taskgate_queue_depth{queue="fast"}' in text
     assert "taskgate_relay_connected 1" in text
     assert 'route="/api/queues",status="200"' in text
+
+
+async def test_batch_records_equal_single_records(env: dict[str, str]) -> None:
+    """The batch script writes the same record a single submit does (no worker consumes this
+    prefix, so the records stay PENDING and can be compared whole)."""
+    settings = Settings.from_env({**env, "TASKGATE_KEY_PREFIX": f"cmp-{uuid.uuid4().hex[:6]}:"})
+    mgr = await TaskManager.connect(settings)
+    try:
+        who = "cmp-user"
+        single = await mgr.submit(who, {"task": "demo.count", "input": {"steps": 2}})
+        answers = await mgr.submit_many(
+            who,
+            [
+                {"task": "demo.count", "input": {"steps": 2}},
+                {"task": "demo.sleep", "input": {"seconds": 1}, "queue": "heavy", "priority": 7},
+            ],
+        )
+        batch = [a for a in answers if isinstance(a, dict)]
+        assert len(batch) == 2
+        for answer in batch:
+            stored = await mgr.get(who, answer["task_id"])
+            assert stored == answer  # what the batch answered is what Redis holds
+        assert batch[1]["queue"] == "heavy" and batch[1]["task"] == "demo.sleep"
+
+        def shape(task_id: str) -> dict[bytes, bytes]:
+            raw = mgr.records.client.hgetall(settings.keys.task(task_id))
+            return raw  # type: ignore[return-value]
+
+        one = await shape(single["task_id"])
+        two = await shape(batch[0]["task_id"])
+        skip = {b"task_id", b"created_at"}
+
+        def same(raw: dict[bytes, bytes]) -> dict[bytes, bytes]:
+            # A field stored as null reads the same as one never stored.
+            return {k: v for k, v in raw.items() if k not in skip and v != b"null"}
+
+        assert same(one) == same(two)
+        depth = (await mgr.get_queue_info())["queues"]
+        assert [q["depth"] for q in depth] == [2, 1]
+    finally:
+        await mgr.close()

@@ -1,0 +1,142 @@
+"""Records for many tasks at once: the batch path (``POST /api/tasks/batch``, the SDK's batches).
+
+One script run creates up to ``CHUNK`` records (instead of one run per record, each re-sending
+the field names), and one more announces their PENDING snapshots once the broker took the
+messages. The per-record rules are those of ``CREATE_LUA``: a record that exists is not
+overwritten, and the user's ``max_active`` quota is checked (here once for the chunk, then
+counted down).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from shared.keys import Keys
+from shared.records import _SNAPSHOT_LUA
+from shared.schema import SCHEMA_VERSION, SNAPSHOT_FIELDS
+
+CHUNK = 1000
+_SEP = b"\x1f"
+
+# ARGV: prefix, owner, created, max_active, retention, ncommon, then ncommon name/value pairs
+# shared by every record, nvarying, the nvarying names, then per record its task id and its
+# nvarying JSON-encoded values joined by \x1f (JSON text never holds a raw \x1f: encoders escape
+# control characters). Returns one code per record: 1 created, -2 id exists, -3 over max_active.
+CREATE_MANY_LUA = """
+local prefix, owner, created = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local max_active, retention, nc = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local common = {'_owner', owner, '_pct', '0', '_cancel', '0', 'seq', 1}
+for i = 0, nc - 1 do
+  common[#common + 1] = ARGV[7 + 2 * i]
+  common[#common + 1] = ARGV[8 + 2 * i]
+end
+local at = 7 + 2 * nc
+local nv = tonumber(ARGV[at])
+local names = {}
+for i = 1, nv do names[i] = ARGV[at + i] end
+at = at + nv + 1
+local active_key = prefix .. 'user:' .. owner .. ':active'
+local tasks_key = prefix .. 'user:' .. owner .. ':tasks'
+local room = 0
+if max_active > 0 then room = max_active - redis.call('ZCARD', active_key) end
+local codes = {}
+local r = 0
+while at <= #ARGV do
+  r = r + 1
+  local tid, blob = ARGV[at], ARGV[at + 1]
+  at = at + 2
+  local key = prefix .. 'task:' .. tid
+  if max_active > 0 and room <= 0 then
+    codes[r] = -3
+  elseif redis.call('EXISTS', key) == 1 then
+    codes[r] = -2
+  else
+    local hs = {unpack(common)}
+    local pos = 1
+    for i = 1, nv do
+      local stop = string.find(blob, '\\31', pos, true)
+      hs[#hs + 1] = names[i]
+      hs[#hs + 1] = string.sub(blob, pos, (stop or 0) - 1)
+      pos = (stop or #blob) + 1
+    end
+    redis.call('HSET', key, unpack(hs))
+    redis.call('EXPIRE', key, retention)
+    redis.call('ZADD', tasks_key, created, tid)
+    redis.call('ZADD', active_key, created, tid)
+    room = room - 1
+    codes[r] = 1
+  end
+end
+return codes
+"""
+
+# ARGV: prefix, owner, task ids... Publishes each record's snapshot as it is now (no seq bump).
+ANNOUNCE_MANY_LUA = (
+    _SNAPSHOT_LUA
+    + """
+local prefix, owner = ARGV[1], ARGV[2]
+local head = '{"v":%d,"owner":' .. cjson.encode(owner) .. ',"snapshot":'
+local channel = prefix .. 'progress'
+for i = 3, #ARGV do
+  local key = prefix .. 'task:' .. ARGV[i]
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('PUBLISH', channel, head .. snapshot(key) .. '}')
+  end
+end
+return #ARGV - 2
+"""
+    % SCHEMA_VERSION
+)
+
+
+class BatchRecords:
+    def __init__(self, client: aioredis.Redis, keys: Keys, retention_s: int) -> None:
+        self.client = client
+        self.keys = keys
+        self.retention_s = retention_s
+        self._create = client.register_script(CREATE_MANY_LUA)
+        self._announce = client.register_script(ANNOUNCE_MANY_LUA)
+
+    async def create(
+        self,
+        owner: str,
+        common: dict[str, Any],
+        varying: Sequence[dict[str, Any]],
+        created: float,
+        max_active: int,
+    ) -> list[int]:
+        """Create one record per ``varying`` dict (each with ``task_id`` and the same keys), all
+        with the ``common`` fields too. One code per record."""
+        if not varying:
+            return []
+        names = list(varying[0])
+        head: list[Any] = [self.keys.prefix, owner, repr(created), max_active, self.retention_s]
+        head.append(len(common))
+        for name, value in common.items():
+            head.extend((name, orjson.dumps(value)))
+        head.extend((len(names), *names))
+        codes: list[int] = []
+        for start in range(0, len(varying), CHUNK):
+            args = list(head)
+            for rec in varying[start : start + CHUNK]:
+                args.append(rec["task_id"])
+                args.append(_SEP.join([orjson.dumps(rec[n]) for n in names]))
+            codes.extend(int(c) for c in await self._create(keys=[], args=args))
+        return codes
+
+    async def announce(self, owner: str, task_ids: Sequence[str]) -> None:
+        for start in range(0, len(task_ids), CHUNK):
+            await self._announce(
+                keys=[], args=[self.keys.prefix, owner, *task_ids[start : start + CHUNK]]
+            )
+
+
+def pending_snapshot(common: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """The snapshot a freshly created record has (seq 1), without asking Redis."""
+    snap = {name: record.get(name, common.get(name)) for name in SNAPSHOT_FIELDS}
+    snap["seq"] = 1
+    return snap
