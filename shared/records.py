@@ -152,22 +152,32 @@ return {1, snapshot(key)}
 """
 )
 
-# KEYS[1]: record. ARGV: prefix, retention_s, now. A worker's heartbeat for a RUNNING task:
-# stamps ``_hb``, scores the task in the running set, keeps the record alive, and clears
-# ``stalled`` (bumping seq and publishing) if the task had been marked stalled.
+# Heartbeats and stall checks read the clock of the Redis server (TIME), never of a worker or a
+# gateway, so clock skew between hosts cannot fake or hide a stall.
+_NOW_LUA = """
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+"""
+
+# KEYS[1]: record. ARGV: prefix, retention_s. A worker's heartbeat for a RUNNING task: stamps
+# ``_hb``, scores the task in the running set, keeps the record alive, and clears ``stalled``
+# (bumping seq and publishing) if the task had been marked stalled.
 # Returns {code, cancel_flag}: 1 applied and published, 2 stamped, 0 not RUNNING, -1 no record.
 HEARTBEAT_LUA = (
     _SNAPSHOT_LUA
+    + _NOW_LUA
     + """
 local key = KEYS[1]
-local prefix, retention, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local prefix, retention = ARGV[1], tonumber(ARGV[2])
 if redis.call('EXISTS', key) == 0 then return {-1, '0'} end
 local cur = redis.call('HMGET', key, 'status', '_owner', '_cancel', 'stalled')
 local cancel = cur[3] or '0'
 if cur[1] ~= '"RUNNING"' then return {0, cancel} end
-local task_id = string.sub(key, #prefix + 6)
-redis.call('HSET', key, '_hb', ARGV[3])
-redis.call('ZADD', prefix .. 'running', now, task_id)
+local t = now()
+redis.call('HSET', key, '_hb', string.format('%%.3f', t))
+redis.call('ZADD', prefix .. 'running', t, string.sub(key, #prefix + 6))
 redis.call('EXPIRE', key, retention)
 if cur[4] ~= 'true' then return {2, cancel} end
 redis.call('HSET', key, 'stalled', 'false')
@@ -179,29 +189,38 @@ return {1, cancel}
     % SCHEMA_VERSION
 )
 
-# KEYS[1]: record. ARGV: prefix, stale_before. Marks a RUNNING task whose last heartbeat is
-# older than stale_before as stalled (bumps seq, publishes); idempotent, so every gateway may
-# run it. Returns 1 marked, 2 fresh, 3 already marked, 0 not RUNNING or no record (dropped from
-# the running set).
+# KEYS[1]: the running set. ARGV: prefix, stale_after_s, retention_s, limit. Marks every RUNNING
+# task whose last heartbeat is older than stale_after_s as stalled (bumps seq, publishes) and
+# returns their ids. Idempotent, so every gateway may run it. A marked task is re-scored
+# retention_s ahead (a heartbeat brings it back); tasks no longer RUNNING leave the set.
 STALL_LUA = (
     _SNAPSHOT_LUA
+    + _NOW_LUA
     + """
-local key = KEYS[1]
-local prefix, stale_before = ARGV[1], tonumber(ARGV[2])
-local task_id = string.sub(key, #prefix + 6)
-local cur = redis.call('HMGET', key, 'status', '_owner', '_hb', 'stalled')
-if cur[1] ~= '"RUNNING"' then
-  redis.call('ZREM', prefix .. 'running', task_id)
-  return 0
+local running, prefix = KEYS[1], ARGV[1]
+local stale_after, retention, limit = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local t = now()
+local marked = {}
+local ids = redis.call('ZRANGEBYSCORE', running, '-inf', t - stale_after, 'LIMIT', 0, limit)
+for _, id in ipairs(ids) do
+  local key = prefix .. 'task:' .. id
+  local cur = redis.call('HMGET', key, 'status', '_owner', '_hb', 'stalled')
+  if cur[1] ~= '"RUNNING"' then
+    redis.call('ZREM', running, id)
+  else
+    local hb = tonumber(cur[3])
+    if cur[4] ~= 'true' and (not hb or hb < t - stale_after) then
+      redis.call('HSET', key, 'stalled', 'true')
+      redis.call('HINCRBY', key, 'seq', 1)
+      local msg = '{"v":%d,"owner":' .. cjson.encode(cur[2]) .. ',"snapshot":' .. snapshot(key)
+        .. '}'
+      redis.call('PUBLISH', prefix .. 'progress', msg)
+      marked[#marked + 1] = id
+    end
+    redis.call('ZADD', running, t + retention, id)
+  end
 end
-local hb = tonumber(cur[3])
-if hb and hb >= stale_before then return 2 end
-if cur[4] == 'true' then return 3 end
-redis.call('HSET', key, 'stalled', 'true')
-redis.call('HINCRBY', key, 'seq', 1)
-local msg = '{"v":%d,"owner":' .. cjson.encode(cur[2]) .. ',"snapshot":' .. snapshot(key) .. '}'
-redis.call('PUBLISH', prefix .. 'progress', msg)
-return 1
+return marked
 """
     % SCHEMA_VERSION
 )
@@ -352,7 +371,7 @@ class SyncRecords:
 
     def heartbeat(self, task_id: str) -> TransitionResult:
         """Stamp a RUNNING task's heartbeat (``HEARTBEAT_LUA``); code 0 once it left RUNNING."""
-        args = [self.keys.prefix, self.retention_s, repr(time.time())]
+        args: list[str | int] = [self.keys.prefix, self.retention_s]
         code, flag = self._heartbeat(keys=[self.keys.task(task_id)], args=args)
         return TransitionResult(code=int(code), seq=0, cancel_requested=flag in (b"1", "1"))
 
@@ -439,19 +458,11 @@ class AsyncRecords:
 
         Returns the ids newly marked. Safe to run from every gateway at once (``STALL_LUA``).
         """
-        stale_before = time.time() - stale_after
-        ids = await self.client.zrangebyscore(
-            self.keys.running, "-inf", stale_before, start=0, num=limit
+        ids = await self._stall(
+            keys=[self.keys.running],
+            args=[self.keys.prefix, repr(float(stale_after)), self.retention_s, limit],
         )
-        marked: list[str] = []
-        for raw in ids:
-            tid = raw.decode() if isinstance(raw, bytes) else str(raw)
-            code = await self._stall(
-                keys=[self.keys.task(tid)], args=[self.keys.prefix, repr(stale_before)]
-            )
-            if int(code) == 1:
-                marked.append(tid)
-        return marked
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
     async def snapshots(self, task_ids: Sequence[str], owner: str) -> list[Snapshot]:
         """Snapshots of many tasks in one round trip; missing ones are skipped."""
@@ -479,3 +490,66 @@ class AsyncRecords:
         for i in [*active, *ended]:
             seen[i.decode() if isinstance(i, bytes) else i] = None
         return list(seen)
+
+
+# KEYS[1]: record. ARGV: prefix, field, value (JSON), expect (the field's current JSON, or '' for
+# no condition). Sets one annotation field (``webhook``) on any record, terminal or not, without
+# touching its status; bumps seq and publishes the update, like a transition. A compare-and-set,
+# so two deliverers of one webhook cannot overwrite each other's result.
+# Returns {code, seq, snapshot}: 1 applied, 2 the field was not ``expect``, -1 no such record.
+ANNOTATE_LUA = (
+    _SNAPSHOT_LUA
+    + """
+local key = KEYS[1]
+local prefix, field, value, expect = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if redis.call('EXISTS', key) == 0 then return {-1, 0, ''} end
+if expect ~= '' and redis.call('HGET', key, field) ~= expect then return {2, 0, ''} end
+redis.call('HSET', key, field, value)
+local seq = redis.call('HINCRBY', key, 'seq', 1)
+local owner = redis.call('HGET', key, '_owner')
+local snap = snapshot(key)
+redis.call('PUBLISH', prefix .. 'progress',
+  '{"v":%d,"owner":' .. cjson.encode(owner) .. ',"snapshot":' .. snap .. '}')
+return {1, seq, snap}
+"""
+    % SCHEMA_VERSION
+)
+
+ANNOTATION_FIELDS = frozenset({"webhook"})
+
+
+@dataclass(frozen=True, slots=True)
+class AnnotateResult:
+    code: int
+    seq: int
+    snapshot: bytes | None
+
+    @property
+    def applied(self) -> bool:
+        return self.code == 1
+
+
+class SyncAnnotations:
+    """Annotation fields of records (``ANNOTATE_LUA``), for workers."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+        self._annotate = client.register_script(ANNOTATE_LUA)
+
+    def read(self, task_id: str, field: str) -> bytes | None:
+        """The field's stored JSON, as ``annotate``'s ``expect`` wants it."""
+        raw = self.client.hget(self.keys.task(task_id), field)
+        return raw.encode() if isinstance(raw, str) else raw
+
+    def annotate(
+        self, task_id: str, field: str, value: Any, *, expect: bytes | None = None
+    ) -> AnnotateResult:
+        if field not in ANNOTATION_FIELDS:
+            raise ValueError(f"{field!r} is not an annotation field")
+        code, seq, snap = self._annotate(
+            keys=[self.keys.task(task_id)],
+            args=[self.keys.prefix, field, _enc(value), expect or b""],
+        )
+        snap_bytes = snap.encode() if isinstance(snap, str) else snap
+        return AnnotateResult(int(code), int(seq), snap_bytes or None)

@@ -26,6 +26,15 @@ class ErrorInfo(TypedDict):
     message: str
 
 
+class WebhookInfo(TypedDict):
+    url: str
+    state: str  # pending, delivered, failed
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    updated_at: float | None
+
+
 class Snapshot(TypedDict):
     task_id: str
     task: str
@@ -42,6 +51,8 @@ class Snapshot(TypedDict):
     stalled: bool
     # The workflow (chain, group, chord) this task belongs to, or null.
     workflow_id: str | None
+    # Completion webhook delivery (shared.webhooks); null when the task has no callback_url.
+    webhook: WebhookInfo | None
 
 
 class Update(TypedDict):
@@ -66,6 +77,7 @@ SNAPSHOT_FIELDS: tuple[str, ...] = (
     "finished_at",
     "stalled",
     "workflow_id",
+    "webhook",
 )
 
 

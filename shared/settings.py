@@ -79,6 +79,14 @@ class Settings:
     visibility_timeout_s: float | None = None
     max_attempts: int = 3
     task_heartbeat_s: float = 5.0
+    # Completion webhooks (docs/WEBHOOKS.md).
+    webhook_secret: Secret | None = None
+    webhook_allowed_hosts: tuple[str, ...] = ()
+    webhook_allow_private: bool = False
+    webhook_max_attempts: int = 8
+    webhook_backoff_s: float = 5.0
+    webhook_backoff_max_s: float = 300.0
+    webhook_timeout_s: float = 10.0
     keys: Keys = field(init=False)
 
     def __post_init__(self) -> None:
@@ -182,6 +190,20 @@ class Settings:
             visibility_timeout_s=visibility,
             max_attempts=r.number("TASKGATE_MAX_ATTEMPTS", 3, int, low=1, high=100),
             task_heartbeat_s=r.number("TASKGATE_TASK_HEARTBEAT_S", 5.0, float, low=0.1, high=3600),
+            webhook_secret=Secret(v) if (v := r._raw("TASKGATE_WEBHOOK_SECRET")) else None,
+            webhook_allowed_hosts=r.csv("TASKGATE_WEBHOOK_ALLOWED_HOSTS"),
+            webhook_allow_private=r.choice(
+                "TASKGATE_WEBHOOK_ALLOW_PRIVATE", "0", ("0", "1", "FALSE", "TRUE", "NO", "YES")
+            )
+            in ("1", "TRUE", "YES"),
+            webhook_max_attempts=r.number("TASKGATE_WEBHOOK_MAX_ATTEMPTS", 8, int, low=1, high=50),
+            webhook_backoff_s=r.number("TASKGATE_WEBHOOK_BACKOFF_S", 5.0, float, low=0.01),
+            webhook_backoff_max_s=r.number(
+                "TASKGATE_WEBHOOK_BACKOFF_MAX_S", 300.0, float, low=0.01, high=86400
+            ),
+            webhook_timeout_s=r.number(
+                "TASKGATE_WEBHOOK_TIMEOUT_S", 10.0, float, low=0.1, high=300
+            ),
         )
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import socketio
 
@@ -204,3 +208,273 @@ def started(thing: Any) -> Iterator[Any]:
         yield thing
     finally:
         thing.stop()
+
+
+def find_rabbitmq_server() -> str | None:
+    """Debian's rabbitmq-server start script (the one that does not switch user), if installed."""
+    for candidate in ("/usr/lib/rabbitmq/bin/rabbitmq-server", shutil.which("rabbitmq-server")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+class _PortTaken(RuntimeError):
+    """rabbitmq-server stopped at boot: one of its ports was in use."""
+
+
+def _quiet_ports(count: int, low: int = 20000, high: int = 32000) -> list[int]:
+    """``count`` distinct free loopback ports below the ephemeral range."""
+    found: list[int] = []
+    rng = random.Random()
+    while len(found) < count:
+        port = rng.randrange(low, high)
+        if port in found:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        found.append(port)
+    return found
+
+
+class RabbitServer:
+    """A private rabbitmq-server on loopback: its own node name, ports, epmd, data and logs.
+
+    Everything lives under ``data_dir`` (mnesia, logs, the Erlang cookie via ``HOME``); epmd is
+    started here on a free port bound to 127.0.0.1, so nothing is shared with a system broker
+    and ``stop()`` leaves no process behind. ``stop()`` then ``start()`` restarts the same node.
+    """
+
+    def __init__(self, data_dir: Path, timeout: float = 60.0) -> None:
+        server = find_rabbitmq_server()
+        if server is None:
+            raise RuntimeError("rabbitmq-server is not installed (scripts/system-deps.sh)")
+        self.server = server
+        self.ctl = str(Path(server).with_name("rabbitmqctl"))
+        self.data_dir = data_dir
+        self.timeout = timeout
+        self.port = self.dist_port = self.epmd_port = 0
+        self._pick_ports()
+        self.nodename = f"tg{uuid.uuid4().hex[:10]}@localhost"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.epmd: subprocess.Popen[bytes] | None = None
+        self._has_started = False
+
+    def _pick_ports(self) -> None:
+        # Below the kernel's ephemeral range: a port that bind(0) hands out can be taken by any
+        # outgoing connection before the broker binds it (RabbitMQ then stops at boot).
+        self.port, self.dist_port, self.epmd_port = _quiet_ports(3)
+
+    def url(self, vhost: str = "/") -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/{quote(vhost, safe='')}"
+
+    def env(self) -> dict[str, str]:
+        d = self.data_dir
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+        env.update(
+            {
+                "HOME": str(d / "home"),
+                "ERL_EPMD_ADDRESS": "127.0.0.1",
+                "ERL_EPMD_PORT": str(self.epmd_port),
+                "RABBITMQ_NODENAME": self.nodename,
+                "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+                "RABBITMQ_NODE_PORT": str(self.port),
+                "RABBITMQ_DIST_PORT": str(self.dist_port),
+                "RABBITMQ_MNESIA_BASE": str(d / "mnesia"),
+                "RABBITMQ_LOG_BASE": str(d / "log"),
+                "RABBITMQ_CONFIG_FILE": str(d / "rabbitmq.conf"),
+                "RABBITMQ_ADVANCED_CONFIG_FILE": str(d / "advanced.config"),
+                "RABBITMQ_CONF_ENV_FILE": str(d / "rabbitmq-env.conf"),
+                "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
+                "RABBITMQ_PLUGINS_EXPAND_DIR": str(d / "plugins-expand"),
+                "RABBITMQ_FEATURE_FLAGS_FILE": str(d / "feature_flags"),
+                "RABBITMQ_PID_FILE": str(d / "rabbitmq.pid"),
+            }
+        )
+        return env
+
+    def start(self, attempts: int = 3) -> RabbitServer:
+        """Start (or restart) the node; a port taken meanwhile is retried, with new ports if
+        the node never ran (a restart keeps its ports: clients have its URL)."""
+        for attempt in range(attempts):
+            try:
+                self._start_once()
+            except _PortTaken:
+                if attempt == attempts - 1:
+                    raise
+                if self._has_started:
+                    time.sleep(1.0)
+                else:
+                    self._pick_ports()
+                continue
+            self._has_started = True
+            return self
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> None:
+        d = self.data_dir
+        for sub in ("home", "mnesia", "log"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        (d / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
+            "loopback_users = none\n"
+            "disk_free_limit.absolute = 1MB\n"
+        )
+        (d / "enabled_plugins").write_text("[].\n")  # no management plugin, no extra ports
+        env = self.env()
+        out = d / "server.out"
+        offset = out.stat().st_size if out.exists() else 0
+        log = open(out, "ab")  # noqa: SIM115
+        try:
+            self.epmd = subprocess.Popen(
+                ["epmd", "-port", str(self.epmd_port), "-address", "127.0.0.1"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+            wait_for_port(self.epmd_port, 10, self.epmd)
+            self.proc = subprocess.Popen(
+                [self.server], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=d,
+                start_new_session=True,
+            )  # fmt: skip
+        finally:
+            log.close()
+        try:
+            wait_for_port(self.port, self.timeout, self.proc)
+        except (TimeoutError, RuntimeError) as exc:
+            with open(out, "rb") as f:
+                f.seek(offset)
+                tail = f.read().decode(errors="replace")
+            self.stop()
+            if "already_used" in tail or "eaddrinuse" in tail:
+                raise _PortTaken(tail[-2000:]) from exc
+            raise RuntimeError(f"rabbitmq-server did not start: {exc}\n{tail[-3000:]}") from exc
+
+    def ctl_run(self, *args: str, timeout: float = 30.0) -> str:
+        """Run ``rabbitmqctl`` against this node."""
+        out = subprocess.run(
+            [self.ctl, "-n", self.nodename, *args],
+            env=self.env(), capture_output=True, text=True, timeout=timeout, check=True,
+        )  # fmt: skip
+        return out.stdout
+
+    def add_vhost(self, name: str) -> str:
+        """A new virtual host that ``guest`` may use; returns its URL."""
+        self.ctl_run("add_vhost", name)
+        self.ctl_run("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        return self.url(name)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        for attr in ("proc", "epmd"):
+            proc: subprocess.Popen[bytes] | None = getattr(self, attr)
+            if proc is None:
+                continue
+            # The start script traps SIGTERM, stops the node gracefully and waits for it.
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+            # beam.smp runs in the script's process group; take any straggler with it.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            setattr(self, attr, None)
+
+
+# ---- security tests (issue 4): a gateway of its own and what it left in Redis ----------------
+
+
+def isolated_env(env: Mapping[str, str], **overrides: str) -> dict[str, str]:
+    """``env`` with a fresh key prefix: no worker of the session consumes this gateway's queues,
+    so whatever it publishes stays on the broker where a test can count it."""
+    out = dict(env)
+    out["TASKGATE_KEY_PREFIX"] = f"tg-iso-{uuid.uuid4().hex[:8]}:"
+    out.update(overrides)
+    return out
+
+
+async def footprint(client: Any, prefix: str) -> dict[str, int]:
+    """How many task records there are under ``prefix`` and how many messages wait on its
+    broker queues (every list under ``<prefix>broker:``). ``client`` is a redis.asyncio client
+    made before blockbuster is on (a new connection reads package metadata from disk)."""
+    records = 0
+    async for _ in client.scan_iter(match=f"{prefix}task:*", count=1000):
+        records += 1
+    messages = 0
+    async for key in client.scan_iter(match=f"{prefix}broker:*", count=1000):
+        if await client.type(key) == b"list":
+            messages += int(await client.llen(key))
+    return {"records": records, "broker_messages": messages}
+
+
+# ---- fault tests (issue 3): processes to kill, and what a client makes of its updates -------
+
+
+class GatewayProcess:
+    """``python -m gateway.cli gateway`` in its own process group, on a port of its own."""
+
+    def __init__(self, env: Mapping[str, str], log_dir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.env = {**env, "TASKGATE_PORT": str(self.port), "TASKGATE_HOST": "127.0.0.1"}
+        self.log = log_dir / f"gateway-{self.port}-{uuid.uuid4().hex[:6]}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> GatewayProcess:
+        out = open(self.log, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "gateway"], env=self.env, stdout=out,
+            stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+        )  # fmt: skip
+        out.close()
+        try:
+            wait_for_port(self.port, timeout, self.proc)
+        except (TimeoutError, RuntimeError) as exc:
+            tail = self.log.read_text()[-3000:]
+            raise RuntimeError(f"gateway did not start: {exc}\n{tail}") from exc
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        self.proc = None
+
+
+def reconnecting(client: SocketClient) -> SocketClient:
+    """Let a ``SocketClient`` reconnect on its own (quickly), as the JS client does."""
+    client.sio.reconnection = True
+    client.sio.reconnection_delay = 0.2
+    client.sio.reconnection_delay_max = 1.0
+    return client
+
+
+def applied_updates(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What a client following the contract applies: each update whose seq is above the last.
+
+    Also checks what makes that rule safe: every copy of one seq is the same snapshot, so a
+    copy dropped as a duplicate never hides a change.
+    """
+    by_seq: dict[int, dict[str, Any]] = {}
+    applied: list[dict[str, Any]] = []
+    last = 0
+    for event in events:
+        seen = by_seq.setdefault(event["seq"], event)
+        assert seen == event, f"two different snapshots with seq {event['seq']}: {seen} {event}"
+        if event["seq"] > last:
+            applied.append(event)
+            last = event["seq"]
+    return applied

@@ -24,7 +24,11 @@ from shared.settings import Settings
 from shared.status import TaskStatus
 from worker.maintenance import register_maintenance
 from worker.runner import RecordsPerProcess, finish, hard_time_limit_error, register_celery_task
+from worker.webhooks import register_webhooks
 
+# Terminal writes from the worker's main process (signal handlers) retry only this long: its
+# event loop serves every pool process.
+MAIN_PROCESS_RETRY_S = 5.0
 # kombu's Redis transport consumes priority keys in this order; 10 steps give 0-9 their own list.
 REDIS_PRIORITY_STEPS = list(range(10))
 
@@ -55,6 +59,9 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         # of 1 a lost message is back in its queue within visibility_timeout + interval.
         "unacked_restore_interval": restore_interval(settings),
         "unacked_restore_throttle": 1,
+        # The sweep holds a lock in Redis; a worker killed while holding it blocks every other
+        # worker's sweep until the lock expires (300 s by default).
+        "unacked_mutex_expire": min(300, visibility_timeout(settings)),
         "priority_steps": REDIS_PRIORITY_STEPS,
         "queue_order_strategy": "priority",
     }
@@ -104,6 +111,7 @@ def make_celery(settings: Settings) -> Celery:
     for spec in all_tasks().values():
         register_celery_task(app, spec, records)
     register_maintenance(app, records)
+    register_webhooks(app, records, settings)
     app.conf.beat_schedule = {
         f"{task} every {every:g}s": {"task": task, "schedule": every}
         for task, every in settings.beat_schedule
@@ -113,7 +121,7 @@ def make_celery(settings: Settings) -> Celery:
     def _on_revoked(request: Any = None, **_: Any) -> None:
         task_id = getattr(request, "id", None)
         if task_id:
-            finish(records.get(), task_id, TaskStatus.CANCELLED)
+            finish(records.get(), task_id, TaskStatus.CANCELLED, retry_s=MAIN_PROCESS_RETRY_S)
 
     @task_failure.connect(weak=False)  # type: ignore[untyped-decorator]
     def _on_failure(
@@ -123,13 +131,48 @@ def make_celery(settings: Settings) -> Celery:
         # which records the end the task itself never could.
         if task_id and isinstance(exception, TimeLimitExceeded) and _ours(sender, app):
             limit = exception.args[0] if exception.args else settings.time_limit
-            finish(records.get(), task_id, TaskStatus.TIMED_OUT, error=hard_time_limit_error(limit))
+            finish(
+                records.get(),
+                task_id,
+                TaskStatus.TIMED_OUT,
+                retry_s=MAIN_PROCESS_RETRY_S,
+                error=hard_time_limit_error(limit),
+            )
 
     return app
 
 
 def _ours(sender: Any, app: Celery) -> bool:
     return sender is None or getattr(sender, "app", app) is app
+
+
+def _survive_broker_restart() -> None:
+    """Work around a kombu Redis bug that makes a worker exit when Redis restarts.
+
+    After a lost connection, kombu 5.7 still uses the old channel (to hand back un-acked
+    messages when it closes, or to ack a task that finished meanwhile); the channel's
+    connection is gone, and building a client fails with ``AttributeError: 'NoneType' object
+    has no attribute 'hostname'`` (kombu issues #582, #970: the same failure in other
+    versions), which Celery treats as "Unrecoverable error" and stops the worker. Raising the
+    connection error it really is lets Celery handle it as one: it logs, reconnects and goes
+    on. Nothing is lost: a message not handed back or not acked stays in Redis's un-acked set
+    and returns after the visibility timeout; its task's record then says whether to run it.
+    """
+    from kombu.transport import redis as kombu_redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    channel = kombu_redis.Channel
+    if getattr(channel, "_taskgate_patched", False):
+        return
+    original: Any = channel._connparams
+
+    def _connparams(self: Any, asynchronous: bool = False) -> Any:
+        if self.connection is None or self.connection.client is None:
+            raise RedisConnectionError("this channel's broker connection is closed")
+        return original(self, asynchronous=asynchronous)
+
+    setattr(channel, "_connparams", _connparams)  # noqa: B010
+    setattr(channel, "_taskgate_patched", True)  # noqa: B010
 
 
 @functools.cache
@@ -142,4 +185,6 @@ def default_app() -> Celery:
         sys.stderr.write(f"taskgate: {exc}\n")
         raise SystemExit(2) from None
     setup_logging(settings.log_level)
+    if not settings.broker_is_amqp:
+        _survive_broker_restart()
     return make_celery(settings)

@@ -34,7 +34,8 @@ from shared.records import SyncRecords, TransitionResult
 from shared.redis_client import sync_client
 from shared.registry import TaskSpec
 from shared.settings import Settings
-from shared.status import TaskStatus
+from shared.status import TERMINAL_NAMES, TaskStatus
+from worker import webhooks
 from worker.context import Context
 from worker.workflow import settle_workflow
 
@@ -47,6 +48,8 @@ _NON_TERMINAL = (TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.RETRYING)
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 # How long a terminal write keeps retrying through a Redis outage before giving up.
 FINISH_RETRY_S = 60.0
+# A run is presumed dead after this many missed heartbeats (the gateways' stall check agrees).
+STALE_AFTER_BEATS = 3
 
 
 class RecordsPerProcess:
@@ -89,12 +92,23 @@ def _error(exc: BaseException) -> dict[str, str]:
     return {"type": type(exc).__name__, "message": str(exc)[:2000]}
 
 
-def finish(records: SyncRecords, task_id: str, status: TaskStatus, **fields: Any) -> None:
-    """Record the terminal status (a no-op if the task already ended)."""
+def finish(
+    records: SyncRecords,
+    task_id: str,
+    status: TaskStatus,
+    *,
+    retry_s: float = FINISH_RETRY_S,
+    **fields: Any,
+) -> None:
+    """Record the terminal status (a no-op if the task already ended).
+
+    Retried through a Redis outage for ``retry_s`` seconds (less in the worker's main process,
+    whose event loop must not stall).
+    """
     if status is TaskStatus.COMPLETED:
         fields.setdefault("progress", {"percent": 100.0, "message": "completed", "data": {}})
     finished = {"finished_at": time.time(), **fields}
-    retrying(
+    result = retrying(
         lambda: records.transition(
             task_id,
             "status",
@@ -103,7 +117,10 @@ def finish(records: SyncRecords, task_id: str, status: TaskStatus, **fields: Any
             fields=finished,
         ),
         f"recording {status.value} for {task_id}",
+        retry_s,
     )
+    if result.applied:
+        webhooks.after_terminal(records, task_id, result.snapshot)
 
 
 class Heartbeat:
@@ -145,6 +162,43 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
 
+def _heartbeat_age(store: SyncRecords, task_id: str) -> tuple[str | None, float | None]:
+    """The record's status and how long ago (by the Redis clock) its run last beat."""
+    status, hb = store.client.hmget(store.keys.task(task_id), ["status", "_hb"])
+    if status is None:
+        return None, None
+    text = status.decode() if isinstance(status, bytes) else str(status)
+    if hb is None:
+        return text, None
+    secs, micros = store.client.time()
+    return text, secs + micros / 1e6 - float(hb)
+
+
+def _wait_for_live_run(store: SyncRecords, task_id: str, interval: float) -> bool:
+    """Wait while another run of this task is alive; False if that run ended the task.
+
+    On a lost broker connection kombu hands un-acked messages back at once, so a task still
+    running elsewhere is delivered again. Running it twice at the same time would waste the
+    work and do its side effects twice; acking this copy would lose the task if the other run
+    then died. So this copy waits, and runs only once the other run has gone silent for
+    ``STALE_AFTER_BEATS`` heartbeats.
+    """
+    limit = STALE_AFTER_BEATS * interval
+    status, age = retrying(lambda: _heartbeat_age(store, task_id), f"reading {task_id}")
+    if status != '"RUNNING"' or age is None or age >= limit:
+        return True
+    log.warning("task %s is running elsewhere (heartbeat %.1fs ago); waiting", task_id, age)
+    while True:
+        time.sleep(interval)
+        status, age = retrying(lambda: _heartbeat_age(store, task_id), f"reading {task_id}")
+        if status is None or status.strip('"') in TERMINAL_NAMES:
+            log.info("task %s ended in its other run; not running it again", task_id)
+            return False
+        if status != '"RUNNING"' or age is None or age >= limit:
+            log.warning("task %s: its other run went silent; taking over", task_id)
+            return True
+
+
 def _worker_lost_error(attempts: int) -> dict[str, str]:
     return {
         "type": "WorkerLost",
@@ -174,6 +228,8 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
         except InvalidInput as exc:
             finish(store, task_id, TaskStatus.FAILED, error=_error(exc))
             return None
+        if not _wait_for_live_run(store, task_id, settings.task_heartbeat_s):
+            return None
         # Runs are counted before they start: a run that kills its process cannot count itself
         # afterwards, and task_reject_on_worker_lost hands its message straight back.
         previous = retrying(lambda: store.attempts(task_id), f"reading attempts of {task_id}")
@@ -189,7 +245,7 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
                 "status",
                 status=TaskStatus.RUNNING,
                 only_if=_NON_TERMINAL,
-                fields={"started_at": now, "_attempt": previous + 1, "_hb": now},
+                fields={"started_at": now, "_attempt": previous + 1},
             ),
             f"starting {task_id}",
         )
@@ -199,6 +255,9 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
             return None
         if started.already_terminal:
             log.info("task %s already ended (cancelled?); not running it", task_id)
+            # Cancelled while queued (the gateway ended it), or a redelivery: its webhook, if
+            # any and still pending, is queued from here.
+            webhooks.after_terminal(store, task_id, None)
             return None
         if previous:
             log.warning("task %s (%s): run %d (an earlier run was lost)", task_id, spec.name,

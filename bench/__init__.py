@@ -1,0 +1,1 @@
+"""The benchmark suite of issue 6: ``python -m bench`` (see docs/PERFORMANCE.md)."""

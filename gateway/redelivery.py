@@ -1,0 +1,188 @@
+"""The outbox: brings back task messages the Redis broker lost in flight.
+
+kombu's Redis transport takes a message off its queue with ``BRPOP`` and only then records it
+as un-acked. A worker that dies (SIGKILL, OOM) or drops its broker connection while a ``BRPOP``
+reply is on the wire loses that message: it is in no queue and not un-acked, so the visibility
+timeout never brings it back, and its task would stay PENDING for good.
+
+So the gateway keeps a copy of every message it publishes (``OutboxBroker``: hash
+``<prefix>outbox``, and per queue a sorted set ``<prefix>outbox:at:<queue>`` of publish times)
+and every gateway sweeps (``watch_outbox``, ``OUTBOX_SWEEP_LUA``, atomic): a PENDING task whose
+message is older than every message left in its queue (the queue has drained past it) and is not
+un-acked anywhere was lost; seen so on two sweeps ``confirm_s`` apart (a message between BRPOP
+and its un-acked entry is only briefly in neither), its copy is pushed back at the consuming end
+of its queue. Entries of tasks that left PENDING are dropped by the same sweep.
+
+A copy pushed back by mistake is harmless: a worker never runs a task whose record ended, and
+waits while another run of it is alive (``worker.runner``).
+
+It needs the records and the broker in the same Redis (the default); otherwise it is off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.broker import RedisBroker, redis_priority
+from gateway.celery_message import TaskMessage
+from shared.errors import BrokerUnavailable
+from shared.keys import Keys
+
+log = logging.getLogger("taskgate.redelivery")
+
+# KEYS: outbox hash, outbox:at:<queue> zset, kombu's un-acked hash, strikes hash.
+# ARGV: records prefix, queue's base list key, now, min_age_s, margin_s, confirm_s, limit.
+# Returns the ids pushed back.
+OUTBOX_SWEEP_LUA = """
+local outbox, at, unacked, strikes = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local prefix, base = ARGV[1], ARGV[2]
+local now, min_age, margin = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local confirm, limit = tonumber(ARGV[6]), tonumber(ARGV[7])
+-- How far the queue has drained: the publish time of the oldest message left in any of its
+-- priority lists (the tail is consumed next). A tail we know nothing about: wait.
+local frontier = math.huge
+local lists = {base}
+for p = 1, 9 do lists[#lists + 1] = base .. '\\6\\22' .. p end
+for _, l in ipairs(lists) do
+  local tail = redis.call('LINDEX', l, -1)
+  if tail then
+    local id = string.match(tail, '"id": ?"([%x%-]+)"')
+    local s = id and redis.call('ZSCORE', at, id)
+    if not s then return {} end
+    s = tonumber(s)
+    if s < frontier then frontier = s end
+  end
+end
+local cutoff = math.min(now - min_age, frontier - margin)
+local ids = redis.call('ZRANGEBYSCORE', at, '-inf', cutoff, 'LIMIT', 0, limit)
+if #ids == 0 then return {} end
+local held = redis.call('HVALS', unacked)
+local pushed = {}
+for _, id in ipairs(ids) do
+  local status = redis.call('HGET', prefix .. 'task:' .. id, 'status')
+  if status ~= '"PENDING"' then
+    redis.call('HDEL', outbox, id)
+    redis.call('ZREM', at, id)
+    redis.call('HDEL', strikes, id)
+  else
+    local found = false
+    for _, m in ipairs(held) do
+      if string.find(m, id, 1, true) then found = true break end
+    end
+    if found then
+      redis.call('HDEL', strikes, id)
+    else
+      redis.call('HSETNX', strikes, id, ARGV[3])
+      local first = tonumber(redis.call('HGET', strikes, id))
+      local copy = redis.call('HGET', outbox, id)
+      if copy and now - first >= confirm then
+        local nl = string.find(copy, '\\n', 1, true)
+        redis.call('RPUSH', string.sub(copy, 1, nl - 1), string.sub(copy, nl + 1))
+        redis.call('HDEL', strikes, id)
+        redis.call('ZADD', at, now, id)
+        pushed[#pushed + 1] = id
+      end
+    end
+  end
+end
+return pushed
+"""
+
+
+def outbox_key(keys: Keys) -> str:
+    return f"{keys.prefix}outbox"
+
+
+def outbox_at_key(keys: Keys, queue: str) -> str:
+    return f"{keys.prefix}outbox:at:{queue}"
+
+
+def strikes_key(keys: Keys) -> str:
+    return f"{keys.prefix}outbox:strikes"
+
+
+class OutboxBroker:
+    """A ``RedisBroker`` that keeps a copy of each message before it publishes it."""
+
+    def __init__(self, inner: RedisBroker, keys: Keys) -> None:
+        self.inner = inner
+        self.keys = keys
+        self.client: aioredis.Redis = inner.client
+
+    async def publish(self, messages: Sequence[TaskMessage]) -> None:
+        now = time.time()
+        try:
+            async with asyncio.timeout(self.inner.timeout):
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for msg in messages:
+                        pri = redis_priority(msg.priority)
+                        copy = self.inner.queue_key(msg.queue, pri).encode() + b"\n"
+                        pipe.hset(
+                            outbox_key(self.keys), msg.task_id, copy + msg.redis_envelope(pri)
+                        )
+                        pipe.zadd(outbox_at_key(self.keys, msg.queue), {msg.task_id: now})
+                    await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"broker unreachable: {type(exc).__name__}") from exc
+        await self.inner.publish(messages)
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+    async def queue_depths(self, queues: Sequence[str]) -> dict[str, int]:
+        return await self.inner.queue_depths(queues)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def watch_outbox(
+    broker: OutboxBroker,
+    queues: Sequence[str],
+    interval: float,
+    *,
+    margin: float = 1.0,
+    limit: int = 500,
+) -> None:
+    """Sweep every ``interval`` seconds until cancelled; a Redis error skips one round."""
+    script: Any = broker.client.register_script(OUTBOX_SWEEP_LUA)
+    keys = broker.keys
+    unacked = f"{broker.inner.prefix}unacked"
+    while True:
+        await asyncio.sleep(interval)
+        for queue in queues:
+            try:
+                async with asyncio.timeout(max(interval, 3.0)):
+                    pushed = await script(
+                        keys=[
+                            outbox_key(keys),
+                            outbox_at_key(keys, queue),
+                            unacked,
+                            strikes_key(keys),
+                        ],
+                        args=[
+                            keys.prefix,
+                            broker.inner.queue_key(queue, 0),
+                            repr(time.time()),
+                            repr(interval),
+                            repr(margin),
+                            repr(interval),
+                            limit,
+                        ],
+                    )
+            except (RedisError, OSError) as exc:
+                log.debug("outbox sweep of %s skipped: %s", queue, type(exc).__name__)
+                continue
+            for raw in pushed:
+                tid = raw.decode() if isinstance(raw, bytes) else str(raw)
+                log.warning("task %s: its message was lost in flight; published it again", tid)
