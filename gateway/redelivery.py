@@ -34,6 +34,7 @@ from gateway.broker import RedisBroker, redis_priority
 from gateway.celery_message import TaskMessage
 from shared.errors import BrokerUnavailable
 from shared.keys import Keys
+from shared.redis_client import raise_if_cancel_swallowed
 
 log = logging.getLogger("taskgate.redelivery")
 
@@ -159,6 +160,7 @@ async def watch_outbox(
     keys = broker.keys
     unacked = f"{broker.inner.prefix}unacked"
     while True:
+        raise_if_cancel_swallowed()
         await asyncio.sleep(interval)
         for queue in queues:
             try:

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from shared.redis_client import async_client
+from shared.redis_client import async_client, raise_if_cancel_swallowed
 from shared.schema import Update, decode_update
 
 log = logging.getLogger("taskgate.relay")
@@ -84,6 +84,7 @@ class Relay:
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT_S + self.ping_timeout):
                     await pubsub.subscribe(self.channel)
+                raise_if_cancel_swallowed()
                 self.connected.set()
                 if not first:
                     self.reconnects += 1
@@ -118,6 +119,7 @@ class Relay:
         while True:
             wait = self.ping_interval if ping_sent is None else self.ping_timeout
             message = await pubsub.get_message(timeout=wait)
+            raise_if_cancel_swallowed()
             if message is None:
                 if ping_sent is not None and loop.time() - ping_sent >= self.ping_timeout:
                     raise RedisConnectionError(

@@ -15,6 +15,7 @@ import logging
 from redis.exceptions import RedisError
 
 from shared.records import AsyncRecords
+from shared.redis_client import raise_if_cancel_swallowed
 
 log = logging.getLogger("taskgate.stalls")
 
@@ -25,6 +26,7 @@ async def watch_stalls(records: AsyncRecords, interval: float) -> None:
     """Run until cancelled; a Redis error skips one round."""
     stale_after = STALE_AFTER_BEATS * interval
     while True:
+        raise_if_cancel_swallowed()
         await asyncio.sleep(interval)
         try:
             async with asyncio.timeout(max(interval, 3.0)):

@@ -7,6 +7,7 @@ at import, so no connection made on the event loop touches the disk.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import redis
@@ -23,3 +24,15 @@ def async_client(url: str, **kwargs: Any) -> aioredis.Redis:
 
 def sync_client(url: str, **kwargs: Any) -> redis.Redis:
     return redis.Redis.from_url(url, driver_info=_DRIVER, **kwargs)
+
+
+def raise_if_cancel_swallowed() -> None:
+    """Honour a cancel that redis-py swallowed.
+
+    A cancel that lands while redis-py opens a connection can be caught inside it: the task stays
+    marked as cancelling but carries on, and a background loop would then never stop (an app's
+    shutdown waits forever). Long-running loops call this after their Redis calls.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
