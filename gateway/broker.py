@@ -54,13 +54,25 @@ class RedisBroker:
         base = f"{self.prefix}{queue}"
         return f"{base}{_PRIORITY_SEP}{broker_priority}" if broker_priority else base
 
+    def envelopes(self, messages: Sequence[TaskMessage]) -> list[tuple[TaskMessage, str, bytes]]:
+        """Each message with the list it goes to and its envelope, encoded once."""
+        out = []
+        for msg in messages:
+            pri = redis_priority(msg.priority)
+            out.append((msg, self.queue_key(msg.queue, pri), msg.redis_envelope(pri)))
+        return out
+
+    @staticmethod
+    def by_list(prepared: Sequence[tuple[TaskMessage, str, bytes]]) -> dict[str, list[bytes]]:
+        lists: dict[str, list[bytes]] = {}
+        for _, key, envelope in prepared:
+            lists.setdefault(key, []).append(envelope)
+        return lists
+
     async def publish(self, messages: Sequence[TaskMessage]) -> None:
         """Push every message in one round trip (one multi-value ``LPUSH`` per list, in order:
         the first message is consumed first); raise ``BrokerUnavailable``."""
-        lists: dict[str, list[bytes]] = {}
-        for msg in messages:
-            pri = redis_priority(msg.priority)
-            lists.setdefault(self.queue_key(msg.queue, pri), []).append(msg.redis_envelope(pri))
+        lists = self.by_list(self.envelopes(messages))
         try:
             async with asyncio.timeout(self.timeout):
                 if len(lists) == 1:

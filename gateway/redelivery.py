@@ -30,7 +30,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.broker import RedisBroker, redis_priority
+from gateway.broker import RedisBroker
 from gateway.celery_message import TaskMessage
 from shared.errors import BrokerUnavailable
 from shared.keys import Keys
@@ -118,21 +118,26 @@ class OutboxBroker:
         self.client: aioredis.Redis = inner.client
 
     async def publish(self, messages: Sequence[TaskMessage]) -> None:
+        """Copies first, then the messages, in one round trip (a pipeline runs in order, so a
+        sweep never sees a message whose copy is missing)."""
         now = time.time()
+        prepared = self.inner.envelopes(messages)
+        copies: dict[str, bytes] = {}
+        published_at: dict[str, dict[str, float]] = {}
+        for msg, key, envelope in prepared:
+            copies[msg.task_id] = key.encode() + b"\n" + envelope
+            published_at.setdefault(msg.queue, {})[msg.task_id] = now
         try:
             async with asyncio.timeout(self.inner.timeout):
                 async with self.client.pipeline(transaction=False) as pipe:
-                    for msg in messages:
-                        pri = redis_priority(msg.priority)
-                        copy = self.inner.queue_key(msg.queue, pri).encode() + b"\n"
-                        pipe.hset(
-                            outbox_key(self.keys), msg.task_id, copy + msg.redis_envelope(pri)
-                        )
-                        pipe.zadd(outbox_at_key(self.keys, msg.queue), {msg.task_id: now})
+                    pipe.hset(outbox_key(self.keys), mapping=copies)  # type: ignore[arg-type]
+                    for queue, members in published_at.items():
+                        pipe.zadd(outbox_at_key(self.keys, queue), members)
+                    for key, values in self.inner.by_list(prepared).items():
+                        pipe.lpush(key, *values)
                     await pipe.execute()
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(f"broker unreachable: {type(exc).__name__}") from exc
-        await self.inner.publish(messages)
 
     async def ping(self) -> None:
         await self.inner.ping()
