@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -10,13 +11,23 @@ import orjson
 from aiohttp import web
 
 from gateway.appkeys import MANAGER, SETTINGS
-from gateway.auth import bearer, verify_token
-from shared.errors import BadRequest, PayloadTooLarge, TaskgateError
+from gateway.auth import TokenRules, bearer, verify_token
+from shared.errors import AuthError, BadRequest, PayloadTooLarge, TaskgateError
 
 log = logging.getLogger("taskgate.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 USER = web.RequestKey("user", str)
+# A client that sends its body slower than this is cut off: a stalled request holds no more than
+# a coroutine and its buffer, but not forever.
+BODY_TIMEOUT_S = 30.0
+# Paths under /api/ that need no token: the API's own description.
+PUBLIC_PATHS = frozenset({"/api/openapi.json"})
+
+
+class RequestTimeout(TaskgateError):
+    code = "request_timeout"
+    http_status = 408
 
 
 def json_response(
@@ -40,6 +51,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     """Every failure becomes a JSON error; nothing a client sends can produce a traceback."""
     try:
         return await handler(request)
+    except AuthError as exc:
+        response = error_response(exc)
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
     except TaskgateError as exc:
         return error_response(exc)
     except web.HTTPRequestEntityTooLarge:
@@ -48,30 +63,61 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status < 400:
             raise
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return json_response(
-            {"error": {"code": code, "message": exc.reason}}, status=exc.status, headers=None
+            {"error": {"code": code, "message": exc.reason}}, status=exc.status, headers=headers
+        )
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        # A bug, not bad input; the client still gets JSON and never a traceback.
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_response(
+            {"error": {"code": "internal", "message": "internal error"}}, status=500
         )
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith("/api/"):
+    if request.path.startswith("/api/") and request.path not in PUBLIC_PATHS:
         settings = request.app[SETTINGS]
         identity = verify_token(
-            settings.require_secret(), bearer(request.headers.get("Authorization"))
+            settings.require_secret(),
+            bearer(request.headers.get("Authorization")),
+            TokenRules.from_settings(settings),
         )
         request[USER] = identity.user
     return await handler(request)
 
 
 async def read_json(request: web.Request) -> Any:
+    """The request's JSON body: 400 if it is not JSON, 413 if it is over ``TASKGATE_MAX_BODY``.
+
+    orjson refuses NaN and Infinity, integers beyond 64 bits and nesting deeper than 1024, all
+    as malformed JSON. The size cap applies to chunked bodies too (aiohttp counts as it reads).
+    """
     if request.content_type != "application/json":
         raise BadRequest("Content-Type must be application/json")
-    body = await request.read()
+    limit = request.app[SETTINGS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(
+            f"request body too large (limit {limit} bytes)", details={"limit": limit}
+        )
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            body = await request.read()
+    except TimeoutError:
+        raise RequestTimeout("request body not received in time") from None
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(
+            f"request body too large (limit {limit} bytes)", details={"limit": limit}
+        ) from None
+    if not body:
+        raise BadRequest("request body is empty")
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"malformed JSON: {exc.msg}") from None
+        raise BadRequest(f"malformed JSON: {exc.msg}"[:200]) from None
 
 
 async def submit_task(request: web.Request) -> web.Response:

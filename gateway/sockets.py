@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import socketio
+from engineio.async_drivers.aiohttp import WebSocket as EngineIOWebSocket
 
 from gateway.auth import LEEWAY_S, TokenRules, verify_token
 from gateway.manager import TaskManager
@@ -35,6 +36,23 @@ NAMESPACE = "/"
 # Socket.IO packet types (the first character of a text packet).
 _CONNECT, _DISCONNECT, _EVENT, _ACK = "0", "1", "2", "3"
 _TEXT_TYPES = frozenset({_CONNECT, _DISCONNECT, _EVENT, _ACK})
+# Engine.IO packet types: open, close, ping, pong, message, upgrade, noop.
+_ENGINEIO_TYPES = frozenset("0123456")
+
+
+class CheckedWebSocket(EngineIOWebSocket):  # type: ignore[misc]
+    """python-engineio's aiohttp websocket, refusing frames that are not Engine.IO packets.
+
+    python-engineio logs an unknown packet type and keeps reading; raising ``OSError`` from
+    ``wait`` makes its loop end and close the connection instead.
+    """
+
+    async def wait(self) -> Any:
+        data = await super().wait()
+        if isinstance(data, str) and (not data or data[0] not in _ENGINEIO_TYPES):
+            log.warning("closing websocket: not an Engine.IO packet")
+            raise OSError("not an Engine.IO packet")
+        return data
 
 
 def user_room(user: str) -> str:
@@ -80,6 +98,8 @@ class SocketGuard:
         self._eio_disconnect: Callable[..., Awaitable[None]] = sio._handle_eio_disconnect
 
     def install(self) -> None:
+        # A copy: the driver table is a module-level dict shared by every server.
+        self.sio.eio._async = {**self.sio.eio._async, "websocket": CheckedWebSocket}
         self.sio.eio.on("message", self.on_message)
         self.sio.eio.on("disconnect", self.on_disconnect)
 
@@ -109,6 +129,8 @@ class SocketGuard:
         return None
 
     async def on_message(self, eio_sid: str, data: Any) -> None:
+        if eio_sid not in self.sio.eio.sockets:
+            return  # closed by us a moment ago; the frames still in flight are dropped
         reason = self.refusal(eio_sid, data)
         if reason is None:
             try:
@@ -122,10 +144,16 @@ class SocketGuard:
         log.warning("closing Socket.IO connection %s: %s", eio_sid, reason)
         self.closed_for[reason] = self.closed_for.get(reason, 0) + 1
         self._buckets.pop(eio_sid, None)
+        sock = self.sio.eio.sockets.get(eio_sid)
         try:
             await self.sio.eio.disconnect(eio_sid)
         except Exception:
             log.exception("could not close connection %s", eio_sid)
+        if sock is not None:
+            # python-engineio only sends CLOSE and waits for the client to hang up; a hostile
+            # client never does. An empty slot in the send queue ends its writer, which closes
+            # the websocket (or ends the long-poll) from our side.
+            sock.queue.put_nowait(None)
 
     async def on_disconnect(self, eio_sid: str, *reason: Any) -> None:
         self._buckets.pop(eio_sid, None)
@@ -152,8 +180,10 @@ def register_socket_handlers(
 
     def expire(sid: str) -> None:
         expiry_timers.pop(sid, None)
-        log.info("closing Socket.IO session %s: token expired", sid)
-        task = asyncio.ensure_future(sio.disconnect(sid))
+        eio_sid = sio.manager.eio_sid_from_sid(sid, NAMESPACE)
+        if eio_sid is None:
+            return
+        task = asyncio.ensure_future(guard.close(eio_sid, "token expired"))
         closing.add(task)
         task.add_done_callback(closing.discard)
 

@@ -478,3 +478,17 @@ def applied_updates(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             applied.append(event)
             last = event["seq"]
     return applied
+
+
+async def serve_gateway(aiohttp_server: Callable[..., Any], settings: Any) -> Any:
+    """A gateway for ``settings`` on a real port, returned once its relay is subscribed.
+
+    Waiting matters beyond readiness: a relay cancelled in the middle of SUBSCRIBE can hold up
+    the app's shutdown for a long time."""
+    from gateway.app import create_app
+    from gateway.appkeys import RELAY
+
+    server = await aiohttp_server(create_app(settings))
+    async with asyncio.timeout(10):
+        await server.app[RELAY].connected.wait()
+    return server
