@@ -80,7 +80,8 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
         ping_interval=PING_INTERVAL_S,
         ping_timeout=PING_TIMEOUT_S,
         max_http_buffer_size=settings.max_body_bytes,
-        transports=["websocket", "polling"],
+        # The contract's transport; long-polling would be a second parser to harden.
+        transports=["websocket"],
     )
     sio.attach(app)
     app[SIO] = sio

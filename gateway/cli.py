@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway.auth import issue_token
+from gateway.auth import TokenRules, issue_token
 from gateway.embedded import SECRET_FILE, embedded
 from shared.errors import ConfigError
 from shared.logging import setup_logging
@@ -80,7 +80,7 @@ def cmd_up(_: argparse.Namespace) -> int:
     with embedded(dict(os.environ), data_dir) as env:
         settings = Settings.from_env(env)
         secret = settings.require_secret()
-        token = issue_token(secret, DEMO_USER)
+        token = issue_token(secret, DEMO_USER, rules=TokenRules.from_settings(settings))
         url = f"http://{settings.host}:{settings.port}/"
         banner = (
             f"taskgate is up: {url}?token={token}\n"
@@ -110,7 +110,7 @@ def cmd_token(args: argparse.Namespace) -> int:
                 f"{settings.data_dir}/"
             )
         secret = Secret(path.read_text().strip())
-    print(issue_token(secret, args.user, args.ttl))
+    print(issue_token(secret, args.user, args.ttl, TokenRules.from_settings(settings)))
     return 0
 
 
