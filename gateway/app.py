@@ -21,11 +21,18 @@ from redis.exceptions import RedisError
 
 from gateway import jsonlib
 from gateway.appkeys import BROKER, MANAGER, RECORDS, RELAY, SETTINGS, SIO
+from gateway.auth import TokenRules, VerifiedTokens
 from gateway.broker import Broker, RedisBroker
 from gateway.broker_factory import make_broker
 from gateway.control import CeleryControl
 from gateway.fanout import Fanout
-from gateway.http_api import add_routes, auth_middleware, errors_middleware, json_response
+from gateway.http_api import (
+    TOKENS,
+    add_routes,
+    auth_middleware,
+    errors_middleware,
+    json_response,
+)
 from gateway.http_manage import add_manage_routes
 from gateway.manager import TaskManager
 from gateway.metrics import METRICS, Metrics, count_requests, metrics_handler
@@ -71,6 +78,7 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
+    app[TOKENS] = VerifiedTokens(secret, TokenRules.from_settings(settings))
     # The same policy as HTTP CORS; python-engineio refuses a handshake from any other Origin.
     origins = origin_policy.engineio_check
     sio = socketio.AsyncServer(

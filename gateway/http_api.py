@@ -11,13 +11,14 @@ import orjson
 from aiohttp import web
 
 from gateway.appkeys import MANAGER, SETTINGS
-from gateway.auth import TokenRules, bearer, verify_token
+from gateway.auth import VerifiedTokens, bearer
 from shared.errors import AuthError, BadRequest, PayloadTooLarge, TaskgateError
 
 log = logging.getLogger("taskgate.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 USER = web.RequestKey("user", str)
+TOKENS = web.AppKey("tokens", VerifiedTokens)
 # A client that sends its body slower than this is cut off: a stalled request holds no more than
 # a coroutine and its buffer, but not forever.
 BODY_TIMEOUT_S = 30.0
@@ -80,13 +81,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path.startswith("/api/") and request.path not in PUBLIC_PATHS:
-        settings = request.app[SETTINGS]
-        identity = verify_token(
-            settings.require_secret(),
-            bearer(request.headers.get("Authorization")),
-            TokenRules.from_settings(settings),
-        )
-        request[USER] = identity.user
+        tokens = request.app[TOKENS]
+        request[USER] = tokens.verify(bearer(request.headers.get("Authorization"))).user
     return await handler(request)
 
 
