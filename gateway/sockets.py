@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import socketio
+from aiohttp import web
 from engineio.async_drivers.aiohttp import WebSocket as EngineIOWebSocket
 
 from gateway.auth import LEEWAY_S, TokenRules, verify_token
@@ -46,6 +47,18 @@ class CheckedWebSocket(EngineIOWebSocket):  # type: ignore[misc]
     python-engineio logs an unknown packet type and keeps reading; raising ``OSError`` from
     ``wait`` makes its loop end and close the connection instead.
     """
+
+    async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
+        # As python-engineio's, but without permessage-deflate: updates are small and already
+        # compact JSON, and compressing each frame for each client cost a quarter of the relay's
+        # CPU and ~100 KiB of zlib state per connection (docs/PERFORMANCE.md).
+        self._sock = web.WebSocketResponse(
+            max_msg_size=self.server.max_http_buffer_size, compress=False
+        )
+        await self._sock.prepare(environ["aiohttp.request"])
+        self.environ = environ
+        await self.handler(self)
+        return self._sock
 
     async def wait(self) -> Any:
         data = await super().wait()

@@ -166,3 +166,17 @@ async def test_http_errors_are_json(http: TestClient) -> None:
     assert resp.status == 400
     listed = await (await http.get("/api/tasks", headers=auth(alice))).json()
     assert listed == {"tasks": []}
+
+
+async def test_websocket_frames_are_not_compressed(http: TestClient) -> None:
+    """permessage-deflate is declined (see docs/PERFORMANCE.md): a client offering it gets plain
+    frames, and the Engine.IO handshake still works."""
+    ws = await http.session.ws_connect(
+        http.make_url("/socket.io/?EIO=4&transport=websocket"), compress=15
+    )
+    try:
+        assert ws.compress == 0
+        opened = await ws.receive_str(timeout=5)
+        assert opened.startswith("0{")  # Engine.IO OPEN
+    finally:
+        await ws.close()
