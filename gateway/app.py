@@ -53,6 +53,7 @@ from shared.settings import Settings
 log = logging.getLogger("taskgate.gateway")
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+INDEX_PAGE = WEB_DIR / "src" / "index.html"
 SOCKETIO_CLIENT_DIR = WEB_DIR / "node_modules" / "socket.io-client" / "dist"
 # Engine.IO pings every client each interval and drops one that has not answered within the
 # timeout: a dead client (closed laptop, lost network) is reaped within 40 s.
@@ -111,11 +112,12 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
         app[MANAGER] = manager
         register_socket_handlers(sio, manager, secret)
 
+        fanout = Fanout(sio)
+
         async def emit_workflow(owner: str, snap: dict[str, Any]) -> None:
-            await sio.emit("workflow", snap, room=user_room(owner))
+            await fanout.to_room(user_room(owner), "workflow", snap)
 
         notifier = WorkflowNotifier(manager.workflows, emit_workflow)
-        fanout = Fanout(sio)
 
         async def deliver(update: Update) -> None:
             snap = update["snapshot"]
@@ -171,7 +173,8 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/", index)
+    # Looked up once here, not on the loop for every request.
+    app.router.add_get("/", index if INDEX_PAGE.is_file() else no_web_client)
     if (WEB_DIR / "src").is_dir():
         app.router.add_static("/static", WEB_DIR / "src")
     if SOCKETIO_CLIENT_DIR.is_dir():
@@ -212,9 +215,10 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def index(request: web.Request) -> web.StreamResponse:
-    page = WEB_DIR / "src" / "index.html"
-    if not page.is_file():
-        return json_response(
-            {"error": {"code": "not_found", "message": "web client not installed"}}, status=404
-        )
-    return web.FileResponse(page, headers={"Cache-Control": "no-cache"})
+    return web.FileResponse(INDEX_PAGE, headers={"Cache-Control": "no-cache"})
+
+
+async def no_web_client(request: web.Request) -> web.StreamResponse:
+    return json_response(
+        {"error": {"code": "not_found", "message": "web client not installed"}}, status=404
+    )

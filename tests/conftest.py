@@ -14,10 +14,16 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from blockbuster import blockbuster_ctx
 
-from gateway.app import create_app
 from gateway.auth import issue_token
 from shared.settings import Secret, Settings
-from tests.support import SECRET, CeleryWorker, RedisServer, SocketClient, base_env
+from tests.support import (
+    SECRET,
+    CeleryWorker,
+    RedisServer,
+    SocketClient,
+    base_env,
+    serve_gateway,
+)
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +75,7 @@ async def gateway(
     Once it is up, anything that blocks the event loop (the gateway's or the test's) fails the
     test: blockbuster turns blocking calls made on the loop into errors.
     """
-    server = await aiohttp_server(create_app(settings))
+    server = await serve_gateway(aiohttp_server, settings)
     with blockbuster_ctx():
         yield server
 

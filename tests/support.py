@@ -436,6 +436,7 @@ class GatewayProcess:
         try:
             wait_for_port(self.port, timeout, self.proc)
         except (TimeoutError, RuntimeError) as exc:
+            self.stop(signal.SIGKILL)
             tail = self.log.read_text()[-3000:]
             raise RuntimeError(f"gateway did not start: {exc}\n{tail}") from exc
         return self

@@ -70,20 +70,6 @@ def celery_worker(env: dict[str, str], log_dir: Path) -> Iterator[CeleryWorker]:
     worker.stop()
 
 
-@pytest.fixture
-async def gateway(
-    settings: Settings,
-    celery_worker: CeleryWorker,
-    aiohttp_server: Callable[..., Awaitable[TestServer]],
-) -> AsyncIterator[TestServer]:
-    """conftest's ``gateway``, handed out once its relay is subscribed: a gateway stopped before
-    that can hang in teardown (the relay cancelled during its first subscribe)."""
-    server = await aiohttp_server(create_app(settings))
-    await asyncio.wait_for(server.app[RELAY].connected.wait(), 10)
-    with blockbuster_ctx():
-        yield server
-
-
 async def _poll_terminal(
     http: TestClient | ClientSession, base: str, task_id: str, who: str, timeout: float = 30
 ) -> dict[str, Any]:

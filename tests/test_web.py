@@ -9,14 +9,12 @@ Set ``TASKGATE_UPDATE_SCREENSHOT=1`` to write the screenshot to docs/screenshot.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import queue
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -27,9 +25,8 @@ from typing import Any
 import jwt
 import pytest
 
-from gateway.embedded import free_port, wait_for_port
 from tests.conftest import make_token
-from tests.support import ROOT, CeleryWorker
+from tests.support import ROOT, CeleryWorker, GatewayProcess
 
 BROWSER_DIR = ROOT / "tests" / "browser"
 WEB_DIR = ROOT / "web"
@@ -54,48 +51,6 @@ def _require_browser_deps() -> None:
 
 def user() -> str:
     return f"web-{uuid.uuid4().hex[:8]}"
-
-
-class GatewayProcess:
-    """``python -m gateway.cli gateway`` in its own process group: killed and started again on
-    the same port, it is what a browser sees when a gateway is restarted."""
-
-    def __init__(self, env: Mapping[str, str], log_dir: Path) -> None:
-        self.port = free_port()
-        self.env = {**env, "TASKGATE_PORT": str(self.port), "TASKGATE_HOST": "127.0.0.1"}
-        self.log = log_dir / f"web-gateway-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 20.0) -> GatewayProcess:
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "gateway"], env=self.env, cwd=ROOT,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        try:
-            wait_for_port(self.port, timeout, self.proc)
-        except (TimeoutError, RuntimeError) as exc:
-            self.stop(signal.SIGKILL)
-            tail = self.log.read_text()[-3000:]
-            raise RuntimeError(f"gateway did not start: {exc}\n{tail}") from exc
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
-        self.proc = None
 
 
 @pytest.fixture(scope="module")

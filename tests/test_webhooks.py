@@ -12,7 +12,7 @@ import dataclasses
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,6 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from blockbuster import blockbuster_ctx
 
 from gateway.app import create_app
 from gateway.appkeys import RELAY
@@ -69,20 +68,6 @@ def celery_worker(env: dict[str, str], log_dir: Path) -> Iterator[CeleryWorker]:
     worker = CeleryWorker(env, log_dir).start()
     yield worker
     worker.stop()
-
-
-@pytest.fixture
-async def gateway(
-    settings: Settings,
-    celery_worker: CeleryWorker,
-    aiohttp_server: Callable[..., Awaitable[TestServer]],
-) -> AsyncIterator[TestServer]:
-    """conftest's ``gateway``, handed out once its relay is subscribed: a gateway stopped before
-    that can hang in teardown (the relay cancelled during its first subscribe)."""
-    server = await aiohttp_server(create_app(settings))
-    await asyncio.wait_for(server.app[RELAY].connected.wait(), 10)
-    with blockbuster_ctx():
-        yield server
 
 
 class Receiver:
