@@ -9,6 +9,7 @@ task. A refused take changes nothing and tells how long until enough tokens are 
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -41,6 +42,17 @@ return {0, math.ceil((cost - tokens) / rate * 1000)}
 """
 
 
+_SCRIPTS: weakref.WeakKeyDictionary[aioredis.Redis, Any] = weakref.WeakKeyDictionary()
+
+
+def _bucket_script(client: aioredis.Redis) -> Any:
+    """The bucket script of ``client``, registered (and hashed) once, not on every submit."""
+    script = _SCRIPTS.get(client)
+    if script is None:
+        script = _SCRIPTS[client] = client.register_script(TOKEN_BUCKET_LUA)
+    return script
+
+
 def bucket_key(settings: Settings, user: str) -> str:
     return f"{settings.keys.prefix}rate:submit:{user}"
 
@@ -59,7 +71,7 @@ async def take_submit_tokens(
             retry_after=math.ceil(count / rate),
             details={"rate_per_s": rate, "burst": capacity},
         )
-    script: Any = client.register_script(TOKEN_BUCKET_LUA)
+    script: Any = _bucket_script(client)
     try:
         taken, wait_ms = await script(
             keys=[bucket_key(settings, user)], args=[repr(rate), repr(capacity), str(count)]
