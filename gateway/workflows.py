@@ -116,57 +116,26 @@ class Workflows:
 
     def messages(self, plan: Plan, wid: str) -> list[TaskMessage]:
         steps, ids = plan.steps, plan.ids
+
+        def message(sub: Submission, task_id: str, **extra: Any) -> TaskMessage:
+            return build_task_message(
+                task_id, sub.spec.name, sub.queue, kwargs=sub.input, priority=sub.priority,
+                root_id=wid, **extra,
+            )  # fmt: skip
+
         if plan.kind == "group":
             return [
-                build_task_message(
-                    tid,
-                    s.spec.name,
-                    s.queue,
-                    kwargs=s.input,
-                    priority=s.priority,
-                    group_id=wid,
-                    root_id=wid,
-                    group_index=i,
-                )
+                message(s, tid, group_id=wid, group_index=i)
                 for i, (s, tid) in enumerate(zip(steps, ids, strict=True))
             ]
         if plan.kind == "chain":
             rest = [self._signature(s, tid, wid) for s, tid in zip(steps[1:], ids[1:], strict=True)]
-            first = steps[0]
-            embed = {
-                "callbacks": None,
-                "errbacks": None,
-                "chain": rest[::-1] or None,
-                "chord": None,
-            }
-            return [
-                build_task_message(
-                    ids[0],
-                    first.spec.name,
-                    first.queue,
-                    kwargs=first.input,
-                    priority=first.priority,
-                    embed=embed,
-                    root_id=wid,
-                )
-            ]
+            # Celery pops the next step from the end of the embedded chain.
+            return [message(steps[0], ids[0], embed=_embed(chain=rest[::-1] or None))]
         header, body = steps[:-1], steps[-1]
         body_sig = self._signature(body, ids[-1], wid, chord_size=len(header))
-        chord_embed: dict[str, Any] = {
-            "callbacks": None, "errbacks": None, "chain": None, "chord": body_sig,
-        }  # fmt: skip
         return [
-            build_task_message(
-                tid,
-                s.spec.name,
-                s.queue,
-                kwargs=s.input,
-                priority=s.priority,
-                embed=chord_embed,
-                group_id=wid,
-                root_id=wid,
-                group_index=i,
-            )
+            message(s, tid, embed=_embed(chord=body_sig), group_id=wid, group_index=i)
             for i, (s, tid) in enumerate(zip(header, ids[:-1], strict=True))
         ]
 
@@ -288,6 +257,11 @@ class Workflows:
         for tid in ids:
             await self.manager.cancel(user, tid)
         return await self.snapshot(user, wid)
+
+
+def _embed(chain: Any = None, chord: Any = None) -> dict[str, Any]:
+    """The protocol-2 embed: what Celery runs after a task (its chain, a chord's body)."""
+    return {"callbacks": None, "errbacks": None, "chain": chain, "chord": chord}
 
 
 def rollup_status(statuses: list[str]) -> str:
