@@ -39,7 +39,7 @@ from shared.errors import (
     TaskgateError,
 )
 from shared.records import AsyncRecords, decode_snapshot, new_record_fields
-from shared.records_batch import BatchRecords, pending_snapshot
+from shared.records_batch import BatchRecords, pending_common, pending_snapshot
 from shared.redis_client import async_client
 from shared.registry import TaskSpec, get_task, load_task_modules
 from shared.schema import Snapshot, Update
@@ -152,6 +152,7 @@ class TaskManager:
         self.broker = broker
         self.control = control
         self.config = config or ManagerConfig.from_env()
+        self.webhook_policy = WebhookPolicy.from_settings(settings)
         self.relay: Relay | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._waiters: dict[str, list[asyncio.Future[Snapshot]]] = defaultdict(list)
@@ -249,9 +250,7 @@ class TaskManager:
 
     async def submit(self, user: str, body: Any) -> Snapshot:
         """Accept one task: record first, then the broker. 503 leaves nothing accepted."""
-        sub = parse_submission(
-            body, self.settings.routes, WebhookPolicy.from_settings(self.settings)
-        )
+        sub = parse_submission(body, self.settings.routes, self.webhook_policy)
         await take_submit_tokens(self.records.client, self.settings, user)
         task_id = str(uuid.uuid4())
         try:
@@ -303,10 +302,9 @@ class TaskManager:
             raise _field_error("tasks", f"must be a list of 1 to {MAX_BATCH} tasks")
         out: list[Snapshot | TaskgateError] = []
         plain: list[tuple[int, Submission, str]] = []
-        policy = WebhookPolicy.from_settings(self.settings)
         for i, body in enumerate(bodies):
             try:
-                sub = parse_submission(body, self.settings.routes, policy)
+                sub = parse_submission(body, self.settings.routes, self.webhook_policy)
             except TaskgateError as exc:
                 out.append(exc)
                 continue
@@ -326,9 +324,7 @@ class TaskManager:
         await take_submit_tokens(self.records.client, self.settings, user, count=len(plain))
         now = time.time()
         # What all records of the batch share is sent once; per record only what differs.
-        common = new_record_fields("", "", "", now)
-        for name in ("task_id", "task", "queue"):
-            del common[name]
+        common = pending_common(now)
         records = [
             {
                 "task_id": tid,

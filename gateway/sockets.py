@@ -26,6 +26,7 @@ from aiohttp import web
 from engineio.async_drivers.aiohttp import WebSocket as EngineIOWebSocket
 
 from gateway.auth import LEEWAY_S, TokenRules, verify_token
+from gateway.fanout import Fanout
 from gateway.manager import TaskManager
 from shared.errors import AuthError, TaskgateError
 from shared.schema import Snapshot
@@ -187,9 +188,12 @@ def register_socket_handlers(
         user: str = session["user"]
         return user
 
+    fanout = Fanout(sio)
+
     async def send_snapshots(sid: str, snaps: list[Snapshot]) -> None:
+        # Every socket is in a room named by its sid: the relay's send path, to one socket.
         for snap in snaps:
-            await sio.emit("task", snap, to=sid)
+            await fanout.to_room(sid, "task", snap)
 
     def expire(sid: str) -> None:
         expiry_timers.pop(sid, None)

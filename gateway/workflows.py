@@ -34,7 +34,7 @@ from gateway.broker import redis_priority
 from gateway.celery_message import TaskMessage, build_task_message
 from gateway.manager import Submission, TaskManager, _field_error, parse_submission
 from shared.errors import BrokerUnavailable, NotFound, TaskgateError
-from shared.records import new_record_fields
+from shared.records_batch import pending_common
 from shared.status import TERMINAL_NAMES
 
 log = logging.getLogger("taskgate.workflows")
@@ -144,24 +144,23 @@ class Workflows:
         kind, steps = parse_workflow(body, self.manager.settings.routes)
         wid = str(uuid.uuid4())
         plan = Plan(kind, steps, [str(uuid.uuid4()) for _ in steps])
-        records = self.manager.records
         now = time.time()
         try:
             await self._save(user, wid, plan, now)
-            created = await records.create_many(
-                user,
-                [
-                    new_record_fields(tid, s.spec.name, s.queue, now, {"workflow_id": wid})
-                    for s, tid in zip(steps, plan.ids, strict=True)
-                ],
-                self.manager.settings.max_active,
+            rows = [
+                {"task_id": tid, "task": s.spec.name, "queue": s.queue, "workflow_id": wid}
+                for s, tid in zip(steps, plan.ids, strict=True)
+            ]
+            max_active = self.manager.settings.max_active
+            codes = await self.manager.batch.create(
+                user, pending_common(now), rows, now, max_active
             )
-            refused = [(code, payload) for code, payload in created if code != 1]
+            refused = [code for code in codes if code != 1]
             if refused:
                 await self._discard(
-                    user, wid, [t for t, (c, _) in zip(plan.ids, created, strict=True) if c == 1]
+                    user, wid, [t for t, c in zip(plan.ids, codes, strict=True) if c == 1]
                 )
-                raise self.manager._create_error(*refused[0])
+                raise self.manager._create_error(refused[0], str(max_active).encode())
             try:
                 if kind == "chord":
                     await self._set_chord_size(wid, len(steps) - 1)
@@ -173,7 +172,7 @@ class Workflows:
             raise BrokerUnavailable(f"task store unreachable: {type(exc).__name__}") from exc
         # Accepted now; if this fails, the records are the truth and clients catch up from them.
         with contextlib.suppress(RedisError):
-            await records.publish_snapshots(user, [payload for _, payload in created])
+            await self.manager.batch.announce(user, plan.ids)
         for s in steps:
             self.manager.accepted[s.spec.name] += 1
         return {"workflow_id": wid, "kind": kind, "task_ids": plan.ids}

@@ -44,9 +44,17 @@ local function snapshot(key)
   end
   return '{{' .. table.concat(parts, ',') .. '}}'
 end
+-- Publish the record as it is now on the progress channel; returns its snapshot.
+local function publish(prefix, key, owner)
+  local snap = snapshot(key)
+  redis.call('PUBLISH', prefix .. 'progress',
+    '{{"v":{version},"owner":' .. cjson.encode(owner) .. ',"snapshot":' .. snap .. '}}')
+  return snap
+end
 """.format(
     fields=", ".join(f"'{f}'" for f in SNAPSHOT_FIELDS),
     names=", ".join(f"'{f}'" for f in SNAPSHOT_FIELDS),
+    version=SCHEMA_VERSION,
 )
 
 _TERMINAL_LUA = "local TERMINAL = {%s}\n" % ", ".join(
@@ -106,12 +114,9 @@ if new_status ~= '' and TERMINAL[new_status] then
 end
 -- Every record, terminal or not, lives retention seconds after its last change.
 redis.call('EXPIRE', key, retention)
-local snap = snapshot(key)
-local msg = '{"v":%d,"owner":' .. cjson.encode(owner) .. ',"snapshot":' .. snap .. '}'
-redis.call('PUBLISH', prefix .. 'progress', msg)
+local snap = publish(prefix, key, owner)
 return {1, seq, cancel, snap}
 """
-    % SCHEMA_VERSION
 )
 
 # KEYS[1]: record. ARGV: prefix, owner, created_at, max_active, retention_s, then field/value pairs.
@@ -145,7 +150,7 @@ redis.call('HSET', key, '_owner', owner, '_pct', '0', '_cancel', '0', 'seq', 1)
 redis.call('EXPIRE', key, retention)
 redis.call('ZADD', prefix .. 'user:' .. owner .. ':tasks', created, task_id)
 redis.call('ZADD', active_key, created, task_id)
--- Ended tasks leave the index lazily (see AsyncRecords.list); keep the index itself bounded.
+-- Ids of expired records leave the index through beat's taskgate.sweep; bound it here too.
 redis.call('ZREMRANGEBYSCORE', prefix .. 'user:' .. owner .. ':tasks', '-inf', created - retention)
 redis.call('ZREMRANGEBYSCORE', prefix .. 'user:' .. owner .. ':ended', '-inf', created - retention)
 return {1, snapshot(key)}
@@ -176,17 +181,15 @@ local cur = redis.call('HMGET', key, 'status', '_owner', '_cancel', 'stalled')
 local cancel = cur[3] or '0'
 if cur[1] ~= '"RUNNING"' then return {0, cancel} end
 local t = now()
-redis.call('HSET', key, '_hb', string.format('%%.3f', t))
+redis.call('HSET', key, '_hb', string.format('%.3f', t))
 redis.call('ZADD', prefix .. 'running', t, string.sub(key, #prefix + 6))
 redis.call('EXPIRE', key, retention)
 if cur[4] ~= 'true' then return {2, cancel} end
 redis.call('HSET', key, 'stalled', 'false')
 redis.call('HINCRBY', key, 'seq', 1)
-local msg = '{"v":%d,"owner":' .. cjson.encode(cur[2]) .. ',"snapshot":' .. snapshot(key) .. '}'
-redis.call('PUBLISH', prefix .. 'progress', msg)
+publish(prefix, key, cur[2])
 return {1, cancel}
 """
-    % SCHEMA_VERSION
 )
 
 # KEYS[1]: the running set. ARGV: prefix, stale_after_s, retention_s, limit. Marks every RUNNING
@@ -212,9 +215,7 @@ for _, id in ipairs(ids) do
     if cur[4] ~= 'true' and (not hb or hb < t - stale_after) then
       redis.call('HSET', key, 'stalled', 'true')
       redis.call('HINCRBY', key, 'seq', 1)
-      local msg = '{"v":%d,"owner":' .. cjson.encode(cur[2]) .. ',"snapshot":' .. snapshot(key)
-        .. '}'
-      redis.call('PUBLISH', prefix .. 'progress', msg)
+      publish(prefix, key, cur[2])
       marked[#marked + 1] = id
     end
     redis.call('ZADD', running, t + retention, id)
@@ -222,7 +223,6 @@ for _, id in ipairs(ids) do
 end
 return marked
 """
-    % SCHEMA_VERSION
 )
 
 # KEYS[1]: record. ARGV: prefix, owner_check. Returns the snapshot or false.
@@ -400,20 +400,6 @@ class AsyncRecords:
         code, payload = await self._create(keys=[self.keys.task(fields["task_id"])], args=args)
         return int(code), payload.encode() if isinstance(payload, str) else payload
 
-    async def create_many(
-        self, owner: str, many: Sequence[dict[str, Any]], max_active: int
-    ) -> list[tuple[int, bytes]]:
-        """``create`` for many records in one pipelined round trip."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for fields in many:
-                args = _create_args(self.keys, owner, fields, max_active, self.retention_s)
-                await self._create(keys=[self.keys.task(fields["task_id"])], args=args, client=pipe)
-            raws = await pipe.execute()
-        return [
-            (int(code), payload.encode() if isinstance(payload, str) else payload)
-            for code, payload in raws
-        ]
-
     async def discard_many(self, owner: str, task_ids: Sequence[str]) -> None:
         if not task_ids:
             return
@@ -421,12 +407,6 @@ class AsyncRecords:
             pipe.delete(*[self.keys.task(t) for t in task_ids])
             pipe.zrem(self.keys.user_tasks(owner), *task_ids)
             pipe.zrem(self.keys.user_active(owner), *task_ids)
-            await pipe.execute()
-
-    async def publish_snapshots(self, owner: str, snapshots: Sequence[bytes]) -> None:
-        async with self.client.pipeline(transaction=False) as pipe:
-            for snap in snapshots:
-                pipe.publish(self.keys.progress_channel, _update_bytes(owner, snap))
             await pipe.execute()
 
     async def discard(self, owner: str, task_id: str) -> None:
@@ -506,13 +486,9 @@ if redis.call('EXISTS', key) == 0 then return {-1, 0, ''} end
 if expect ~= '' and redis.call('HGET', key, field) ~= expect then return {2, 0, ''} end
 redis.call('HSET', key, field, value)
 local seq = redis.call('HINCRBY', key, 'seq', 1)
-local owner = redis.call('HGET', key, '_owner')
-local snap = snapshot(key)
-redis.call('PUBLISH', prefix .. 'progress',
-  '{"v":%d,"owner":' .. cjson.encode(owner) .. ',"snapshot":' .. snap .. '}')
+local snap = publish(prefix, key, redis.call('HGET', key, '_owner'))
 return {1, seq, snap}
 """
-    % SCHEMA_VERSION
 )
 
 ANNOTATION_FIELDS = frozenset({"webhook"})

@@ -16,8 +16,8 @@ import orjson
 import redis.asyncio as aioredis
 
 from shared.keys import Keys
-from shared.records import _SNAPSHOT_LUA
-from shared.schema import SCHEMA_VERSION, SNAPSHOT_FIELDS
+from shared.records import _SNAPSHOT_LUA, new_record_fields
+from shared.schema import SNAPSHOT_FIELDS
 
 CHUNK = 1000
 _SEP = b"\x1f"
@@ -79,17 +79,12 @@ ANNOUNCE_MANY_LUA = (
     _SNAPSHOT_LUA
     + """
 local prefix, owner = ARGV[1], ARGV[2]
-local head = '{"v":%d,"owner":' .. cjson.encode(owner) .. ',"snapshot":'
-local channel = prefix .. 'progress'
 for i = 3, #ARGV do
   local key = prefix .. 'task:' .. ARGV[i]
-  if redis.call('EXISTS', key) == 1 then
-    redis.call('PUBLISH', channel, head .. snapshot(key) .. '}')
-  end
+  if redis.call('EXISTS', key) == 1 then publish(prefix, key, owner) end
 end
 return #ARGV - 2
 """
-    % SCHEMA_VERSION
 )
 
 
@@ -133,6 +128,14 @@ class BatchRecords:
             await self._announce(
                 keys=[], args=[self.keys.prefix, owner, *task_ids[start : start + CHUNK]]
             )
+
+
+def pending_common(created: float) -> dict[str, Any]:
+    """The fields every new PENDING record starts with, but for its own id, task and queue."""
+    common = new_record_fields("", "", "", created)
+    for name in ("task_id", "task", "queue"):
+        del common[name]
+    return common
 
 
 def pending_snapshot(common: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
