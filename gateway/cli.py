@@ -31,6 +31,7 @@ def _install_uvloop() -> None:
 
 async def serve(settings: Settings, banner: str | None = None) -> None:
     """Run the gateway until SIGINT or SIGTERM."""
+    from gateway import gctune
     from gateway.app import create_app
 
     app = create_app(settings)
@@ -44,6 +45,7 @@ async def serve(settings: Settings, banner: str | None = None) -> None:
         raise ConfigError(
             f"TASKGATE_PORT: cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
         ) from None
+    gctune.tune()
     if banner:
         print(banner, flush=True)
     stop = asyncio.Event()

@@ -22,11 +22,13 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway import gctune
 from gateway.broker import MAX_PRIORITY, Broker
-from gateway.celery_message import build_task_message
+from gateway.celery_message import TaskMessage, build_task_message
+from gateway.coalesce import Coalescer
 from gateway.control import CeleryControl
 from gateway.manager_config import ManagerConfig
-from gateway.ratelimit import take_submit_tokens
+from gateway.ratelimit import grant_submit_tokens, take_submit_tokens
 from gateway.relay import Relay
 from shared.errors import (
     BadRequest,
@@ -38,8 +40,9 @@ from shared.errors import (
     ResultTimeout,
     TaskgateError,
 )
+from shared.keys import new_task_ids
 from shared.records import AsyncRecords, decode_snapshot, new_record_fields
-from shared.records_batch import BatchRecords, pending_common, pending_snapshot
+from shared.records_batch import CHUNK, BatchRecords, pending_common, pending_snapshot
 from shared.redis_client import async_client
 from shared.registry import TaskSpec, get_task, load_task_modules
 from shared.schema import Snapshot, Update
@@ -161,6 +164,7 @@ class TaskManager:
         self._owned: list[Callable[[], Awaitable[None]]] = []
         self._backend: aioredis.Redis | None = None
         self._workflows: Workflows | None = None
+        self._coalescer: Coalescer[Submission, Snapshot] = Coalescer(self._accept_group)
 
     @classmethod
     async def connect(
@@ -249,15 +253,21 @@ class TaskManager:
                         del self._waiters[task_id]
 
     async def submit(self, user: str, body: Any) -> Snapshot:
-        """Accept one task: record first, then the broker. 503 leaves nothing accepted."""
+        """Accept one task: record first, then the broker. 503 leaves nothing accepted.
+
+        Submits in flight together are accepted as one group (``gateway.coalesce``)."""
         sub = parse_submission(body, self.settings.routes, self.webhook_policy)
+        if sub.idempotency_key is not None:
+            return await self._submit_idempotent(user, body, sub)
+        return await self._coalescer.submit(user, sub)
+
+    async def _submit_idempotent(self, user: str, body: Any, sub: Submission) -> Snapshot:
         await take_submit_tokens(self.records.client, self.settings, user)
         task_id = str(uuid.uuid4())
         try:
-            if sub.idempotency_key is not None:
-                existing = await self._claim_idempotency(user, sub, body, task_id)
-                if existing is not None:
-                    return existing
+            existing = await self._claim_idempotency(user, sub, body, task_id)
+            if existing is not None:
+                return existing
             snap = await self._create(user, sub, task_id)
             message = build_task_message(
                 task_id, sub.spec.name, sub.queue, kwargs=sub.input, priority=sub.priority
@@ -275,6 +285,94 @@ class TaskManager:
             log.warning("task %s accepted but its PENDING update was not published", task_id)
         self.accepted[sub.spec.name] += 1
         return decode_snapshot(snap)
+
+    async def _accept_group(
+        self, user: str, subs: list[Submission]
+    ) -> list[Snapshot | TaskgateError]:
+        """The coalescer's writer: as many of ``subs`` as the user's bucket grants."""
+        granted, limited = await grant_submit_tokens(
+            self.records.client, self.settings, user, len(subs)
+        )
+        out: list[Snapshot | TaskgateError] = await self._accept(user, subs[:granted])
+        if limited is not None:
+            out.extend(limited for _ in subs[granted:])
+        return out
+
+    async def _accept(
+        self, user: str, subs: Sequence[Submission]
+    ) -> list[Snapshot | TaskgateError]:
+        """Record and publish valid submissions (tokens already taken); one answer each, in
+        order. The records are written while the messages are built, then every message goes
+        out in one broker push, then the PENDING updates in one publish. If the broker refuses,
+        every record is removed and ``BrokerUnavailable`` raised: nothing is accepted."""
+        if not subs:
+            return []
+        now = time.time()
+        ids = new_task_ids(len(subs))
+        # What all records share is sent once; per record only what differs.
+        common = pending_common(now)
+        with gctune.paused():
+            records = [
+                {
+                    "task_id": tid,
+                    "task": s.spec.name,
+                    "queue": s.queue,
+                    "webhook": (webhook_fields(s.callback_url) or {"webhook": None})["webhook"],
+                }
+                for s, tid in zip(subs, ids, strict=True)
+            ]
+        creating = asyncio.ensure_future(
+            self.batch.create(user, common, records, now, self.settings.max_active)
+        )
+        try:
+            # Built while Redis writes the records (a turn of the loop per chunk lets the
+            # record writer send its next chunk).
+            messages: list[TaskMessage] = []
+            for start in range(0, len(subs), CHUNK):
+                if start:
+                    await asyncio.sleep(0)
+                with gctune.paused():
+                    messages.extend(
+                        build_task_message(
+                            tid, sub.spec.name, sub.queue, kwargs=sub.input, priority=sub.priority
+                        )
+                        for sub, tid in zip(
+                            subs[start : start + CHUNK], ids[start : start + CHUNK], strict=True
+                        )
+                    )
+            codes = await creating
+        except RedisError as exc:
+            raise BrokerUnavailable(f"task store unreachable: {type(exc).__name__}") from exc
+        finally:
+            if not creating.done():
+                creating.cancel()
+                await asyncio.gather(creating, return_exceptions=True)
+        out: list[Snapshot | TaskgateError] = []
+        accepted: list[dict[str, Any]] = []
+        to_publish = []
+        for record, message, code in zip(records, messages, codes, strict=True):
+            if code == 1:
+                accepted.append(record)
+                to_publish.append(message)
+                out.append(cast(Snapshot, pending_snapshot(common, record)))
+            else:
+                out.append(self._create_error(code, str(self.settings.max_active).encode()))
+        if to_publish:
+            try:
+                await self.broker.publish(to_publish)
+            except (BrokerUnavailable, RedisError) as exc:
+                await self.records.discard_many(user, [r["task_id"] for r in accepted])
+                if isinstance(exc, BrokerUnavailable):
+                    raise
+                raise BrokerUnavailable(f"task store unreachable: {type(exc).__name__}") from exc
+        snaps = [a for a in out if not isinstance(a, TaskgateError)]
+        try:
+            await self.batch.announce(user, cast(list[Mapping[str, Any]], snaps))
+        except RedisError:
+            log.warning("%d tasks accepted; their PENDING updates were not published", len(snaps))
+        for record in accepted:
+            self.accepted[record["task"]] += 1
+        return out
 
     @property
     def workflows(self) -> Workflows:
@@ -294,75 +392,39 @@ class TaskManager:
     async def submit_many(self, user: str, bodies: Any) -> list[Snapshot | TaskgateError]:
         """Accept a batch: each item validated on its own, answered in order.
 
-        Valid items are recorded and published in pipelined round trips (one for the records,
-        one for the broker, one for the PENDING updates). If the broker refuses, every record of
-        the batch is removed and ``BrokerUnavailable`` is raised: nothing is accepted.
+        Valid items are accepted together (``_accept``): all of them take their tokens at once
+        (or the batch gets 429), and if the broker refuses, nothing of the batch is accepted.
         """
         if not isinstance(bodies, list) or not 0 < len(bodies) <= MAX_BATCH:
             raise _field_error("tasks", f"must be a list of 1 to {MAX_BATCH} tasks")
         out: list[Snapshot | TaskgateError] = []
-        plain: list[tuple[int, Submission, str]] = []
-        for i, body in enumerate(bodies):
-            try:
-                sub = parse_submission(body, self.settings.routes, self.webhook_policy)
-            except TaskgateError as exc:
-                out.append(exc)
-                continue
-            out.append(_PENDING_ITEM)
-            if sub.idempotency_key is not None:
-                # Rare in batches; the single path gives the same dedup guarantees.
+        plain: list[tuple[int, Submission]] = []
+        keyed: list[tuple[int, Any]] = []
+        with gctune.paused():
+            for i, body in enumerate(bodies):
                 try:
-                    out[i] = await self.submit(user, body)
-                except BrokerUnavailable:
-                    raise
+                    sub = parse_submission(body, self.settings.routes, self.webhook_policy)
                 except TaskgateError as exc:
-                    out[i] = exc
-                continue
-            plain.append((i, sub, str(uuid.uuid4())))
-        if not plain:
-            return out
-        await take_submit_tokens(self.records.client, self.settings, user, count=len(plain))
-        now = time.time()
-        # What all records of the batch share is sent once; per record only what differs.
-        common = pending_common(now)
-        records = [
-            {
-                "task_id": tid,
-                "task": s.spec.name,
-                "queue": s.queue,
-                "webhook": (webhook_fields(s.callback_url) or {"webhook": None})["webhook"],
-            }
-            for _, s, tid in plain
-        ]
-        try:
-            codes = await self.batch.create(user, common, records, now, self.settings.max_active)
-            accepted: list[tuple[int, dict[str, Any]]] = []
-            messages = []
-            for (i, sub, tid), record, code in zip(plain, records, codes, strict=True):
-                if code == 1:
-                    accepted.append((i, record))
-                    messages.append(
-                        build_task_message(
-                            tid, sub.spec.name, sub.queue, kwargs=sub.input, priority=sub.priority
-                        )
-                    )
+                    out.append(exc)
+                    continue
+                out.append(_PENDING_ITEM)
+                if sub.idempotency_key is None:
+                    plain.append((i, sub))
                 else:
-                    out[i] = self._create_error(code, str(self.settings.max_active).encode())
-            if messages:
-                try:
-                    await self.broker.publish(messages)
-                except BrokerUnavailable:
-                    await self.records.discard_many(user, [r["task_id"] for _, r in accepted])
-                    raise
-        except RedisError as exc:
-            raise BrokerUnavailable(f"task store unreachable: {type(exc).__name__}") from exc
-        try:
-            await self.batch.announce(user, [r["task_id"] for _, r in accepted])
-        except RedisError:
-            log.warning("batch accepted but its PENDING updates were not published")
-        for i, record in accepted:
-            self.accepted[record["task"]] += 1
-            out[i] = cast(Snapshot, pending_snapshot(common, record))
+                    keyed.append((i, body))
+        for i, body in keyed:
+            # Rare in batches; the single path gives the same dedup guarantees.
+            try:
+                out[i] = await self.submit(user, body)
+            except BrokerUnavailable:
+                raise
+            except TaskgateError as exc:
+                out[i] = exc
+        if plain:
+            await take_submit_tokens(self.records.client, self.settings, user, count=len(plain))
+            answers = await self._accept(user, [sub for _, sub in plain])
+            for (i, _), answer in zip(plain, answers, strict=True):
+                out[i] = answer
         return out
 
     async def _create(self, user: str, sub: Submission, task_id: str) -> bytes:
@@ -486,6 +548,7 @@ class TaskManager:
         task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
+        await self._coalescer.close()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

@@ -26,7 +26,7 @@ from aiohttp import web
 from engineio.async_drivers.aiohttp import WebSocket as EngineIOWebSocket
 
 from gateway.auth import LEEWAY_S, TokenRules, verify_token
-from gateway.fanout import Fanout
+from gateway.fanout import WS_ATTR, Fanout
 from gateway.manager import TaskManager
 from shared.errors import AuthError, TaskgateError
 from shared.schema import Snapshot
@@ -58,7 +58,16 @@ class CheckedWebSocket(EngineIOWebSocket):  # type: ignore[misc]
         )
         await self._sock.prepare(environ["aiohttp.request"])
         self.environ = environ
-        await self.handler(self)
+        # The fan-out writes frames straight to this response when that keeps packet order
+        # (gateway/fanout.py); the handler is a bound method of python-engineio's socket.
+        socket = getattr(self.handler, "__self__", None)
+        if socket is not None:
+            setattr(socket, WS_ATTR, self._sock)
+        try:
+            await self.handler(self)
+        finally:
+            if socket is not None:
+                setattr(socket, WS_ATTR, None)
         return self._sock
 
     async def wait(self) -> Any:

@@ -34,7 +34,7 @@ from gateway.broker import redis_priority
 from gateway.celery_message import TaskMessage, build_task_message
 from gateway.manager import Submission, TaskManager, _field_error, parse_submission
 from shared.errors import BrokerUnavailable, NotFound, TaskgateError
-from shared.records_batch import pending_common
+from shared.records_batch import pending_common, pending_snapshot
 from shared.status import TERMINAL_NAMES
 
 log = logging.getLogger("taskgate.workflows")
@@ -152,9 +152,8 @@ class Workflows:
                 for s, tid in zip(steps, plan.ids, strict=True)
             ]
             max_active = self.manager.settings.max_active
-            codes = await self.manager.batch.create(
-                user, pending_common(now), rows, now, max_active
-            )
+            common = pending_common(now)
+            codes = await self.manager.batch.create(user, common, rows, now, max_active)
             refused = [code for code in codes if code != 1]
             if refused:
                 await self._discard(
@@ -172,7 +171,7 @@ class Workflows:
             raise BrokerUnavailable(f"task store unreachable: {type(exc).__name__}") from exc
         # Accepted now; if this fails, the records are the truth and clients catch up from them.
         with contextlib.suppress(RedisError):
-            await self.manager.batch.announce(user, plan.ids)
+            await self.manager.batch.announce(user, [pending_snapshot(common, r) for r in rows])
         for s in steps:
             self.manager.accepted[s.spec.name] += 1
         return {"workflow_id": wid, "kind": kind, "task_ids": plan.ids}

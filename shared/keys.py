@@ -7,6 +7,7 @@ unacked sets, pidbox channels) get the same prefix through kombu's ``global_keyp
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 
@@ -52,3 +53,18 @@ class Keys:
     # Lua scripts build the per-user keys themselves from these fragments; keep them in step with
     # the methods above.
     USER_PART = "user:"
+
+
+def new_task_ids(n: int) -> list[str]:
+    """``n`` random UUIDs (version 4, RFC 4122 variant) as text, from one read of the OS's
+    random source (``uuid.uuid4`` reads it once per id)."""
+    raw = os.urandom(16 * n).hex()
+    out = []
+    for i in range(0, 32 * n, 32):
+        h = raw[i : i + 32]
+        out.append(f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}")
+    return out
+
+
+# The high two bits of the variant nibble are 10: 0-3 -> 8-b (the rest of it kept).
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}

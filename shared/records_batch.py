@@ -1,23 +1,23 @@
 """Records for many tasks at once: the batch path (``POST /api/tasks/batch``, the SDK's batches).
 
 One script run creates up to ``CHUNK`` records (instead of one run per record, each re-sending
-the field names), and one more announces their PENDING snapshots once the broker took the
-messages. The per-record rules are those of ``CREATE_LUA``: a record that exists is not
-overwritten, and the user's ``max_active`` quota is checked (here once for the chunk, then
-counted down).
+the field names), and one more publishes their PENDING updates once the broker took the messages
+(the updates are built here, from what was written, not read back). The per-record rules are
+those of ``CREATE_LUA``: a record that exists is not overwritten, and the user's ``max_active``
+quota is checked (here once for the chunk, then counted down).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 
 from shared.keys import Keys
-from shared.records import _SNAPSHOT_LUA, new_record_fields
-from shared.schema import SNAPSHOT_FIELDS
+from shared.records import new_record_fields
+from shared.schema import SCHEMA_VERSION, SNAPSHOT_FIELDS
 
 CHUNK = 1000
 _SEP = b"\x1f"
@@ -45,6 +45,7 @@ local room = 0
 if max_active > 0 then room = max_active - redis.call('ZCARD', active_key) end
 local codes = {}
 local r = 0
+local members = {}
 while at <= #ARGV do
   r = r + 1
   local tid, blob = ARGV[at], ARGV[at + 1]
@@ -65,27 +66,25 @@ while at <= #ARGV do
     end
     redis.call('HSET', key, unpack(hs))
     redis.call('EXPIRE', key, retention)
-    redis.call('ZADD', tasks_key, created, tid)
-    redis.call('ZADD', active_key, created, tid)
+    members[#members + 1] = created
+    members[#members + 1] = tid
     room = room - 1
     codes[r] = 1
   end
 end
+-- One ZADD per index for the whole chunk (CHUNK keeps unpack below Lua's stack limit).
+if #members > 0 then
+  redis.call('ZADD', tasks_key, unpack(members))
+  redis.call('ZADD', active_key, unpack(members))
+end
 return codes
 """
 
-# ARGV: prefix, owner, task ids... Publishes each record's snapshot as it is now (no seq bump).
-ANNOUNCE_MANY_LUA = (
-    _SNAPSHOT_LUA
-    + """
-local prefix, owner = ARGV[1], ARGV[2]
-for i = 3, #ARGV do
-  local key = prefix .. 'task:' .. ARGV[i]
-  if redis.call('EXISTS', key) == 1 then publish(prefix, key, owner) end
-end
-return #ARGV - 2
+# ARGV: channel, then the updates to publish on it, in order.
+PUBLISH_MANY_LUA = """
+for i = 2, #ARGV do redis.call('PUBLISH', ARGV[1], ARGV[i]) end
+return #ARGV - 1
 """
-)
 
 
 class BatchRecords:
@@ -94,7 +93,7 @@ class BatchRecords:
         self.keys = keys
         self.retention_s = retention_s
         self._create = client.register_script(CREATE_MANY_LUA)
-        self._announce = client.register_script(ANNOUNCE_MANY_LUA)
+        self._publish = client.register_script(PUBLISH_MANY_LUA)
 
     async def create(
         self,
@@ -123,11 +122,14 @@ class BatchRecords:
             codes.extend(int(c) for c in await self._create(keys=[], args=args))
         return codes
 
-    async def announce(self, owner: str, task_ids: Sequence[str]) -> None:
-        for start in range(0, len(task_ids), CHUNK):
-            await self._announce(
-                keys=[], args=[self.keys.prefix, owner, *task_ids[start : start + CHUNK]]
-            )
+    async def announce(self, owner: str, snapshots: Sequence[Mapping[str, Any]]) -> None:
+        """Publish the PENDING update of each new record (``pending_snapshot``), in order, one
+        script run per ``CHUNK``: no per-record read back, no per-update command."""
+        prefix = b'{"v":%d,"owner":%s,"snapshot":' % (SCHEMA_VERSION, orjson.dumps(owner))
+        channel = self.keys.progress_channel
+        for start in range(0, len(snapshots), CHUNK):
+            updates = [prefix + orjson.dumps(s) + b"}" for s in snapshots[start : start + CHUNK]]
+            await self._publish(keys=[], args=[channel, *updates])
 
 
 def pending_common(created: float) -> dict[str, Any]:
