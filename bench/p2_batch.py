@@ -20,10 +20,12 @@ from typing import Any
 import orjson
 
 from bench.harness import SECRET, Results, new_prefix, start_gateway
+from gateway import gctune
 from gateway.auth import issue_token
 from gateway.broker import RedisBroker, redis_priority
 from gateway.celery_message import build_task_message
 from gateway.manager import TaskManager
+from gateway.redelivery import OutboxBroker
 from shared.records import AsyncRecords
 from shared.redis_client import async_client
 from shared.settings import Secret, Settings
@@ -49,7 +51,11 @@ async def _taskgate(redis_url: str, items: list[dict[str, Any]]) -> tuple[float,
     )
     client = async_client(redis_url)
     records = AsyncRecords(client, settings.keys, settings.retention_s)
-    broker = RedisBroker(redis_url, settings.keys.broker_prefix, timeout=30)
+    # As the gateway builds it (gateway/app.py): the broker is the records' Redis, so messages
+    # keep outbox copies and one script run per chunk accepts them.
+    broker = OutboxBroker(
+        RedisBroker(redis_url, settings.keys.broker_prefix, timeout=30), settings.keys
+    )
     manager = TaskManager(settings, records, broker)
     await taskgate_batch(manager, USER, items[:100])  # warm-up: scripts loaded, pools open
     started = time.perf_counter()
@@ -61,7 +67,7 @@ async def _taskgate(redis_url: str, items: list[dict[str, Any]]) -> tuple[float,
     for b in items:
         msg = build_task_message(str(uuid.uuid4()), b["task"], "fast", kwargs=b["input"])
         pri = redis_priority(msg.priority)
-        envelopes.append((broker.queue_key(msg.queue, pri), msg.redis_envelope(pri)))
+        envelopes.append((broker.inner.queue_key(msg.queue, pri), msg.redis_envelope(pri)))
     await manager.close()
     await broker.close()
     await client.aclose()
@@ -143,6 +149,9 @@ def run(results: Results, redis_url: str, work: Path, *, n: int = N_TASKS) -> No
 
     load_task_modules(("worker.demo",))
     items = bodies(n)
+    # The in-process systems below (taskgate, Celery's loop, the raw push) all run with the
+    # garbage-collector settings the gateway process starts with.
+    gctune.tune()
     tg_s, envelopes = _run(_taskgate(redis_url, items))
     raw_s = _run(_raw_push(redis_url, envelopes))
     cel_s = _celery_loop(redis_url, items)

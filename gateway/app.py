@@ -20,7 +20,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway import jsonlib
-from gateway.appkeys import BROKER, MANAGER, RECORDS, RELAY, SETTINGS, SIO
+from gateway.appkeys import BROKER, FANOUT, MANAGER, RECORDS, RELAY, SETTINGS, SIO
 from gateway.auth import TokenRules, VerifiedTokens
 from gateway.broker import Broker, RedisBroker
 from gateway.broker_factory import make_broker
@@ -110,9 +110,8 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
         control = CeleryControl(settings)
         manager = TaskManager(settings, records, the_broker, control=control)
         app[MANAGER] = manager
-        register_socket_handlers(sio, manager, secret)
-
-        fanout = Fanout(sio)
+        fanout = app[FANOUT] = Fanout(sio)
+        register_socket_handlers(sio, manager, secret, fanout)
 
         async def emit_workflow(owner: str, snap: dict[str, Any]) -> None:
             await fanout.to_room(user_room(owner), "workflow", snap)

@@ -6,6 +6,7 @@ import socketio
 from aiohttp import web
 
 from gateway.broker import Broker
+from gateway.fanout import Fanout
 from gateway.manager import TaskManager
 from gateway.relay import Relay
 from shared.records import AsyncRecords
@@ -17,3 +18,4 @@ RECORDS = web.AppKey("records", AsyncRecords)
 BROKER = web.AppKey("broker", Broker)
 RELAY = web.AppKey("relay", Relay)
 SIO = web.AppKey("sio", socketio.AsyncServer)
+FANOUT = web.AppKey("fanout", Fanout)

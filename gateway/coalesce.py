@@ -6,8 +6,9 @@ itself. Under load many submits are in flight at once, so instead of each making
 trips they join a group: the first one in starts a flusher, which on its next turn takes every
 submit that arrived meanwhile (up to ``MAX_GROUP``, per user) and accepts each user's share in
 one go (``TaskManager._accept``: one token take, one record script, one broker push, one
-publish). Submits arriving while a group is being written form the next group. Under no load a
-group is one submit and costs what it did alone, plus one turn of the loop.
+publish). Submits arriving while a group is being written form the next group; up to
+``MAX_WRITING`` groups are written at once, and while all are, the next one keeps growing. Under
+no load a group is one submit and costs what it did alone, plus one turn of the loop.
 
 Every submit still gets its own answer: its snapshot, or its own error (429 when the user's
 bucket ran dry part way through the group, 503 when the broker refused the group: then nothing
@@ -27,6 +28,8 @@ from shared.errors import TaskgateError
 log = logging.getLogger("taskgate.coalesce")
 
 MAX_GROUP = 1000
+# Groups written at once: while one waits for Redis, the next one is collected and sent.
+MAX_WRITING = 4
 
 Item = TypeVar("Item")
 Answer = TypeVar("Answer")
@@ -34,11 +37,19 @@ Accept = Callable[[str, list[Item]], Awaitable[list["Answer | TaskgateError"]]]
 
 
 class Coalescer(Generic[Item, Answer]):
-    def __init__(self, accept: Accept[Item, Answer], max_group: int = MAX_GROUP) -> None:
+    def __init__(
+        self,
+        accept: Accept[Item, Answer],
+        max_group: int = MAX_GROUP,
+        max_writing: int = MAX_WRITING,
+    ) -> None:
         self._accept = accept
         self.max_group = max_group
+        self._slots = asyncio.Semaphore(max_writing)
         self._waiting: dict[str, list[tuple[Item, asyncio.Future[Answer]]]] = {}
-        self._flusher: asyncio.Task[None] | None = None
+        # The group still taking submits (it waits for a slot, then one turn of the loop).
+        self._collector: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         # How many groups were written, and how many submits they held (for metrics).
         self.groups = 0
         self.items = 0
@@ -46,28 +57,29 @@ class Coalescer(Generic[Item, Answer]):
     async def submit(self, user: str, item: Item) -> Answer:
         fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(user, []).append((item, fut))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_all(), name="taskgate-submit-group")
+        if self._collector is None:
+            task = asyncio.create_task(self._collect(), name="taskgate-submit-group")
+            self._collector = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return await fut
 
-    async def _flush_all(self) -> None:
-        try:
-            while self._waiting:
-                # One turn of the loop, so the submits of requests already read join this group.
-                await asyncio.sleep(0)
-                waiting, self._waiting = self._waiting, {}
-                groups = []
-                for user, items in waiting.items():
-                    for start in range(0, len(items), self.max_group):
-                        groups.append(self._flush(user, items[start : start + self.max_group]))
-                await asyncio.gather(*groups)
-        finally:
-            self._flusher = None
+    async def _collect(self) -> None:
+        async with self._slots:
+            # One turn of the loop, so the submits of requests already read join this group.
+            await asyncio.sleep(0)
+            waiting, self._waiting = self._waiting, {}
+            self._collector = None
+            groups = []
+            for user, items in waiting.items():
+                for start in range(0, len(items), self.max_group):
+                    groups.append(self._flush(user, items[start : start + self.max_group]))
+            await asyncio.gather(*groups)
 
     async def close(self) -> None:
-        """Let the group being written finish (its submits get their answers)."""
-        if self._flusher is not None:
-            await asyncio.gather(self._flusher, return_exceptions=True)
+        """Let the groups being written finish (their submits get their answers)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _flush(self, user: str, items: list[tuple[Item, asyncio.Future[Answer]]]) -> None:
         self.groups += 1

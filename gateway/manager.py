@@ -8,6 +8,7 @@ an unknown one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
@@ -29,6 +30,7 @@ from gateway.coalesce import Coalescer
 from gateway.control import CeleryControl
 from gateway.manager_config import ManagerConfig
 from gateway.ratelimit import grant_submit_tokens, take_submit_tokens
+from gateway.redelivery import OutboxBroker
 from gateway.relay import Relay
 from shared.errors import (
     BadRequest,
@@ -42,7 +44,13 @@ from shared.errors import (
 )
 from shared.keys import new_task_ids
 from shared.records import AsyncRecords, decode_snapshot, new_record_fields
-from shared.records_batch import CHUNK, BatchRecords, pending_common, pending_snapshot
+from shared.records_batch import (
+    CHUNK,
+    BatchRecords,
+    pending_common,
+    pending_snapshot,
+    pending_updates,
+)
 from shared.redis_client import async_client
 from shared.registry import TaskSpec, get_task, load_task_modules
 from shared.schema import Snapshot, Update
@@ -164,7 +172,7 @@ class TaskManager:
         self._owned: list[Callable[[], Awaitable[None]]] = []
         self._backend: aioredis.Redis | None = None
         self._workflows: Workflows | None = None
-        self._coalescer: Coalescer[Submission, Snapshot] = Coalescer(self._accept_group)
+        self.submit_groups: Coalescer[Submission, Snapshot] = Coalescer(self._accept_group)
 
     @classmethod
     async def connect(
@@ -259,7 +267,7 @@ class TaskManager:
         sub = parse_submission(body, self.settings.routes, self.webhook_policy)
         if sub.idempotency_key is not None:
             return await self._submit_idempotent(user, body, sub)
-        return await self._coalescer.submit(user, sub)
+        return await self.submit_groups.submit(user, sub)
 
     async def _submit_idempotent(self, user: str, body: Any, sub: Submission) -> Snapshot:
         await take_submit_tokens(self.records.client, self.settings, user)
@@ -302,9 +310,13 @@ class TaskManager:
         self, user: str, subs: Sequence[Submission]
     ) -> list[Snapshot | TaskgateError]:
         """Record and publish valid submissions (tokens already taken); one answer each, in
-        order. The records are written while the messages are built, then every message goes
-        out in one broker push, then the PENDING updates in one publish. If the broker refuses,
-        every record is removed and ``BrokerUnavailable`` raised: nothing is accepted."""
+        order. If the broker refuses, nothing is accepted (``BrokerUnavailable``).
+
+        With the Redis broker on the records' Redis (the default), one script run per chunk
+        writes the records, pushes the messages (with their outbox copies) and publishes the
+        PENDING updates, atomically. Otherwise the records are written while the messages are
+        built, then every message goes out in one broker push and the updates in one publish.
+        """
         if not subs:
             return []
         now = time.time()
@@ -321,25 +333,14 @@ class TaskManager:
                 }
                 for s, tid in zip(subs, ids, strict=True)
             ]
+            snaps = [cast(Snapshot, pending_snapshot(common, r)) for r in records]
+        if isinstance(self.broker, OutboxBroker):
+            return await self._accept_inline(user, subs, ids, common, records, snaps, now)
         creating = asyncio.ensure_future(
             self.batch.create(user, common, records, now, self.settings.max_active)
         )
         try:
-            # Built while Redis writes the records (a turn of the loop per chunk lets the
-            # record writer send its next chunk).
-            messages: list[TaskMessage] = []
-            for start in range(0, len(subs), CHUNK):
-                if start:
-                    await asyncio.sleep(0)
-                with gctune.paused():
-                    messages.extend(
-                        build_task_message(
-                            tid, sub.spec.name, sub.queue, kwargs=sub.input, priority=sub.priority
-                        )
-                        for sub, tid in zip(
-                            subs[start : start + CHUNK], ids[start : start + CHUNK], strict=True
-                        )
-                    )
+            messages = await self._messages(subs, ids)
             codes = await creating
         except RedisError as exc:
             raise BrokerUnavailable(f"task store unreachable: {type(exc).__name__}") from exc
@@ -347,32 +348,105 @@ class TaskManager:
             if not creating.done():
                 creating.cancel()
                 await asyncio.gather(creating, return_exceptions=True)
-        out: list[Snapshot | TaskgateError] = []
-        accepted: list[dict[str, Any]] = []
-        to_publish = []
-        for record, message, code in zip(records, messages, codes, strict=True):
-            if code == 1:
-                accepted.append(record)
-                to_publish.append(message)
-                out.append(cast(Snapshot, pending_snapshot(common, record)))
-            else:
-                out.append(self._create_error(code, str(self.settings.max_active).encode()))
-        if to_publish:
+        out, accepted = self._answers(codes, snaps)
+        if accepted:
             try:
-                await self.broker.publish(to_publish)
+                await self.broker.publish([messages[i] for i in accepted])
             except (BrokerUnavailable, RedisError) as exc:
-                await self.records.discard_many(user, [r["task_id"] for r in accepted])
+                await self.records.discard_many(user, [ids[i] for i in accepted])
                 if isinstance(exc, BrokerUnavailable):
                     raise
                 raise BrokerUnavailable(f"task store unreachable: {type(exc).__name__}") from exc
-        snaps = [a for a in out if not isinstance(a, TaskgateError)]
-        try:
-            await self.batch.announce(user, cast(list[Mapping[str, Any]], snaps))
-        except RedisError:
-            log.warning("%d tasks accepted; their PENDING updates were not published", len(snaps))
-        for record in accepted:
-            self.accepted[record["task"]] += 1
+            try:
+                await self.batch.announce(user, [snaps[i] for i in accepted])
+            except RedisError:
+                log.warning("%d tasks accepted; PENDING updates not published", len(accepted))
+        for i in accepted:
+            self.accepted[records[i]["task"]] += 1
         return out
+
+    async def _accept_inline(
+        self,
+        user: str,
+        subs: Sequence[Submission],
+        ids: list[str],
+        common: dict[str, Any],
+        records: list[dict[str, Any]],
+        snaps: list[Snapshot],
+        now: float,
+    ) -> list[Snapshot | TaskgateError]:
+        assert isinstance(self.broker, OutboxBroker)
+        max_active = self.settings.max_active
+        codes: list[int] = []
+        writing: asyncio.Future[list[int]] | None = None
+        try:
+            # Chunk k+1 is built while Redis runs chunk k's script; the scripts run one after
+            # the other, in order (each sees the quota the one before left).
+            for start in range(0, len(subs), CHUNK):
+                part = slice(start, start + CHUNK)
+                with gctune.paused():
+                    messages = [
+                        build_task_message(
+                            tid, sub.spec.name, sub.queue, kwargs=sub.input, priority=sub.priority
+                        )
+                        for sub, tid in zip(subs[part], ids[part], strict=True)
+                    ]
+                    inline = self.broker.inline(messages, pending_updates(user, snaps[part]))
+                if writing is not None:
+                    codes.extend(await writing)
+                writing = asyncio.ensure_future(
+                    self.batch.create(user, common, records[part], now, max_active, inline)
+                )
+                await asyncio.sleep(0)  # the script is sent now, before the next chunk is built
+            assert writing is not None
+            codes.extend(await writing)
+        except RedisError as exc:
+            if codes:
+                # Earlier chunks were accepted: take their records back (a message without its
+                # record is never run).
+                with contextlib.suppress(RedisError):
+                    await self.records.discard_many(user, ids[: len(codes)])
+            raise BrokerUnavailable(f"task store unreachable: {type(exc).__name__}") from exc
+        finally:
+            if writing is not None and not writing.done():
+                writing.cancel()
+                await asyncio.gather(writing, return_exceptions=True)
+        out, accepted = self._answers(codes, snaps)
+        for i in accepted:
+            self.accepted[records[i]["task"]] += 1
+        return out
+
+    async def _messages(self, subs: Sequence[Submission], ids: list[str]) -> list[TaskMessage]:
+        """The Celery messages, built a chunk at a time with a turn of the loop in between (so
+        a record writer running meanwhile can send its next chunk)."""
+        messages: list[TaskMessage] = []
+        for start in range(0, len(subs), CHUNK):
+            if start:
+                await asyncio.sleep(0)
+            with gctune.paused():
+                messages.extend(
+                    build_task_message(
+                        tid, sub.spec.name, sub.queue, kwargs=sub.input, priority=sub.priority
+                    )
+                    for sub, tid in zip(
+                        subs[start : start + CHUNK], ids[start : start + CHUNK], strict=True
+                    )
+                )
+        return messages
+
+    def _answers(
+        self, codes: list[int], snaps: list[Snapshot]
+    ) -> tuple[list[Snapshot | TaskgateError], list[int]]:
+        """Each record's answer, and the positions of the records that were created."""
+        out: list[Snapshot | TaskgateError] = []
+        accepted: list[int] = []
+        for i, (code, snap) in enumerate(zip(codes, snaps, strict=True)):
+            if code == 1:
+                accepted.append(i)
+                out.append(snap)
+            else:
+                out.append(self._create_error(code, str(self.settings.max_active).encode()))
+        return out, accepted
 
     @property
     def workflows(self) -> Workflows:
@@ -548,7 +622,7 @@ class TaskManager:
         task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
-        await self._coalescer.close()
+        await self.submit_groups.close()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

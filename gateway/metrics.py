@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from gateway.appkeys import BROKER, MANAGER, RELAY, SETTINGS, SIO
+from gateway.appkeys import BROKER, FANOUT, MANAGER, RELAY, SETTINGS, SIO
 
 Labels = tuple[tuple[str, str], ...]
 _HELP = {
@@ -23,6 +23,12 @@ _HELP = {
     "taskgate_relay_reconnects_total": ("counter", "Times the relay reconnected to Redis"),
     "taskgate_relay_connected": ("gauge", "1 while the relay is subscribed"),
     "taskgate_socketio_connections": ("gauge", "Connected Socket.IO clients"),
+    "taskgate_socketio_frames_total": (
+        "counter",
+        "Relay and heartbeat packets, by path: written straight to the socket, or queued",
+    ),
+    "taskgate_submit_groups_total": ("counter", "Groups single submits were accepted in"),
+    "taskgate_submit_grouped_total": ("counter", "Single submits accepted through groups"),
     "taskgate_queue_depth": ("gauge", "Messages waiting in each broker queue"),
     "taskgate_uptime_seconds": ("gauge", "Seconds since this gateway started"),
 }
@@ -92,6 +98,12 @@ async def metrics_handler(request: web.Request) -> web.Response:
     gauges["taskgate_relay_reconnects_total"][()] = relay.reconnects
     gauges["taskgate_relay_connected"][()] = 1.0 if relay.connected.is_set() else 0.0
     gauges["taskgate_socketio_connections"][()] = len(app[SIO].eio.sockets)
+    fanout = app[FANOUT]
+    gauges["taskgate_socketio_frames_total"][(("path", "direct"),)] = fanout.direct
+    gauges["taskgate_socketio_frames_total"][(("path", "queued"),)] = fanout.queued
+    groups = app[MANAGER].submit_groups
+    gauges["taskgate_submit_groups_total"][()] = groups.groups
+    gauges["taskgate_submit_grouped_total"][()] = groups.items
     for task, count in app[MANAGER].accepted.items():
         gauges["taskgate_tasks_submitted_total"][(("task", task),)] = count
     gauges["taskgate_uptime_seconds"][()] = round(time.monotonic() - app[METRICS].started, 3)

@@ -34,6 +34,7 @@ from gateway.broker import RedisBroker
 from gateway.celery_message import TaskMessage
 from shared.errors import BrokerUnavailable
 from shared.keys import Keys
+from shared.records_batch import InlinePush
 from shared.redis_client import raise_if_cancel_swallowed
 
 log = logging.getLogger("taskgate.redelivery")
@@ -138,6 +139,18 @@ class OutboxBroker:
                     await pipe.execute()
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(f"broker unreachable: {type(exc).__name__}") from exc
+
+    def inline(self, messages: Sequence[TaskMessage], updates: Sequence[bytes]) -> InlinePush:
+        """``messages`` (with their PENDING ``updates``) as the broker part of the record
+        script (``BatchRecords.create``): pushed, copied to the outbox and announced in the
+        same atomic run that writes their records. The records' Redis is this one."""
+        entries = [
+            (key, envelope, outbox_at_key(self.keys, msg.queue), update)
+            for (msg, key, envelope), update in zip(
+                self.inner.envelopes(messages), updates, strict=True
+            )
+        ]
+        return InlinePush(outbox_key(self.keys), time.time(), entries)
 
     async def ping(self) -> None:
         await self.inner.ping()

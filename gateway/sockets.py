@@ -184,7 +184,7 @@ class SocketGuard:
 
 
 def register_socket_handlers(
-    sio: socketio.AsyncServer, manager: TaskManager, secret: Secret
+    sio: socketio.AsyncServer, manager: TaskManager, secret: Secret, fanout: Fanout | None = None
 ) -> SocketGuard:
     rules = TokenRules.from_settings(manager.settings)
     guard = SocketGuard(sio, manager.settings.socket_event_rate)
@@ -197,7 +197,7 @@ def register_socket_handlers(
         user: str = session["user"]
         return user
 
-    fanout = Fanout(sio)
+    fanout = fanout or Fanout(sio)
 
     async def send_snapshots(sid: str, snaps: list[Snapshot]) -> None:
         # Every socket is in a room named by its sid: the relay's send path, to one socket.

@@ -10,6 +10,7 @@ quota is checked (here once for the chunk, then counted down).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -23,9 +24,16 @@ CHUNK = 1000
 _SEP = b"\x1f"
 
 # ARGV: prefix, owner, created, max_active, retention, ncommon, then ncommon name/value pairs
-# shared by every record, nvarying, the nvarying names, then per record its task id and its
-# nvarying JSON-encoded values joined by \x1f (JSON text never holds a raw \x1f: encoders escape
-# control characters). Returns one code per record: 1 created, -2 id exists, -3 over max_active.
+# shared by every record, nvarying, the nvarying names, then the broker part: 0 (none), or 1,
+# the progress channel, the outbox hash ('' for none) and the publish time. Then per record its
+# task id and its nvarying JSON-encoded values joined by \x1f (JSON text never holds a raw \x1f:
+# encoders escape control characters), and with a broker part its queue list, its message
+# envelope, its outbox time index ('' for none) and its PENDING update. Returns one code per
+# record: 1 created, -2 id exists, -3 over max_active.
+#
+# With the broker part, each created record's message is pushed, its outbox copy kept and its
+# PENDING update published in the same atomic run: a task is accepted entirely or not at all,
+# and no worker can report on it before its PENDING update is out.
 CREATE_MANY_LUA = """
 local prefix, owner, created = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local max_active, retention, nc = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -39,6 +47,11 @@ local nv = tonumber(ARGV[at])
 local names = {}
 for i = 1, nv do names[i] = ARGV[at + i] end
 at = at + nv + 1
+local inline = ARGV[at] == '1'
+local channel, outbox, now = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+at = at + (inline and 4 or 1)
+local per = inline and 6 or 2
+local copies, pushes, lists, stamps = {}, {}, {}, {}
 local active_key = prefix .. 'user:' .. owner .. ':active'
 local tasks_key = prefix .. 'user:' .. owner .. ':tasks'
 local room = 0
@@ -49,7 +62,8 @@ local members = {}
 while at <= #ARGV do
   r = r + 1
   local tid, blob = ARGV[at], ARGV[at + 1]
-  at = at + 2
+  local base = at
+  at = at + per
   local key = prefix .. 'task:' .. tid
   if max_active > 0 and room <= 0 then
     codes[r] = -3
@@ -70,8 +84,27 @@ while at <= #ARGV do
     members[#members + 1] = tid
     room = room - 1
     codes[r] = 1
+    if inline then
+      local list, envelope, since = ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
+      if outbox ~= '' then
+        copies[#copies + 1] = tid
+        copies[#copies + 1] = list .. '\\n' .. envelope
+        local z = stamps[since]
+        if not z then z = {}; stamps[since] = z end
+        z[#z + 1] = now
+        z[#z + 1] = tid
+      end
+      local l = pushes[list]
+      if not l then l = {}; pushes[list] = l; lists[#lists + 1] = list end
+      l[#l + 1] = envelope
+      redis.call('PUBLISH', channel, ARGV[base + 5])
+    end
   end
 end
+-- One command per list and per index for the whole chunk, in the records' order.
+for _, list in ipairs(lists) do redis.call('LPUSH', list, unpack(pushes[list])) end
+for since, z in pairs(stamps) do redis.call('ZADD', since, unpack(z)) end
+if #copies > 0 then redis.call('HSET', outbox, unpack(copies)) end
 -- One ZADD per index for the whole chunk (CHUNK keeps unpack below Lua's stack limit).
 if #members > 0 then
   redis.call('ZADD', tasks_key, unpack(members))
@@ -102,9 +135,11 @@ class BatchRecords:
         varying: Sequence[dict[str, Any]],
         created: float,
         max_active: int,
+        inline: InlinePush | None = None,
     ) -> list[int]:
         """Create one record per ``varying`` dict (each with ``task_id`` and the same keys), all
-        with the ``common`` fields too. One code per record."""
+        with the ``common`` fields too; with ``inline``, push each created record's message and
+        publish its PENDING update in the same script run. One code per record."""
         if not varying:
             return []
         names = list(varying[0])
@@ -113,23 +148,50 @@ class BatchRecords:
         for name, value in common.items():
             head.extend((name, orjson.dumps(value)))
         head.extend((len(names), *names))
+        if inline is None:
+            head.append(0)
+        else:
+            head.extend((1, self.keys.progress_channel, inline.outbox, repr(inline.at)))
         codes: list[int] = []
         for start in range(0, len(varying), CHUNK):
             args = list(head)
-            for rec in varying[start : start + CHUNK]:
-                args.append(rec["task_id"])
-                args.append(_SEP.join([orjson.dumps(rec[n]) for n in names]))
+            if inline is None:
+                for rec in varying[start : start + CHUNK]:
+                    args.append(rec["task_id"])
+                    args.append(_SEP.join([orjson.dumps(rec[n]) for n in names]))
+            else:
+                stop = start + CHUNK
+                for rec, push in zip(varying[start:stop], inline.entries[start:stop], strict=True):
+                    args.append(rec["task_id"])
+                    args.append(_SEP.join([orjson.dumps(rec[n]) for n in names]))
+                    args.extend(push)
             codes.extend(int(c) for c in await self._create(keys=[], args=args))
         return codes
 
     async def announce(self, owner: str, snapshots: Sequence[Mapping[str, Any]]) -> None:
         """Publish the PENDING update of each new record (``pending_snapshot``), in order, one
         script run per ``CHUNK``: no per-record read back, no per-update command."""
-        prefix = b'{"v":%d,"owner":%s,"snapshot":' % (SCHEMA_VERSION, orjson.dumps(owner))
+        updates = pending_updates(owner, snapshots)
         channel = self.keys.progress_channel
-        for start in range(0, len(snapshots), CHUNK):
-            updates = [prefix + orjson.dumps(s) + b"}" for s in snapshots[start : start + CHUNK]]
-            await self._publish(keys=[], args=[channel, *updates])
+        for start in range(0, len(updates), CHUNK):
+            await self._publish(keys=[], args=[channel, *updates[start : start + CHUNK]])
+
+
+@dataclass(frozen=True, slots=True)
+class InlinePush:
+    """The broker part of ``BatchRecords.create`` (Redis broker on the records' Redis): the
+    outbox hash ('' for none), the publish time, and per record (queue list, envelope, outbox
+    time index or '', PENDING update)."""
+
+    outbox: str
+    at: float
+    entries: Sequence[tuple[str, bytes, str, bytes]]
+
+
+def pending_updates(owner: str, snapshots: Sequence[Mapping[str, Any]]) -> list[bytes]:
+    """The progress-channel update of each snapshot, as workers' scripts publish it."""
+    prefix = b'{"v":%d,"owner":%s,"snapshot":' % (SCHEMA_VERSION, orjson.dumps(owner))
+    return [prefix + orjson.dumps(s) + b"}" for s in snapshots]
 
 
 def pending_common(created: float) -> dict[str, Any]:
