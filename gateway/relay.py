@@ -1,6 +1,8 @@
 """The relay: one background task that moves updates from Redis pub/sub to users' rooms.
 
-It subscribes to the progress channel and hands each valid update to ``deliver``. A malformed
+It subscribes to the progress channel (``gateway.subscriber``: a bare protocol that queues all
+replies of a read at once, instead of redis-py's per-message machinery) and hands each valid
+update to ``deliver``. A malformed
 message is logged and skipped. When the connection drops, it reconnects with capped exponential
 backoff and jitter, then calls ``resync`` so that whatever changed while it was away is re-sent
 from the records (the records are the truth; pub/sub is only the fast path).
@@ -18,11 +20,10 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Iterator
 
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from shared.redis_client import async_client, raise_if_cancel_swallowed
+from gateway.subscriber import Subscriber
 from shared.schema import Update, decode_update
 
 log = logging.getLogger("taskgate.relay")
@@ -73,18 +74,12 @@ class Relay:
         delays = backoff_delays()
         first = True
         while True:
-            client = async_client(
-                self.url,
-                socket_connect_timeout=CONNECT_TIMEOUT_S,
-                # Bounds the handshake and SUBSCRIBE on a frozen server; reads of messages pass
-                # their own timeout.
-                socket_timeout=CONNECT_TIMEOUT_S + self.ping_timeout,
-            )
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            sub = Subscriber(self.url)
             try:
+                # Bounds the handshake and SUBSCRIBE on a frozen server.
                 async with asyncio.timeout(CONNECT_TIMEOUT_S + self.ping_timeout):
-                    await pubsub.subscribe(self.channel)
-                raise_if_cancel_swallowed()
+                    await sub.connect(CONNECT_TIMEOUT_S)
+                    await sub.subscribe(self.channel)
                 self.connected.set()
                 if not first:
                     self.reconnects += 1
@@ -92,7 +87,7 @@ class Relay:
                     await self._resync()
                 first = False
                 delays = backoff_delays()
-                await self._pump(pubsub)
+                await self._pump(sub)
             except (RedisError, OSError) as exc:  # TimeoutError is an OSError
                 self.connected.clear()
                 delay = next(delays)
@@ -100,7 +95,7 @@ class Relay:
                 await asyncio.sleep(delay)
             finally:
                 self.connected.clear()
-                await _close(pubsub, client)
+                sub.close()
 
     async def _resync(self) -> None:
         if self.resync is None:
@@ -113,42 +108,34 @@ class Relay:
         except Exception:
             log.exception("relay resync failed; live updates continue")
 
-    async def _pump(self, pubsub: aioredis.client.PubSub) -> None:
-        loop = asyncio.get_running_loop()
-        ping_sent: float | None = None
+    async def _pump(self, sub: Subscriber) -> None:
+        pinged = False
         while True:
-            wait = self.ping_interval if ping_sent is None else self.ping_timeout
-            message = await pubsub.get_message(timeout=wait)
-            raise_if_cancel_swallowed()
-            if message is None:
-                if ping_sent is not None and loop.time() - ping_sent >= self.ping_timeout:
+            try:
+                async with asyncio.timeout(self.ping_timeout if pinged else self.ping_interval):
+                    replies = await sub.replies()
+            except TimeoutError:
+                if pinged:
                     raise RedisConnectionError(
                         f"no answer to PING within {self.ping_timeout:g}s (silently dead?)"
-                    )
-                if ping_sent is None:
-                    await pubsub.ping()
-                    ping_sent = loop.time()
+                    ) from None
+                sub.ping()
+                pinged = True
                 continue
-            ping_sent = None  # anything that arrives proves the connection alive
-            if message.get("type") != "message":
-                continue
-            try:
-                update = decode_update(message["data"])
-            except ValueError as exc:
-                self.skipped += 1
-                log.warning("relay skipped a malformed message: %s", exc)
-                continue
-            try:
-                await self.deliver(update)
-                self.delivered += 1
-            except Exception:
-                log.exception("relay could not deliver an update of %s", update["owner"])
+            pinged = False  # anything that arrives proves the connection alive
+            for reply in replies:
+                if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
+                    await self._handle(reply[2])
 
-
-async def _close(pubsub: aioredis.client.PubSub, client: aioredis.Redis) -> None:
-    try:
-        async with asyncio.timeout(1.0):
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
-            await client.aclose()
-    except (RedisError, OSError):
-        pass
+    async def _handle(self, data: bytes) -> None:
+        try:
+            update = decode_update(data)
+        except ValueError as exc:
+            self.skipped += 1
+            log.warning("relay skipped a malformed message: %s", exc)
+            return
+        try:
+            await self.deliver(update)
+            self.delivered += 1
+        except Exception:
+            log.exception("relay could not deliver an update of %s", update["owner"])

@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 from engineio import packet as eio_packet
+from redis.exceptions import AuthenticationError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway import fanout as fanout_module
 from gateway.appkeys import FANOUT, SIO
@@ -23,12 +26,13 @@ from gateway.broker import RedisBroker, redis_priority
 from gateway.fanout import Fanout
 from gateway.manager import TaskManager
 from gateway.redelivery import OutboxBroker, outbox_key
+from gateway.subscriber import Subscriber
 from shared.errors import RateLimited, TaskgateError
 from shared.records import AsyncRecords
 from shared.redis_client import async_client
 from shared.settings import Settings
 from tests.conftest import auth
-from tests.support import SocketClient
+from tests.support import RedisServer, SocketClient
 
 BODY = {"task": "demo.count", "input": {"steps": 2}}
 
@@ -238,3 +242,46 @@ async def test_a_socket_with_a_full_send_buffer_gets_its_updates_through_the_que
     assert fan.direct == direct_before and fan.queued == queued_before + 20
     await client.wait_for(lambda: len(client.events[tid]) == 20, timeout=5)
     assert [e["seq"] for e in client.events[tid]] == list(range(1, 21))
+
+
+# -- the relay's subscriber --------------------------------------------------------------------
+
+
+async def test_subscriber_authenticates_and_receives_every_message(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis", appendonly=False).start()
+    try:
+        admin = async_client(server.url)
+        await admin.config_set("requirepass", "s3cret")
+        await admin.aclose()
+        url = f"redis://:s3cret@127.0.0.1:{server.port}/0"
+        wrong = Subscriber(f"redis://:nope@127.0.0.1:{server.port}/0")
+        with pytest.raises(AuthenticationError):
+            await wrong.connect(3.0)
+        wrong.close()
+        sub = Subscriber(url)
+        await sub.connect(3.0)
+        await sub.subscribe("chan")
+        publisher = async_client(url)
+        await publisher.publish("chan", b"first")
+        async with publisher.pipeline(transaction=False) as pipe:
+            for i in range(500):
+                pipe.publish("chan", b"m%d" % i)
+            await pipe.execute()
+        got: list[bytes] = []
+        async with asyncio.timeout(5):
+            while len(got) < 501:
+                got.extend(r[2] for r in await sub.replies() if r[0] == b"message")
+        assert got == [b"first", *(b"m%d" % i for i in range(500))]
+        sub.ping()
+        async with asyncio.timeout(5):
+            assert [b"pong", b""] in await sub.replies()
+        await publisher.aclose()
+        server.stop()
+        # A server gone is an error from replies(), not a hang.
+        async with asyncio.timeout(5):
+            with pytest.raises(RedisConnectionError):
+                while True:
+                    await sub.replies()
+        sub.close()
+    finally:
+        server.stop()
