@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,8 @@ def run(
             }
             if queued is not None:
                 extra["queued_total"] = queued
+            if kind == "gateway":
+                extra["avg_group"] = _avg_group(port)
             results.add("P1", label, "accepted", data["rate"], "tasks/s", **extra)
         finally:
             _stop(proc)
@@ -122,6 +125,19 @@ def run(
         "P1", "taskgate / bare aiohttp", rates["gateway"], rates["bare_http"], at_least=0.6
     )
     redis.close()
+
+
+def _avg_group(port: int) -> float:
+    """Submits per group (gateway/coalesce.py) over the gateway's life, from its /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("taskgate_submit_groups_total", "taskgate_submit_grouped_total"):
+            values[name] = float(value)
+    groups = values.get("taskgate_submit_groups_total", 0.0)
+    return round(values.get("taskgate_submit_grouped_total", 0.0) / groups, 1) if groups else 0.0
 
 
 def _queued(redis: Any, base: str) -> int:
