@@ -80,6 +80,7 @@ def run(
         p99_ms=tg["p99_ms"],
         loop_p99_ms=tg["loop_p99_ms"] or math.nan,
         loop_max_ms=tg["loop_max_ms"] or math.nan,
+        gc_max_ms_gen012="/".join(f"{v:g}" for v in tg.get("gc_max_ms") or []) or "n/a",
         server_cpu_cores=tg["cpu"]["server"],
     )
     results.add(

@@ -187,6 +187,7 @@ class Rig:
             "min_pings": got["min_pings"],
             "loop_p99_ms": loop.get("p99_ms"),
             "loop_max_ms": loop.get("max_ms"),
+            "gc_max_ms": loop.get("gc_max_ms"),
             "rss_bytes": loop.get("rss_bytes"),
             "cpu": {k: round((cpu1[k] - cpu0[k]) / (t1 - t0), 2) for k in cpu0},
             **lags,

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from gateway import gctune
 from gateway.appkeys import BROKER, FANOUT, MANAGER, RELAY, SETTINGS, SIO
 
 Labels = tuple[tuple[str, str], ...]
@@ -28,6 +29,11 @@ _HELP = {
         "Relay and heartbeat packets, by path: written straight to the socket, or queued",
     ),
     "taskgate_submit_groups_total": ("counter", "Groups single submits were accepted in"),
+    "taskgate_gc_pause_seconds_total": (
+        "counter",
+        "Time the garbage collector stopped the process, by generation",
+    ),
+    "taskgate_gc_collections_total": ("counter", "Garbage collections, by generation"),
     "taskgate_submit_grouped_total": ("counter", "Single submits accepted through groups"),
     "taskgate_queue_depth": ("gauge", "Messages waiting in each broker queue"),
     "taskgate_uptime_seconds": ("gauge", "Seconds since this gateway started"),
@@ -106,6 +112,10 @@ async def metrics_handler(request: web.Request) -> web.Response:
     gauges["taskgate_submit_grouped_total"][()] = groups.items
     for task, count in app[MANAGER].accepted.items():
         gauges["taskgate_tasks_submitted_total"][(("task", task),)] = count
+    for gen in range(3):
+        label = (("generation", str(gen)),)
+        gauges["taskgate_gc_pause_seconds_total"][label] = round(gctune.PAUSES.total_s[gen], 6)
+        gauges["taskgate_gc_collections_total"][label] = gctune.PAUSES.count[gen]
     gauges["taskgate_uptime_seconds"][()] = round(time.monotonic() - app[METRICS].started, 3)
     try:
         depths = await app[BROKER].queue_depths(app[SETTINGS].queues)

@@ -8,6 +8,7 @@ queued and can be counted.
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway import fanout as fanout_module
+from gateway import gctune
 from gateway.appkeys import FANOUT, SIO
 from gateway.broker import RedisBroker, redis_priority
 from gateway.fanout import Fanout
@@ -285,3 +287,24 @@ async def test_subscriber_authenticates_and_receives_every_message(tmp_path: Pat
         sub.close()
     finally:
         server.stop()
+
+
+def test_gc_tuning_freezes_startup_and_measures_pauses() -> None:
+    before = gc.get_threshold()
+    try:
+        gctune.tune()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold()[2] == gctune.FULL_EVERY
+        counted = sum(gctune.PAUSES.count)
+        for _ in range(50_000):
+            cycle: list[Any] = []
+            cycle.append(cycle)
+        assert sum(gctune.PAUSES.count) > counted
+        assert max(gctune.PAUSES.take_max_ms()) > 0
+        with gctune.paused():
+            assert not gc.isenabled()
+        assert gc.isenabled()
+    finally:
+        gc.callbacks.remove(gctune.PAUSES)
+        gc.unfreeze()
+        gc.set_threshold(*before)
