@@ -1,14 +1,14 @@
 """Group commit for single submits: the requests that arrive together are written together.
 
-Accepting one task takes three Redis round trips (the record, the broker message with its outbox
-copy, the PENDING update), and a round trip through redis-py costs far more CPU than the work
-itself. Under load many submits are in flight at once, so instead of each making its own round
-trips they join a group: the first one in starts a flusher, which on its next turn takes every
-submit that arrived meanwhile (up to ``MAX_GROUP``, per user) and accepts each user's share in
-one go (``TaskManager._accept``: one token take, one record script, one broker push, one
-publish). Submits arriving while a group is being written form the next group; up to
-``MAX_WRITING`` groups are written at once, and while all are, the next one keeps growing. Under
-no load a group is one submit and costs what it did alone, plus one turn of the loop.
+A Redis round trip through redis-py costs far more CPU than the work it carries, and on a busy
+gateway many submits are in flight at once. So instead of each making its own round trips they
+join a group: the first one in starts a collector, which on its next turn takes every submit
+that arrived meanwhile (up to ``MAX_GROUP``, per user) and accepts each user's share in one go
+(``TaskManager._accept_group``: one token take, then, with the Redis broker on the records'
+Redis, one script run that writes every record, message, outbox copy and PENDING update).
+Submits arriving while a group is being written form the next group; up to ``MAX_WRITING``
+groups are written at once, and while all are, the next one keeps growing. Under no load a
+group is one submit and costs what it did alone, plus one turn of the loop.
 
 Every submit still gets its own answer: its snapshot, or its own error (429 when the user's
 bucket ran dry part way through the group, 503 when the broker refused the group: then nothing
@@ -19,13 +19,10 @@ of a group already being written.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 from shared.errors import TaskgateError
-
-log = logging.getLogger("taskgate.coalesce")
 
 MAX_GROUP = 1000
 # Groups written at once: while one waits for Redis, the next one is collected and sent.

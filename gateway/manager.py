@@ -141,6 +141,13 @@ def _batch_body(item: Any) -> Any:
     return item
 
 
+def _build_messages(subs: Sequence[Submission], ids: Sequence[str]) -> list[TaskMessage]:
+    return [
+        build_task_message(tid, sub.spec.name, sub.queue, kwargs=sub.input, priority=sub.priority)
+        for sub, tid in zip(subs, ids, strict=True)
+    ]
+
+
 def valid_task_id(task_id: object) -> TypeGuard[str]:
     return isinstance(task_id, str) and _TASK_ID.match(task_id) is not None
 
@@ -353,7 +360,8 @@ class TaskManager:
             try:
                 await self.broker.publish([messages[i] for i in accepted])
             except (BrokerUnavailable, RedisError) as exc:
-                await self.records.discard_many(user, [ids[i] for i in accepted])
+                with contextlib.suppress(RedisError):
+                    await self.records.discard_many(user, [ids[i] for i in accepted])
                 if isinstance(exc, BrokerUnavailable):
                     raise
                 raise BrokerUnavailable(f"task store unreachable: {type(exc).__name__}") from exc
@@ -385,12 +393,7 @@ class TaskManager:
             for start in range(0, len(subs), CHUNK):
                 part = slice(start, start + CHUNK)
                 with gctune.paused():
-                    messages = [
-                        build_task_message(
-                            tid, sub.spec.name, sub.queue, kwargs=sub.input, priority=sub.priority
-                        )
-                        for sub, tid in zip(subs[part], ids[part], strict=True)
-                    ]
+                    messages = _build_messages(subs[part], ids[part])
                     inline = self.broker.inline(messages, pending_updates(user, snaps[part]))
                 if writing is not None:
                     codes.extend(await writing)
@@ -425,12 +428,7 @@ class TaskManager:
                 await asyncio.sleep(0)
             with gctune.paused():
                 messages.extend(
-                    build_task_message(
-                        tid, sub.spec.name, sub.queue, kwargs=sub.input, priority=sub.priority
-                    )
-                    for sub, tid in zip(
-                        subs[start : start + CHUNK], ids[start : start + CHUNK], strict=True
-                    )
+                    _build_messages(subs[start : start + CHUNK], ids[start : start + CHUNK])
                 )
         return messages
 

@@ -145,10 +145,10 @@ class Subscriber:
         transport.write(data)
 
     async def _request(self, data: bytes) -> Any:
+        """Send one command and take its reply (only before SUBSCRIBE: nothing else arrives)."""
         self._send(data)
-        while True:
-            await self._proto.wait()
-            if self._proto.replies:
-                return self._proto.replies.popleft()
-            assert self._proto.lost is not None
-            raise self._proto.lost
+        await self._proto.wait()
+        if self._proto.replies:
+            return self._proto.replies.popleft()
+        assert self._proto.lost is not None
+        raise self._proto.lost
