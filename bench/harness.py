@@ -11,7 +11,6 @@ import json
 import math
 import os
 import resource
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.embedded import free_port, wait_for_port
+from gateway.embedded import free_port, stop_group, wait_for_port
 from tests.support import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -259,14 +258,7 @@ class Proc:
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+            stop_group(self.proc, timeout)
         self.proc = None
 
 

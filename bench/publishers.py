@@ -15,6 +15,7 @@ import contextlib
 import multiprocessing as mp
 import time
 import uuid
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -76,18 +77,27 @@ def _snapshot(tid: str, seq: int, t: float) -> dict[str, Any]:
     }
 
 
+def _steps(rate: float, duration: float, cap: int) -> Iterator[int]:
+    """The pacing shared by the publishers: per step, how many updates are due now (at most
+    ``cap``; 0 means wait ``TICK_S`` first), for ``duration`` seconds at ``rate`` per second."""
+    start = time.monotonic()
+    sent = 0
+    while (elapsed := time.monotonic() - start) < duration:
+        due = min(int(rate * elapsed) - sent, cap)
+        if due <= 0:
+            yield 0
+            continue
+        sent += due
+        yield due
+
+
 def _pace(rate: float, duration: float, send_batch: Any) -> tuple[int, float]:
     start = time.monotonic()
     sent = 0
-    while True:
-        elapsed = time.monotonic() - start
-        if elapsed >= duration:
-            break
-        due = int(rate * elapsed) - sent
-        if due <= 0:
+    for n in _steps(rate, duration, MAX_BATCH):
+        if n == 0:
             time.sleep(TICK_S)
             continue
-        n = min(due, MAX_BATCH)
         send_batch(n)
         sent += n
     return sent, time.monotonic() - start
@@ -157,15 +167,10 @@ async def _run_psio(conn: Connection, redis_url: str, tasks: list[Any]) -> None:
     async def pace(rate: float, duration: float) -> tuple[int, float]:
         start = time.monotonic()
         sent = 0
-        while True:
-            elapsed = time.monotonic() - start
-            if elapsed >= duration:
-                break
-            due = int(rate * elapsed) - sent
-            if due <= 0:
+        for n in _steps(rate, duration, 64):
+            if n == 0:
                 await asyncio.sleep(TICK_S)
                 continue
-            n = min(due, 64)
             await send_batch(n)
             sent += n
         return sent, time.monotonic() - start

@@ -92,17 +92,29 @@ class Processes:
 
     def stop(self, grace: float = 15.0) -> None:
         for _name, proc in reversed(self.children):
-            _stop_group(proc, grace)
+            # The leader only: Celery's main process stops its own pool.
+            stop_group(proc, grace, whole_group=False)
         self.children.clear()
 
 
-def _stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+def stop_group(
+    proc: subprocess.Popen[bytes],
+    grace: float = 15.0,
+    sig: int = signal.SIGTERM,
+    *,
+    whole_group: bool = True,
+) -> None:
+    """Stop a child started in its own process group: ``sig`` to the group (or to its leader
+    only), up to ``grace`` seconds to exit, then SIGKILL to whatever is left of the group."""
     try:
         pgid = os.getpgid(proc.pid)
     except ProcessLookupError:
-        pgid = proc.pid
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, signal.SIGTERM)
+        pgid = proc.pid  # the leader is gone; its group id was its pid
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if whole_group:
+            os.killpg(pgid, sig)
+        else:
+            os.kill(proc.pid, sig)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(grace)
     # Whatever is left of the group (pool processes, a stuck parent) goes now.

@@ -29,12 +29,12 @@ _HELP = {
         "Relay and heartbeat packets, by path: written straight to the socket, or queued",
     ),
     "taskgate_submit_groups_total": ("counter", "Groups single submits were accepted in"),
+    "taskgate_submit_grouped_total": ("counter", "Single submits accepted through groups"),
     "taskgate_gc_pause_seconds_total": (
         "counter",
         "Time the garbage collector stopped the process, by generation",
     ),
     "taskgate_gc_collections_total": ("counter", "Garbage collections, by generation"),
-    "taskgate_submit_grouped_total": ("counter", "Single submits accepted through groups"),
     "taskgate_queue_depth": ("gauge", "Messages waiting in each broker queue"),
     "taskgate_uptime_seconds": ("gauge", "Seconds since this gateway started"),
 }

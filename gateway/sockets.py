@@ -184,7 +184,7 @@ class SocketGuard:
 
 
 def register_socket_handlers(
-    sio: socketio.AsyncServer, manager: TaskManager, secret: Secret, fanout: Fanout | None = None
+    sio: socketio.AsyncServer, manager: TaskManager, secret: Secret, fanout: Fanout
 ) -> SocketGuard:
     rules = TokenRules.from_settings(manager.settings)
     guard = SocketGuard(sio, manager.settings.socket_event_rate)
@@ -196,8 +196,6 @@ def register_socket_handlers(
         session = await sio.get_session(sid)
         user: str = session["user"]
         return user
-
-    fanout = fanout or Fanout(sio)
 
     async def send_snapshots(sid: str, snaps: list[Snapshot]) -> None:
         # Every socket is in a room named by its sid: the relay's send path, to one socket.

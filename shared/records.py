@@ -302,7 +302,8 @@ def _result(raw: Sequence[Any]) -> TransitionResult:
     )
 
 
-def _update_bytes(owner: str, snapshot: bytes) -> bytes:
+def update_bytes(owner: str, snapshot: bytes) -> bytes:
+    """The progress-channel update for a snapshot already encoded, as the scripts publish it."""
     return b'{"v":%d,"owner":%s,"snapshot":%s}' % (SCHEMA_VERSION, _enc(owner), snapshot)
 
 
@@ -419,7 +420,7 @@ class AsyncRecords:
 
     async def publish_snapshot(self, owner: str, snapshot: bytes) -> None:
         """Announce a snapshot as it is (no seq bump): used once the broker accepted a task."""
-        await self.client.publish(self.keys.progress_channel, _update_bytes(owner, snapshot))
+        await self.client.publish(self.keys.progress_channel, update_bytes(owner, snapshot))
 
     async def snapshot_raw(self, task_id: str, owner: str | None) -> bytes | None:
         raw = await self._snapshot(

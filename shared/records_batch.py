@@ -1,10 +1,12 @@
 """Records for many tasks at once: the batch path (``POST /api/tasks/batch``, the SDK's batches).
 
 One script run creates up to ``CHUNK`` records (instead of one run per record, each re-sending
-the field names), and one more publishes their PENDING updates once the broker took the messages
-(the updates are built here, from what was written, not read back). The per-record rules are
-those of ``CREATE_LUA``: a record that exists is not overwritten, and the user's ``max_active``
-quota is checked (here once for the chunk, then counted down).
+the field names). With the Redis broker on the records' Redis, the same run also pushes their
+messages, keeps the outbox copies and publishes their PENDING updates; otherwise another run
+publishes the updates once the broker took the messages. The updates are built here, from what
+was written, not read back. The per-record rules are those of ``CREATE_LUA``: a record that
+exists is not overwritten, and the user's ``max_active`` quota is checked (here once for the
+chunk, then counted down).
 """
 
 from __future__ import annotations
@@ -17,19 +19,19 @@ import orjson
 import redis.asyncio as aioredis
 
 from shared.keys import Keys
-from shared.records import new_record_fields
-from shared.schema import SCHEMA_VERSION, SNAPSHOT_FIELDS
+from shared.records import new_record_fields, update_bytes
+from shared.schema import SNAPSHOT_FIELDS
 
 CHUNK = 1000
 _SEP = b"\x1f"
 
 # ARGV: prefix, owner, created, max_active, retention, ncommon, then ncommon name/value pairs
 # shared by every record, nvarying, the nvarying names, then the broker part: 0 (none), or 1,
-# the progress channel, the outbox hash ('' for none) and the publish time. Then per record its
-# task id and its nvarying JSON-encoded values joined by \x1f (JSON text never holds a raw \x1f:
-# encoders escape control characters), and with a broker part its queue list, its message
-# envelope, its outbox time index ('' for none) and its PENDING update. Returns one code per
-# record: 1 created, -2 id exists, -3 over max_active.
+# the progress channel, the outbox hash and the publish time. Then per record its task id and
+# its nvarying JSON-encoded values joined by \x1f (JSON text never holds a raw \x1f: encoders
+# escape control characters), and with a broker part its queue list, its message envelope, its
+# outbox time index and its PENDING update. Returns one code per record: 1 created, -2 id
+# exists, -3 over max_active.
 #
 # With the broker part, each created record's message is pushed, its outbox copy kept and its
 # PENDING update published in the same atomic run: a task is accepted entirely or not at all,
@@ -86,14 +88,12 @@ while at <= #ARGV do
     codes[r] = 1
     if inline then
       local list, envelope, since = ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
-      if outbox ~= '' then
-        copies[#copies + 1] = tid
-        copies[#copies + 1] = list .. '\\n' .. envelope
-        local z = stamps[since]
-        if not z then z = {}; stamps[since] = z end
-        z[#z + 1] = now
-        z[#z + 1] = tid
-      end
+      copies[#copies + 1] = tid
+      copies[#copies + 1] = list .. '\\n' .. envelope
+      local z = stamps[since]
+      if not z then z = {}; stamps[since] = z end
+      z[#z + 1] = now
+      z[#z + 1] = tid
       local l = pushes[list]
       if not l then l = {}; pushes[list] = l; lists[#lists + 1] = list end
       l[#l + 1] = envelope
@@ -155,16 +155,11 @@ class BatchRecords:
         codes: list[int] = []
         for start in range(0, len(varying), CHUNK):
             args = list(head)
-            if inline is None:
-                for rec in varying[start : start + CHUNK]:
-                    args.append(rec["task_id"])
-                    args.append(_SEP.join([orjson.dumps(rec[n]) for n in names]))
-            else:
-                stop = start + CHUNK
-                for rec, push in zip(varying[start:stop], inline.entries[start:stop], strict=True):
-                    args.append(rec["task_id"])
-                    args.append(_SEP.join([orjson.dumps(rec[n]) for n in names]))
-                    args.extend(push)
+            for i, rec in enumerate(varying[start : start + CHUNK], start):
+                args.append(rec["task_id"])
+                args.append(_SEP.join([orjson.dumps(rec[n]) for n in names]))
+                if inline is not None:
+                    args.extend(inline.entries[i])
             codes.extend(int(c) for c in await self._create(keys=[], args=args))
         return codes
 
@@ -180,8 +175,8 @@ class BatchRecords:
 @dataclass(frozen=True, slots=True)
 class InlinePush:
     """The broker part of ``BatchRecords.create`` (Redis broker on the records' Redis): the
-    outbox hash ('' for none), the publish time, and per record (queue list, envelope, outbox
-    time index or '', PENDING update)."""
+    outbox hash, the publish time, and per record (queue list, envelope, outbox time index,
+    PENDING update)."""
 
     outbox: str
     at: float
@@ -190,8 +185,7 @@ class InlinePush:
 
 def pending_updates(owner: str, snapshots: Sequence[Mapping[str, Any]]) -> list[bytes]:
     """The progress-channel update of each snapshot, as workers' scripts publish it."""
-    prefix = b'{"v":%d,"owner":%s,"snapshot":' % (SCHEMA_VERSION, orjson.dumps(owner))
-    return [prefix + orjson.dumps(s) + b"}" for s in snapshots]
+    return [update_bytes(owner, orjson.dumps(s)) for s in snapshots]
 
 
 def pending_common(created: float) -> dict[str, Any]:

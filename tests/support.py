@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import socketio
 
-from gateway.embedded import find_redis_server, free_port, wait_for_port
+from gateway.embedded import find_redis_server, free_port, stop_group, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-" + "x" * 40
@@ -124,14 +124,7 @@ class CeleryWorker:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
         if self.proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
+        stop_group(self.proc, timeout, sig)
         self.proc = None
 
     def pool_pids(self) -> list[int]:
@@ -369,18 +362,9 @@ class RabbitServer:
             proc: subprocess.Popen[bytes] | None = getattr(self, attr)
             if proc is None:
                 continue
-            # The start script traps SIGTERM, stops the node gracefully and waits for it.
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-            # beam.smp runs in the script's process group; take any straggler with it.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            # The start script traps SIGTERM, stops the node gracefully and waits for it;
+            # beam.smp runs in the script's process group, and any straggler goes with it.
+            stop_group(proc, timeout, whole_group=False)
             setattr(self, attr, None)
 
 
@@ -444,14 +428,7 @@ class GatewayProcess:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
         if self.proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        stop_group(self.proc, timeout, sig)
         self.proc = None
 
 

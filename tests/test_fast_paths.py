@@ -221,7 +221,11 @@ async def test_a_packet_waiting_in_the_queue_is_never_overtaken(
     assert [e["seq"] for e in client.events[tid]] == [1, 2]
     # Once the queue is drained, updates go straight again.
     direct_before = fan.direct
-    await asyncio.sleep(0.1)
+    # The writer takes both packets, then parks in get() again (python-engineio's state: no
+    # event to wait on, so it is polled, bounded).
+    async with asyncio.timeout(5):
+        while socket.queue.qsize() or not socket.queue._getters:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
     await fan.to_room(f"user:{who}", "task", snap(3))
     assert fan.direct == direct_before + 1
     await client.wait_for(lambda: len(client.events[tid]) == 3, timeout=5)
