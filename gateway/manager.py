@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard, cast
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from gateway import gctune
 from gateway.broker import MAX_PRIORITY, Broker
@@ -145,6 +146,19 @@ def _build_messages(subs: Sequence[Submission], ids: Sequence[str]) -> list[Task
     return [
         build_task_message(tid, sub.spec.name, sub.queue, kwargs=sub.input, priority=sub.priority)
         for sub, tid in zip(subs, ids, strict=True)
+    ]
+
+
+def _new_records(subs: Sequence[Submission], ids: Sequence[str]) -> list[dict[str, Any]]:
+    """What differs between new records: id, task, queue and webhook."""
+    return [
+        {
+            "task_id": tid,
+            "task": s.spec.name,
+            "queue": s.queue,
+            "webhook": (webhook_fields(s.callback_url) or {"webhook": None})["webhook"],
+        }
+        for s, tid in zip(subs, ids, strict=True)
     ]
 
 
@@ -330,19 +344,11 @@ class TaskManager:
         ids = new_task_ids(len(subs))
         # What all records share is sent once; per record only what differs.
         common = pending_common(now)
-        with gctune.paused():
-            records = [
-                {
-                    "task_id": tid,
-                    "task": s.spec.name,
-                    "queue": s.queue,
-                    "webhook": (webhook_fields(s.callback_url) or {"webhook": None})["webhook"],
-                }
-                for s, tid in zip(subs, ids, strict=True)
-            ]
-            snaps = [cast(Snapshot, pending_snapshot(common, r)) for r in records]
         if isinstance(self.broker, OutboxBroker):
-            return await self._accept_inline(user, subs, ids, common, records, snaps, now)
+            return await self._accept_inline(user, subs, ids, common, now)
+        with gctune.paused():
+            records = _new_records(subs, ids)
+            snaps = [cast(Snapshot, pending_snapshot(common, r)) for r in records]
         creating = asyncio.ensure_future(
             self.batch.create(user, common, records, now, self.settings.max_active)
         )
@@ -370,7 +376,7 @@ class TaskManager:
             except RedisError:
                 log.warning("%d tasks accepted; PENDING updates not published", len(accepted))
         for i in accepted:
-            self.accepted[records[i]["task"]] += 1
+            self.accepted[subs[i].spec.name] += 1
         return out
 
     async def _accept_inline(
@@ -379,44 +385,45 @@ class TaskManager:
         subs: Sequence[Submission],
         ids: list[str],
         common: dict[str, Any],
-        records: list[dict[str, Any]],
-        snaps: list[Snapshot],
         now: float,
     ) -> list[Snapshot | TaskgateError]:
+        """One script run per chunk writes its records, messages, outbox copies and PENDING
+        updates. The runs are streamed over one connection (``ScriptRuns``): chunk k+1 is
+        built while Redis runs chunk k, and Redis runs them in order (each sees the quota the
+        one before left)."""
         assert isinstance(self.broker, OutboxBroker)
         max_active = self.settings.max_active
-        codes: list[int] = []
-        writing: asyncio.Future[list[int]] | None = None
+        snaps: list[Snapshot] = []
+        runs = self.batch.runs()
         try:
-            # Chunk k+1 is built while Redis runs chunk k's script; the scripts run one after
-            # the other, in order (each sees the quota the one before left).
-            for start in range(0, len(subs), CHUNK):
-                part = slice(start, start + CHUNK)
-                with gctune.paused():
-                    messages = _build_messages(subs[part], ids[part])
-                    inline = self.broker.inline(messages, pending_updates(user, snaps[part]))
-                if writing is not None:
-                    codes.extend(await writing)
-                writing = asyncio.ensure_future(
-                    self.batch.create(user, common, records[part], now, max_active, inline)
-                )
-                await asyncio.sleep(0)  # the script is sent now, before the next chunk is built
-            assert writing is not None
-            codes.extend(await writing)
+            async with runs:
+                for start in range(0, len(subs), CHUNK):
+                    part = slice(start, start + CHUNK)
+                    with gctune.paused():
+                        records = _new_records(subs[part], ids[part])
+                        chunk = [cast(Snapshot, pending_snapshot(common, r)) for r in records]
+                        messages = _build_messages(subs[part], ids[part])
+                        inline = self.broker.inline(messages, pending_updates(user, chunk))
+                        args = self.batch.create_args(
+                            user, common, records, now, max_active, inline
+                        )
+                    snaps.extend(chunk)
+                    await runs.send(args)
+                codes = [int(c) for reply in await runs.replies() for c in reply]
         except RedisError as exc:
-            if codes:
-                # Earlier chunks were accepted: take their records back (a message without its
-                # record is never run).
+            # A chunk sent may have run, whatever its reply: take every record sent back (a
+            # message without its record is never run). Redis that does not answer would only
+            # hold the 503 up for another timeout: then the discard goes on in the background.
+            discard = self.records.discard_many(user, ids[: runs.sent * CHUNK])
+            if isinstance(exc, RedisTimeout):
+                self._spawn(discard)
+            else:
                 with contextlib.suppress(RedisError):
-                    await self.records.discard_many(user, ids[: len(codes)])
+                    await discard
             raise BrokerUnavailable(f"task store unreachable: {type(exc).__name__}") from exc
-        finally:
-            if writing is not None and not writing.done():
-                writing.cancel()
-                await asyncio.gather(writing, return_exceptions=True)
         out, accepted = self._answers(codes, snaps)
         for i in accepted:
-            self.accepted[records[i]["task"]] += 1
+            self.accepted[subs[i].spec.name] += 1
         return out
 
     async def _messages(self, subs: Sequence[Submission], ids: list[str]) -> list[TaskMessage]:

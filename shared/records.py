@@ -402,21 +402,24 @@ class AsyncRecords:
         return int(code), payload.encode() if isinstance(payload, str) else payload
 
     async def discard_many(self, owner: str, task_ids: Sequence[str]) -> None:
+        """Undo ``create`` after the broker refused the messages: nothing stays accepted.
+
+        Not in MULTI: over ``maxmemory`` Redis refuses every command queued in a transaction,
+        DEL included, just when a half-written batch most needs taking back. Each command
+        alone is allowed. Between them an index may still list a record already deleted:
+        readers skip missing records (they expire the same way), and the quota errs on the
+        strict side for that moment.
+        """
         if not task_ids:
             return
-        async with self.client.pipeline(transaction=True) as pipe:
+        async with self.client.pipeline(transaction=False) as pipe:
             pipe.delete(*[self.keys.task(t) for t in task_ids])
             pipe.zrem(self.keys.user_tasks(owner), *task_ids)
             pipe.zrem(self.keys.user_active(owner), *task_ids)
             await pipe.execute()
 
     async def discard(self, owner: str, task_id: str) -> None:
-        """Undo ``create`` after the broker refused the message: nothing stays accepted."""
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.delete(self.keys.task(task_id))
-            pipe.zrem(self.keys.user_tasks(owner), task_id)
-            pipe.zrem(self.keys.user_active(owner), task_id)
-            await pipe.execute()
+        await self.discard_many(owner, [task_id])
 
     async def publish_snapshot(self, owner: str, snapshot: bytes) -> None:
         """Announce a snapshot as it is (no seq bump): used once the broker accepted a task."""

@@ -120,13 +120,97 @@ return #ARGV - 1
 """
 
 
+class ScriptRuns:
+    """Runs of one script sent back to back over one pooled connection, each as soon as the
+    caller has built it; ``replies`` reads them, in order.
+
+    Redis runs the commands of one connection in the order they were sent, so each run sees
+    everything the one before did (the quota it left, the ids it created), as if they had been
+    awaited one by one, while the caller builds run k+1 during Redis's work on run k: a
+    pipeline whose commands are not all known when it starts. ``EVAL`` rather than ``EVALSHA``:
+    a run can never fail with NOSCRIPT (which would leave the later runs to run without it);
+    the source is a few KiB against the megabyte of arguments a full run carries.
+
+    A connection left with replies unread (an error, a cancellation) is closed, not pooled.
+    """
+
+    def __init__(self, client: aioredis.Redis, source: str) -> None:
+        self._pool: Any = client.connection_pool  # redis-py's pool methods are untyped
+        self._source = source
+        self._conn: Any = None
+        self.sent = 0
+        self._read = 0
+
+    async def __aenter__(self) -> ScriptRuns:
+        self._conn = await self._pool.get_connection()
+        return self
+
+    async def send(self, args: Sequence[Any]) -> None:
+        """Send one run; it waits only while the socket's send buffer is full."""
+        packed = self._conn.pack_command("EVAL", self._source, 0, *args)
+        self.sent += 1
+        await self._conn.send_packed_command(packed, check_health=False)
+
+    async def replies(self) -> list[Any]:
+        """The reply of every run sent and not yet read, in order; the first error reply is
+        raised (``ResponseError``), as are connection errors and timeouts."""
+        out = []
+        while self._read < self.sent:
+            out.append(await self._conn.read_response())
+            self._read += 1
+        return out
+
+    async def __aexit__(self, *exc: object) -> None:
+        conn, self._conn = self._conn, None
+        try:
+            if self._read < self.sent:
+                await conn.disconnect()
+        finally:
+            await self._pool.release(conn)
+
+
 class BatchRecords:
     def __init__(self, client: aioredis.Redis, keys: Keys, retention_s: int) -> None:
         self.client = client
         self.keys = keys
         self.retention_s = retention_s
-        self._create = client.register_script(CREATE_MANY_LUA)
         self._publish = client.register_script(PUBLISH_MANY_LUA)
+
+    def runs(self) -> ScriptRuns:
+        """A stream of ``create_args`` runs (``ScriptRuns``): ``async with``, ``send`` each
+        chunk as it is built, then ``replies`` (one list of codes per run)."""
+        return ScriptRuns(self.client, CREATE_MANY_LUA)
+
+    def create_args(
+        self,
+        owner: str,
+        common: dict[str, Any],
+        varying: Sequence[dict[str, Any]],
+        created: float,
+        max_active: int,
+        inline: InlinePush | None = None,
+    ) -> list[Any]:
+        """One run's arguments: a record per ``varying`` dict (each with ``task_id`` and the
+        same keys; at most ``CHUNK``), all with the ``common`` fields too; with ``inline``
+        (its entries in the same order), each created record's message is pushed and its
+        PENDING update published in the same run."""
+        assert 0 < len(varying) <= CHUNK
+        names = list(varying[0])
+        args: list[Any] = [self.keys.prefix, owner, repr(created), max_active, self.retention_s]
+        args.append(len(common))
+        for name, value in common.items():
+            args.extend((name, orjson.dumps(value)))
+        args.extend((len(names), *names))
+        if inline is None:
+            args.append(0)
+        else:
+            args.extend((1, self.keys.progress_channel, inline.outbox, repr(inline.at)))
+        for i, rec in enumerate(varying):
+            args.append(rec["task_id"])
+            args.append(_SEP.join([orjson.dumps(rec[n]) for n in names]))
+            if inline is not None:
+                args.extend(inline.entries[i])
+        return args
 
     async def create(
         self,
@@ -135,33 +219,14 @@ class BatchRecords:
         varying: Sequence[dict[str, Any]],
         created: float,
         max_active: int,
-        inline: InlinePush | None = None,
     ) -> list[int]:
-        """Create one record per ``varying`` dict (each with ``task_id`` and the same keys), all
-        with the ``common`` fields too; with ``inline``, push each created record's message and
-        publish its PENDING update in the same script run. One code per record."""
-        if not varying:
-            return []
-        names = list(varying[0])
-        head: list[Any] = [self.keys.prefix, owner, repr(created), max_active, self.retention_s]
-        head.append(len(common))
-        for name, value in common.items():
-            head.extend((name, orjson.dumps(value)))
-        head.extend((len(names), *names))
-        if inline is None:
-            head.append(0)
-        else:
-            head.extend((1, self.keys.progress_channel, inline.outbox, repr(inline.at)))
-        codes: list[int] = []
-        for start in range(0, len(varying), CHUNK):
-            args = list(head)
-            for i, rec in enumerate(varying[start : start + CHUNK], start):
-                args.append(rec["task_id"])
-                args.append(_SEP.join([orjson.dumps(rec[n]) for n in names]))
-                if inline is not None:
-                    args.extend(inline.entries[i])
-            codes.extend(int(c) for c in await self._create(keys=[], args=args))
-        return codes
+        """Create one record per ``varying`` dict (``create_args``), ``CHUNK`` per run, the
+        runs streamed over one connection. One code per record."""
+        async with self.runs() as runs:
+            for start in range(0, len(varying), CHUNK):
+                part = varying[start : start + CHUNK]
+                await runs.send(self.create_args(owner, common, part, created, max_active))
+            return [int(c) for codes in await runs.replies() for c in codes]
 
     async def announce(self, owner: str, snapshots: Sequence[Mapping[str, Any]]) -> None:
         """Publish the PENDING update of each new record (``pending_snapshot``), in order, one

@@ -18,7 +18,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 from engineio import packet as eio_packet
-from redis.exceptions import AuthenticationError
+from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway import fanout as fanout_module
@@ -29,8 +29,9 @@ from gateway.fanout import Fanout
 from gateway.manager import TaskManager
 from gateway.redelivery import OutboxBroker, outbox_key
 from gateway.subscriber import Subscriber
-from shared.errors import RateLimited, TaskgateError
+from shared.errors import BrokerUnavailable, RateLimited, TaskgateError
 from shared.records import AsyncRecords
+from shared.records_batch import ScriptRuns
 from shared.redis_client import async_client
 from shared.settings import Settings
 from tests.conftest import auth
@@ -170,6 +171,73 @@ async def test_batch_of_several_chunks_is_accepted_in_order(
     first = ok[0]
     assert isinstance(first, dict)
     assert first["task_id"].encode() in tail
+
+
+async def test_script_runs_run_in_order_and_an_error_drops_the_connection(
+    env: dict[str, str],
+) -> None:
+    settings = fresh(env)
+    client = async_client(settings.require_redis())
+    key = settings.keys.prefix + "runs"
+    source = (
+        "local n = redis.call('RPUSH', ARGV[1], ARGV[2]) "
+        "if ARGV[2] == 'boom' then return redis.error_reply('boom') end return n"
+    )
+    try:
+        async with ScriptRuns(client, source) as runs:
+            for i in range(50):
+                await runs.send([key, f"v{i}"])
+            # Each run saw every one before it: the list grew by one per run, in order.
+            assert await runs.replies() == list(range(1, 51))
+        await client.delete(key)
+        with pytest.raises(ResponseError, match="boom"):
+            async with ScriptRuns(client, source) as runs:
+                for value in ("a", "boom", "c"):
+                    await runs.send([key, value])
+                await runs.replies()
+        # Redis ran all three; the connection left with a reply unread was closed, so no later
+        # command on the pool reads that stale reply as its own.
+        assert await client.lrange(key, 0, -1) == [b"a", b"boom", b"c"]
+        for i in range(20):
+            assert await client.echo(f"e{i}") == f"e{i}".encode()
+    finally:
+        await client.aclose()
+
+
+async def test_batch_failing_after_a_chunk_ran_leaves_nothing_accepted(tmp_path: Path) -> None:
+    """Redis runs out of memory part way through a 3,000-task batch: the batch is refused (503)
+    and the records of the chunk that did run are taken back, although Redis refuses commands
+    queued in MULTI at that moment."""
+    server = RedisServer(tmp_path / "redis", appendonly=False).start()
+    client = async_client(server.url)
+    settings = Settings(redis_url=server.url, key_prefix="oom:", max_active=0, submit_rate=0)
+    broker = OutboxBroker(RedisBroker(server.url, settings.keys.broker_prefix), settings.keys)
+    manager = TaskManager(
+        settings, AsyncRecords(client, settings.keys, settings.retention_s), broker
+    )
+    bodies = [BODY] * 3000
+    try:
+        assert len(await manager.submit_many("mem", bodies[:10])) == 10
+        used = int((await client.info("memory"))["used_memory"])
+        await client.config_set("maxmemory", used + 2 * 2**20)
+        with pytest.raises(BrokerUnavailable):
+            await manager.submit_many("mem", bodies)
+        await client.config_set("maxmemory", 0)
+        # The first chunk ran (its outbox copies are there), yet none of its tasks is accepted.
+        assert await client.hlen(outbox_key(settings.keys)) >= 1000 + 10
+        assert await client.zcard(settings.keys.user_tasks("mem")) == 10
+        assert await client.zcard(settings.keys.user_active("mem")) == 10
+        listed = await manager.list_tasks("mem", limit=100)
+        assert len(listed) == 10
+        # With memory back, the same batch goes through whole.
+        answers = await manager.submit_many("mem", bodies)
+        assert all(isinstance(a, dict) for a in answers)
+        assert await client.zcard(settings.keys.user_tasks("mem")) == 3010
+    finally:
+        await manager.close()
+        await broker.close()
+        await client.aclose()
+        server.stop()
 
 
 # -- frames written straight to the socket ---------------------------------------------------
