@@ -146,7 +146,8 @@ local task_id = string.sub(key, #prefix + 6)
 for i = 6, #ARGV, 2 do
   redis.call('HSET', key, ARGV[i], ARGV[i + 1])
 end
-redis.call('HSET', key, '_owner', owner, '_pct', '0', '_cancel', '0', 'seq', 1)
+-- _pct and _cancel start absent: their readers take that as 0.
+redis.call('HSET', key, '_owner', owner, 'seq', 1)
 redis.call('EXPIRE', key, retention)
 redis.call('ZADD', prefix .. 'user:' .. owner .. ':tasks', created, task_id)
 redis.call('ZADD', active_key, created, task_id)
@@ -338,8 +339,9 @@ def _create_args(
 ) -> list[Any]:
     args: list[Any] = [keys.prefix, owner, repr(fields["created_at"]), max_active, retention_s]
     for name, value in fields.items():
-        args.append(name)
-        args.append(_enc(value))
+        if value is not None:  # a field never stored reads as null (``_SNAPSHOT_LUA``)
+            args.append(name)
+            args.append(_enc(value))
     return args
 
 

@@ -23,36 +23,42 @@ from shared.records import new_record_fields, update_bytes
 from shared.schema import SNAPSHOT_FIELDS
 
 CHUNK = 1000
-_SEP = b"\x1f"
 
 # ARGV: prefix, owner, created, max_active, retention, ncommon, then ncommon name/value pairs
 # shared by every record, nvarying, the nvarying names, then the broker part: 0 (none), or 1,
 # the progress channel, the outbox hash and the publish time. Then per record its task id and
-# its nvarying JSON-encoded values joined by \x1f (JSON text never holds a raw \x1f: encoders
-# escape control characters), and with a broker part its queue list, its message envelope, its
-# outbox time index and its PENDING update. Returns one code per record: 1 created, -2 id
-# exists, -3 over max_active.
+# its nvarying JSON-encoded values, and with a broker part its queue list, its message
+# envelope, its outbox time index and its PENDING update. Returns one code per record: 1
+# created, -2 id exists, -3 over max_active.
 #
 # With the broker part, each created record's message is pushed, its outbox copy kept and its
 # PENDING update published in the same atomic run: a task is accepted entirely or not at all,
 # and no worker can report on it before its PENDING update is out.
+#
+# Redis's time per record is what bounds a large batch, so the loop allocates little: one HSET
+# argument table for the whole run, its per-record values overwritten in place. A record holds
+# no field that reads the same absent: no nulls (the snapshot script reads a missing field as
+# null), no _pct or _cancel of 0 (as in CREATE_LUA).
 CREATE_MANY_LUA = """
 local prefix, owner, created = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local max_active, retention, nc = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local common = {'_owner', owner, '_pct', '0', '_cancel', '0', 'seq', 1}
+local hs = {'_owner', owner, 'seq', 1}
 for i = 0, nc - 1 do
-  common[#common + 1] = ARGV[7 + 2 * i]
-  common[#common + 1] = ARGV[8 + 2 * i]
+  hs[#hs + 1] = ARGV[7 + 2 * i]
+  hs[#hs + 1] = ARGV[8 + 2 * i]
 end
 local at = 7 + 2 * nc
 local nv = tonumber(ARGV[at])
-local names = {}
-for i = 1, nv do names[i] = ARGV[at + i] end
+local slot = #hs
+for i = 1, nv do
+  hs[slot + 2 * i - 1] = ARGV[at + i]
+  hs[slot + 2 * i] = ''
+end
 at = at + nv + 1
 local inline = ARGV[at] == '1'
 local channel, outbox, now = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
 at = at + (inline and 4 or 1)
-local per = inline and 6 or 2
+local per = 1 + nv + (inline and 4 or 0)
 local copies, pushes, lists, stamps = {}, {}, {}, {}
 local active_key = prefix .. 'user:' .. owner .. ':active'
 local tasks_key = prefix .. 'user:' .. owner .. ':tasks'
@@ -63,23 +69,15 @@ local r = 0
 local members = {}
 while at <= #ARGV do
   r = r + 1
-  local tid, blob = ARGV[at], ARGV[at + 1]
-  local base = at
-  at = at + per
+  local tid = ARGV[at]
+  local base = at + nv
   local key = prefix .. 'task:' .. tid
   if max_active > 0 and room <= 0 then
     codes[r] = -3
   elseif redis.call('EXISTS', key) == 1 then
     codes[r] = -2
   else
-    local hs = {unpack(common)}
-    local pos = 1
-    for i = 1, nv do
-      local stop = string.find(blob, '\\31', pos, true)
-      hs[#hs + 1] = names[i]
-      hs[#hs + 1] = string.sub(blob, pos, (stop or 0) - 1)
-      pos = (stop or #blob) + 1
-    end
+    for i = 1, nv do hs[slot + 2 * i] = ARGV[at + i] end
     redis.call('HSET', key, unpack(hs))
     redis.call('EXPIRE', key, retention)
     members[#members + 1] = created
@@ -87,7 +85,7 @@ while at <= #ARGV do
     room = room - 1
     codes[r] = 1
     if inline then
-      local list, envelope, since = ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
+      local list, envelope, since = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
       copies[#copies + 1] = tid
       copies[#copies + 1] = list .. '\\n' .. envelope
       local z = stamps[since]
@@ -97,9 +95,10 @@ while at <= #ARGV do
       local l = pushes[list]
       if not l then l = {}; pushes[list] = l; lists[#lists + 1] = list end
       l[#l + 1] = envelope
-      redis.call('PUBLISH', channel, ARGV[base + 5])
+      redis.call('PUBLISH', channel, ARGV[base + 4])
     end
   end
+  at = at + per
 end
 -- One command per list and per index for the whole chunk, in the records' order.
 for _, list in ipairs(lists) do redis.call('LPUSH', list, unpack(pushes[list])) end
@@ -207,7 +206,7 @@ class BatchRecords:
             args.extend((1, self.keys.progress_channel, inline.outbox, repr(inline.at)))
         for i, rec in enumerate(varying):
             args.append(rec["task_id"])
-            args.append(_SEP.join([orjson.dumps(rec[n]) for n in names]))
+            args.extend([orjson.dumps(rec[n]) for n in names])
             if inline is not None:
                 args.extend(inline.entries[i])
         return args
@@ -254,11 +253,14 @@ def pending_updates(owner: str, snapshots: Sequence[Mapping[str, Any]]) -> list[
 
 
 def pending_common(created: float) -> dict[str, Any]:
-    """The fields every new PENDING record starts with, but for its own id, task and queue."""
-    common = new_record_fields("", "", "", created)
-    for name in ("task_id", "task", "queue"):
-        del common[name]
-    return common
+    """The fields every new PENDING record starts with, but for its own id, task and queue,
+    and those that are null (a field never stored reads as null)."""
+    fields = new_record_fields("", "", "", created)
+    return {
+        name: value
+        for name, value in fields.items()
+        if value is not None and name not in ("task_id", "task", "queue")
+    }
 
 
 def pending_snapshot(common: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
