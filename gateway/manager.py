@@ -48,6 +48,7 @@ from shared.records import AsyncRecords, decode_snapshot, new_record_fields
 from shared.records_batch import (
     CHUNK,
     BatchRecords,
+    chunks,
     pending_common,
     pending_snapshot,
     pending_updates,
@@ -390,15 +391,14 @@ class TaskManager:
         """One script run per chunk writes its records, messages, outbox copies and PENDING
         updates. The runs are streamed over one connection (``ScriptRuns``): chunk k+1 is
         built while Redis runs chunk k, and Redis runs them in order (each sees the quota the
-        one before left)."""
+        one before left). The first chunk is small, so Redis starts early (``chunks``)."""
         assert isinstance(self.broker, OutboxBroker)
         max_active = self.settings.max_active
         snaps: list[Snapshot] = []
         runs = self.batch.runs()
         try:
             async with runs:
-                for start in range(0, len(subs), CHUNK):
-                    part = slice(start, start + CHUNK)
+                for part in chunks(len(subs)):
                     with gctune.paused():
                         records = _new_records(subs[part], ids[part])
                         chunk = [cast(Snapshot, pending_snapshot(common, r)) for r in records]
@@ -414,7 +414,7 @@ class TaskManager:
             # A chunk sent may have run, whatever its reply: take every record sent back (a
             # message without its record is never run). Redis that does not answer would only
             # hold the 503 up for another timeout: then the discard goes on in the background.
-            discard = self.records.discard_many(user, ids[: runs.sent * CHUNK])
+            discard = self.records.discard_many(user, ids[: len(snaps)])
             if isinstance(exc, RedisTimeout):
                 self._spawn(discard)
             else:

@@ -18,6 +18,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 from engineio import packet as eio_packet
+from redis.asyncio.connection import Connection
 from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -31,7 +32,7 @@ from gateway.redelivery import OutboxBroker, outbox_key
 from gateway.subscriber import Subscriber
 from shared.errors import BrokerUnavailable, RateLimited, TaskgateError
 from shared.records import AsyncRecords
-from shared.records_batch import ScriptRuns
+from shared.records_batch import ScriptRuns, pack_args
 from shared.redis_client import async_client
 from shared.settings import Settings
 from tests.conftest import auth
@@ -171,6 +172,16 @@ async def test_batch_of_several_chunks_is_accepted_in_order(
     first = ok[0]
     assert isinstance(first, dict)
     assert first["task_id"].encode() in tail
+
+
+def test_pack_args_is_what_redis_py_sends() -> None:
+    args: list[Any] = ["EVAL", "return 1", 0, "é\u20ac", b"a\r\nb", b"", -12, 10**18, "x" * 70_000]
+    reference = b"".join(Connection().pack_command(*args))
+    assert b"*%d\r\n" % len(args) + pack_args(args) == reference
+    assert pack_args([]) == b""
+    for bad in (1.5, True, None, ["x"]):
+        with pytest.raises(TypeError):
+            pack_args(["ok", bad])
 
 
 async def test_script_runs_run_in_order_and_an_error_drops_the_connection(
