@@ -51,7 +51,6 @@ from shared.records_batch import (
     chunks,
     pending_common,
     pending_snapshot,
-    pending_updates,
 )
 from shared.redis_client import async_client
 from shared.registry import TaskSpec, get_task, load_task_modules
@@ -403,7 +402,7 @@ class TaskManager:
                         records = _new_records(subs[part], ids[part])
                         chunk = [cast(Snapshot, pending_snapshot(common, r)) for r in records]
                         messages = _build_messages(subs[part], ids[part])
-                        inline = self.broker.inline(messages, pending_updates(user, chunk))
+                        inline = self.broker.inline(messages, [orjson.dumps(c) for c in chunk])
                         args = self.batch.create_args(
                             user, common, records, now, max_active, inline
                         )

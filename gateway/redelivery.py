@@ -140,14 +140,15 @@ class OutboxBroker:
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(f"broker unreachable: {type(exc).__name__}") from exc
 
-    def inline(self, messages: Sequence[TaskMessage], updates: Sequence[bytes]) -> InlinePush:
-        """``messages`` (with their PENDING ``updates``) as the broker part of the record
-        script (``BatchRecords.create``): pushed, copied to the outbox and announced in the
-        same atomic run that writes their records. The records' Redis is this one."""
+    def inline(self, messages: Sequence[TaskMessage], snapshots: Sequence[bytes]) -> InlinePush:
+        """``messages`` (with their tasks' PENDING ``snapshots``, JSON) as the broker part of
+        the record script (``BatchRecords.create_args``): pushed, copied to the outbox and
+        announced in the same atomic run that writes their records. The records' Redis is
+        this one."""
         entries = [
-            (key, envelope, outbox_at_key(self.keys, msg.queue), update)
-            for (msg, key, envelope), update in zip(
-                self.inner.envelopes(messages), updates, strict=True
+            (key, envelope, outbox_at_key(self.keys, msg.queue), snapshot)
+            for (msg, key, envelope), snapshot in zip(
+                self.inner.envelopes(messages), snapshots, strict=True
             )
         ]
         return InlinePush(outbox_key(self.keys), time.time(), entries)

@@ -24,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from gateway.subscriber import Subscriber
-from shared.schema import Update, decode_update
+from shared.schema import Update, decode_updates
 
 log = logging.getLogger("taskgate.relay")
 
@@ -129,13 +129,14 @@ class Relay:
 
     async def _handle(self, data: bytes) -> None:
         try:
-            update = decode_update(data)
+            updates = decode_updates(data)
         except ValueError as exc:
             self.skipped += 1
             log.warning("relay skipped a malformed message: %s", exc)
             return
-        try:
-            await self.deliver(update)
-            self.delivered += 1
-        except Exception:
-            log.exception("relay could not deliver an update of %s", update["owner"])
+        for update in updates:
+            try:
+                await self.deliver(update)
+                self.delivered += 1
+            except Exception:
+                log.exception("relay could not deliver an update of %s", update["owner"])

@@ -308,6 +308,12 @@ def update_bytes(owner: str, snapshot: bytes) -> bytes:
     return b'{"v":%d,"owner":%s,"snapshot":%s}' % (SCHEMA_VERSION, _enc(owner), snapshot)
 
 
+def updates_head(owner: str) -> bytes:
+    """The start of a message of several updates of ``owner`` (``schema.decode_updates``): the
+    snapshots follow, comma-separated, then ``]}``."""
+    return b'{"v":%d,"owner":%s,"snapshots":[' % (SCHEMA_VERSION, _enc(owner))
+
+
 def decode_snapshot(raw: bytes | str) -> Snapshot:
     snap: Snapshot = orjson.loads(raw)
     return snap

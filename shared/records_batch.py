@@ -19,7 +19,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from shared.keys import Keys
-from shared.records import new_record_fields, update_bytes
+from shared.records import new_record_fields, update_bytes, updates_head
 from shared.schema import SNAPSHOT_FIELDS
 
 CHUNK = 1000
@@ -29,14 +29,15 @@ FIRST_CHUNK = 250
 
 # ARGV: prefix, owner, created, max_active, retention, ncommon, then ncommon name/value pairs
 # shared by every record, nvarying, the nvarying names, then the broker part: 0 (none), or 1,
-# the progress channel, the outbox hash and the publish time. Then per record its task id and
-# its nvarying JSON-encoded values, and with a broker part its queue list, its message
-# envelope, its outbox time index and its PENDING update. Returns one code per record: 1
-# created, -2 id exists, -3 over max_active.
+# the progress channel, the outbox hash, the publish time and the head of the update message
+# (``records.updates_head``). Then per record its task id and its nvarying JSON-encoded values,
+# and with a broker part its queue list, its message envelope, its outbox time index and its
+# PENDING snapshot. Returns one code per record: 1 created, -2 id exists, -3 over max_active.
 #
 # With the broker part, each created record's message is pushed, its outbox copy kept and its
-# PENDING update published in the same atomic run: a task is accepted entirely or not at all,
-# and no worker can report on it before its PENDING update is out.
+# PENDING snapshot published (one message for the run, in the records' order) in the same
+# atomic run: a task is accepted entirely or not at all, and no worker can report on it before
+# its PENDING update is out.
 #
 # Redis's time per record is what bounds a large batch, so the loop allocates little: one HSET
 # argument table for the whole run, its per-record values overwritten in place. A record holds
@@ -59,10 +60,10 @@ for i = 1, nv do
 end
 at = at + nv + 1
 local inline = ARGV[at] == '1'
-local channel, outbox, now = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
-at = at + (inline and 4 or 1)
+local channel, outbox, now, head = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
+at = at + (inline and 5 or 1)
 local per = 1 + nv + (inline and 4 or 0)
-local copies, pushes, lists, stamps = {}, {}, {}, {}
+local copies, pushes, lists, stamps, pending = {}, {}, {}, {}, {}
 local active_key = prefix .. 'user:' .. owner .. ':active'
 local tasks_key = prefix .. 'user:' .. owner .. ':tasks'
 local room = 0
@@ -98,7 +99,7 @@ while at <= #ARGV do
       local l = pushes[list]
       if not l then l = {}; pushes[list] = l; lists[#lists + 1] = list end
       l[#l + 1] = envelope
-      redis.call('PUBLISH', channel, ARGV[base + 4])
+      pending[#pending + 1] = ARGV[base + 4]
     end
   end
   at = at + per
@@ -107,6 +108,9 @@ end
 for _, list in ipairs(lists) do redis.call('LPUSH', list, unpack(pushes[list])) end
 for since, z in pairs(stamps) do redis.call('ZADD', since, unpack(z)) end
 if #copies > 0 then redis.call('HSET', outbox, unpack(copies)) end
+if #pending > 0 then
+  redis.call('PUBLISH', channel, head .. table.concat(pending, ',') .. ']}')
+end
 -- One ZADD per index for the whole chunk (CHUNK keeps unpack below Lua's stack limit).
 if #members > 0 then
   redis.call('ZADD', tasks_key, unpack(members))
@@ -233,7 +237,9 @@ class BatchRecords:
         if inline is None:
             args.append(0)
         else:
-            args.extend((1, self.keys.progress_channel, inline.outbox, repr(inline.at)))
+            args.extend(
+                (1, self.keys.progress_channel, inline.outbox, repr(inline.at), updates_head(owner))
+            )
         for i, rec in enumerate(varying):
             args.append(rec["task_id"])
             args.extend([orjson.dumps(rec[n]) for n in names])
@@ -268,9 +274,9 @@ class BatchRecords:
 
 @dataclass(frozen=True, slots=True)
 class InlinePush:
-    """The broker part of ``BatchRecords.create`` (Redis broker on the records' Redis): the
-    outbox hash, the publish time, and per record (queue list, envelope, outbox time index,
-    PENDING update)."""
+    """The broker part of ``BatchRecords.create_args`` (Redis broker on the records' Redis):
+    the outbox hash, the publish time, and per record (queue list, envelope, outbox time
+    index, PENDING snapshot JSON)."""
 
     outbox: str
     at: float

@@ -89,16 +89,27 @@ def loads(data: bytes | str) -> Any:
     return orjson.loads(data)
 
 
-def decode_update(data: bytes | str) -> Update:
-    """Parse and check one pub/sub message; raise ``ValueError`` when it is not a valid update."""
+def decode_updates(data: bytes | str) -> list[Update]:
+    """Parse and check one pub/sub message; raise ``ValueError`` when it is not valid.
+
+    A message holds one update (``"snapshot"``, as every script that changes a record
+    publishes it) or several of one owner (``"snapshots"``, in order: the PENDING updates of
+    one accept run, ``shared.records_batch``); either way the result is one update each.
+    """
     msg = orjson.loads(data)
     if not isinstance(msg, dict) or msg.get("v") != SCHEMA_VERSION:
         raise ValueError("not a taskgate update of this schema version")
     owner = msg.get("owner")
-    snap = msg.get("snapshot")
-    if not isinstance(owner, str) or not isinstance(snap, dict):
-        raise ValueError("update without owner or snapshot")
-    if not isinstance(snap.get("task_id"), str) or not isinstance(snap.get("seq"), int):
-        raise ValueError("snapshot without task_id or seq")
-    update: Update = msg  # type: ignore[assignment]
-    return update
+    if not isinstance(owner, str):
+        raise ValueError("update without owner")
+    snaps = msg.get("snapshots")
+    if snaps is None:
+        snaps = [msg.get("snapshot")]
+    elif not isinstance(snaps, list) or not snaps:
+        raise ValueError("snapshots is not a non-empty list")
+    for snap in snaps:
+        if not isinstance(snap, dict):
+            raise ValueError("update without snapshot")
+        if not isinstance(snap.get("task_id"), str) or not isinstance(snap.get("seq"), int):
+            raise ValueError("snapshot without task_id or seq")
+    return [{"v": SCHEMA_VERSION, "owner": owner, "snapshot": snap} for snap in snaps]

@@ -31,12 +31,13 @@ from gateway.manager import TaskManager
 from gateway.redelivery import OutboxBroker, outbox_key
 from gateway.subscriber import Subscriber
 from shared.errors import BrokerUnavailable, RateLimited, TaskgateError
-from shared.records import AsyncRecords
+from shared.records import AsyncRecords, updates_head
 from shared.records_batch import ScriptRuns, pack_args
 from shared.redis_client import async_client
+from shared.schema import decode_updates
 from shared.settings import Settings
-from tests.conftest import auth
-from tests.support import RedisServer, SocketClient
+from tests.conftest import auth, make_token
+from tests.support import RedisServer, SocketClient, serve_gateway
 
 BODY = {"task": "demo.count", "input": {"steps": 2}}
 
@@ -115,10 +116,10 @@ async def test_submits_in_flight_are_grouped_and_each_answered(
             while len(seen) < 60:
                 message = await pubsub.get_message(timeout=1.0)
                 if message is not None:
-                    update = orjson.loads(message["data"])
-                    assert update["owner"] == "grouped"
-                    assert update["snapshot"]["task_id"] not in seen
-                    seen[update["snapshot"]["task_id"]] = update["snapshot"]
+                    for update in decode_updates(message["data"]):
+                        assert update["owner"] == "grouped"
+                        assert update["snapshot"]["task_id"] not in seen
+                        seen[update["snapshot"]["task_id"]] = update["snapshot"]
         assert sorted(seen) == sorted(ids)
         assert all(seen[s["task_id"]] == s for s in snaps)
     finally:
@@ -271,6 +272,53 @@ async def test_updates_are_written_straight_to_idle_sockets(
     text = await (await http.get("/metrics")).text()
     assert 'taskgate_socketio_frames_total{path="direct"}' in text
     assert "taskgate_submit_grouped_total" in text
+
+
+async def test_a_batch_announces_each_task_once_in_order(
+    env: dict[str, str],
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    aiohttp_client: Callable[..., Awaitable[Any]],
+) -> None:
+    """A batch's PENDING updates go out as one message per accept run (two runs here); the
+    relay hands each task's to the user's sockets, once, in the batch's order. (No worker
+    consumes this gateway's prefix: the tasks stay PENDING.)"""
+    settings = fresh(env, TASKGATE_SUBMIT_RATE="0", TASKGATE_MAX_ACTIVE="0")
+    server = await serve_gateway(aiohttp_server, settings)
+    http = await aiohttp_client(server)
+    who = f"announce-{uuid.uuid4().hex[:6]}"
+    client = await SocketClient(str(server.make_url("")), make_token(who)).connect()
+    try:
+        items = [{"task": "demo.count", "input": {"steps": 1}} for _ in range(300)]
+        resp = await http.post("/api/tasks/batch", json={"tasks": items}, headers=auth(who))
+        assert resp.status == 202
+        ids = [t["task_id"] for t in (await resp.json())["tasks"]]
+        assert len(set(ids)) == 300
+        await client.wait_for(lambda: all(i in client.events for i in ids), 20)
+        assert list(client.events) == ids  # first arrivals, in the batch's order
+        for task_id in ids:
+            assert [(e["status"], e["seq"]) for e in client.events[task_id]] == [("PENDING", 1)]
+    finally:
+        await client.close()
+
+
+def test_update_messages_of_one_or_many_snapshots() -> None:
+    snap = {"task_id": "t1", "seq": 1, "status": "PENDING"}
+    one = orjson.dumps({"v": 1, "owner": "u", "snapshot": snap})
+    assert decode_updates(one) == [{"v": 1, "owner": "u", "snapshot": snap}]
+    two = updates_head("u") + orjson.dumps(snap) + b"," + orjson.dumps({**snap, "task_id": "t2"})
+    decoded = decode_updates(two + b"]}")
+    assert [u["snapshot"]["task_id"] for u in decoded] == ["t1", "t2"]
+    assert all(u["owner"] == "u" for u in decoded)
+    for bad in (
+        {"v": 1, "owner": "u", "snapshots": []},
+        {"v": 1, "owner": "u", "snapshots": {"task_id": "t1"}},
+        {"v": 1, "owner": "u", "snapshots": [snap, {"seq": 2}]},
+        {"v": 1, "owner": "u", "snapshots": [snap, "x"]},
+        {"v": 1, "snapshots": [snap]},
+        {"v": 1, "owner": "u"},
+    ):
+        with pytest.raises(ValueError):
+            decode_updates(orjson.dumps(bad))
 
 
 async def test_a_packet_waiting_in_the_queue_is_never_overtaken(
