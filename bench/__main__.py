@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         help="how long the 10,000 connections are held (issue: 2 minutes)",
     )
     parser.add_argument("--p5-clients", type=int, default=10_000)
-    parser.add_argument("--p1-seconds", type=float, default=8.0)
+    parser.add_argument("--p1-seconds", type=float, default=9.0)
     parser.add_argument(
         "--profile", action="store_true", help="attach py-spy to the gateway in P1 and P3"
     )

@@ -100,8 +100,11 @@ async def read_json(request: web.Request) -> Any:
             f"request body too large (limit {limit} bytes)", details={"limit": limit}
         )
     try:
-        async with asyncio.timeout(BODY_TIMEOUT_S):
+        if request.content.is_eof():  # all of it arrived with the headers: nothing to wait for
             body = await request.read()
+        else:
+            async with asyncio.timeout(BODY_TIMEOUT_S):
+                body = await request.read()
     except TimeoutError:
         raise RequestTimeout("request body not received in time") from None
     except web.HTTPRequestEntityTooLarge:

@@ -25,6 +25,7 @@ import socketio
 from aiohttp.test_utils import TestServer
 from blockbuster import blockbuster_ctx
 
+from gateway import http_api
 from shared.settings import Settings
 from tests.conftest import make_token
 from tests.support import SECRET, SocketClient, footprint, isolated_env, serve_gateway
@@ -358,6 +359,30 @@ async def test_slow_body_does_not_hold_up_others(gate: Gate) -> None:
             assert resp.status == 200
     answer = await slow
     assert answer.startswith(b"HTTP/1.1 422"), answer[:200]
+
+
+async def test_body_that_stops_coming_is_408(gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Half a body, then nothing (the connection kept open): 408 once the body timeout passes,
+    and nothing accepted. A body that arrived with its headers never waits on that clock."""
+    monkeypatch.setattr(http_api, "BODY_TIMEOUT_S", 0.5)
+    before = await gate.footprint()
+    assert gate.server.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", gate.server.port)
+    try:
+        writer.write(request_head(gate, "Content-Length: 100\r\n") + b'{"task": "demo.co')
+        await writer.drain()
+        async with asyncio.timeout(10):
+            answer = await reader.read(65536)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b'"request_timeout"' in answer
+    assert await gate.footprint() == before
+    whole = json.dumps(COUNT).encode()
+    answer = await raw_exchange(
+        gate, request_head(gate, f"Content-Length: {len(whole)}\r\n") + whole, []
+    )
+    assert answer.startswith(b"HTTP/1.1 202"), answer[:200]
 
 
 async def test_garbage_instead_of_http_gets_400(gate: Gate) -> None:
