@@ -54,6 +54,7 @@ from shared.records_batch import (
 )
 from shared.redis_client import async_client
 from shared.registry import TaskSpec, get_task, load_task_modules
+from shared.resp import DEFAULT_TIMEOUT_S, Pipeline
 from shared.schema import Snapshot, Update
 from shared.settings import Settings
 from shared.status import TERMINAL_NAMES, TaskStatus
@@ -180,7 +181,11 @@ class TaskManager:
         load_task_modules(settings.task_modules)
         self.settings = settings
         self.records = records
-        self.batch = BatchRecords(records.client, settings.keys, settings.retention_s)
+        # The accept runs take their own pipelined connection to the records' Redis, with the
+        # records client's timeout (shared/resp.py).
+        timeout = records.client.connection_pool.connection_kwargs.get("socket_timeout")
+        self.pipe = Pipeline(settings.require_redis(), timeout or DEFAULT_TIMEOUT_S)
+        self.batch = BatchRecords(records.client, settings.keys, settings.retention_s, self.pipe)
         self.broker = broker
         self.control = control
         self.config = config or ManagerConfig.from_env()
@@ -394,10 +399,11 @@ class TaskManager:
         assert isinstance(self.broker, OutboxBroker)
         max_active = self.settings.max_active
         snaps: list[Snapshot] = []
-        runs = self.batch.runs()
+        parts = list(chunks(len(subs)))
+        runs = self.batch.runs(len(parts))
         try:
             async with runs:
-                for part in chunks(len(subs)):
+                for part in parts:
                     with gctune.paused():
                         records = _new_records(subs[part], ids[part])
                         chunk = [cast(Snapshot, pending_snapshot(common, r)) for r in records]
@@ -630,6 +636,7 @@ class TaskManager:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        self.pipe.close()
         for stop in self._owned:
             await stop()
         self._owned.clear()

@@ -93,6 +93,13 @@ class Relay:
                 delay = next(delays)
                 log.warning("relay lost Redis (%s); retrying in %.2fs", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
+            except Exception:
+                # A bug, not Redis: the relay starts over (and resyncs) rather than stop for
+                # good, which would leave every client without updates.
+                self.connected.clear()
+                delay = next(delays)
+                log.exception("relay failed; starting over in %.2fs", delay)
+                await asyncio.sleep(delay)
             finally:
                 self.connected.clear()
                 sub.close()

@@ -13,22 +13,14 @@ reads them (``redis.asyncio.connection.parse_url``).
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections import deque
 from typing import Any, cast
 
 import hiredis
-from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-
-def _command(*args: bytes | str) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        raw = arg.encode() if isinstance(arg, str) else arg
-        out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
-    return b"".join(out)
+from shared.resp import command, handshake, open_connection
 
 
 class _Protocol(asyncio.Protocol):
@@ -53,10 +45,11 @@ class _Protocol(asyncio.Protocol):
                 if self.transport is not None:
                     self.transport.abort()
                 break
-            if reply is False:
+            if reply is False:  # the rest of a large reply is still to come
                 break
             self.replies.append(reply)
-        self._wake()
+        if self.replies or self.lost is not None:
+            self._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.lost is None:
@@ -89,44 +82,26 @@ class Subscriber:
         self._proto = _Protocol()
 
     async def connect(self, timeout: float) -> None:
-        opts = parse_url(self.url)
-        loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout):
-            if opts.get("connection_class") is UnixDomainSocketConnection:
-                await loop.create_unix_connection(lambda: self._proto, opts["path"])
-            else:
-                context: ssl.SSLContext | None = None
-                if opts.get("connection_class") is SSLConnection:
-                    context = ssl.create_default_context()
-                    if opts.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
-                        context.check_hostname = False
-                        context.verify_mode = ssl.CERT_NONE
-                await loop.create_connection(
-                    lambda: self._proto,
-                    opts.get("host", "localhost"),
-                    int(opts.get("port", 6379)),
-                    ssl=context,
-                )
-            password = opts.get("password")
-            if password:
-                user = opts.get("username")
-                args = ("AUTH", user, password) if user else ("AUTH", password)
-                reply = await self._request(_command(*args))
+            await open_connection(self.url, self._proto, timeout)
+            for cmd in handshake(self.url, select=False):  # pub/sub ignores the database
+                reply = await self._request(cmd)
                 if isinstance(reply, hiredis.ReplyError):
                     raise AuthenticationError(str(reply))
 
     async def subscribe(self, channel: str) -> None:
-        reply = await self._request(_command("SUBSCRIBE", channel))
+        reply = await self._request(command("SUBSCRIBE", channel))
         if not (isinstance(reply, list) and reply[:1] == [b"subscribe"]):
             raise ResponseError(f"unexpected answer to SUBSCRIBE: {reply!r}")
 
     def ping(self) -> None:
-        self._send(_command("PING"))
+        self._send(command("PING"))
 
     async def replies(self) -> list[Any]:
         """Every reply received since the last call (waiting for at least one)."""
         proto = self._proto
-        await proto.wait()
+        while not proto.replies and proto.lost is None:
+            await proto.wait()
         if proto.replies:
             out = list(proto.replies)
             proto.replies.clear()
@@ -147,7 +122,8 @@ class Subscriber:
     async def _request(self, data: bytes) -> Any:
         """Send one command and take its reply (only before SUBSCRIBE: nothing else arrives)."""
         self._send(data)
-        await self._proto.wait()
+        while not self._proto.replies and self._proto.lost is None:
+            await self._proto.wait()
         if self._proto.replies:
             return self._proto.replies.popleft()
         assert self._proto.lost is not None

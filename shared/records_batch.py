@@ -11,15 +11,19 @@ chunk, then counted down).
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from shared.keys import Keys
 from shared.records import new_record_fields, update_bytes, updates_head
+from shared.resp import Arg, Pipeline, pack_args
 from shared.schema import SNAPSHOT_FIELDS
 
 CHUNK = 1000
@@ -119,6 +123,8 @@ end
 return codes
 """
 
+_CREATE_MANY_SHA = hashlib.sha1(CREATE_MANY_LUA.encode()).hexdigest()
+
 # ARGV: channel, then the updates to publish on it, in order.
 PUBLISH_MANY_LUA = """
 for i = 2, #ARGV do redis.call('PUBLISH', ARGV[1], ARGV[i]) end
@@ -134,85 +140,84 @@ def chunks(n: int) -> Iterator[slice]:
         start, size = start + size, CHUNK
 
 
-def pack_args(args: Sequence[str | bytes | int]) -> bytes:
-    """``args`` as RESP bulk strings, without the array header: ``$<len>\\r\\n<arg>\\r\\n``
-    each. Several times faster than redis-py's ``pack_command`` for the thousands of small
-    arguments of one accept run, whose packing was a third of its Python time."""
-    parts: list[bytes] = []
-    put = parts.append
-    for arg in args:
-        if type(arg) is not bytes:
-            if isinstance(arg, bool) or not isinstance(arg, (str, int)):
-                raise TypeError(f"cannot send {type(arg).__name__} to Redis")
-            arg = str(arg).encode()
-        put(b"$%d" % len(arg))
-        put(arg)
-    if not parts:
-        return b""
-    parts.append(b"")
-    return b"\r\n".join(parts)
-
-
 class ScriptRuns:
-    """Runs of one script sent back to back over one pooled connection, each as soon as the
-    caller has built it; ``replies`` reads them, in order.
+    """Runs of one script sent back to back over the shared pipelined connection
+    (``shared.resp.Pipeline``), each as soon as the caller has built it; ``replies`` reads
+    theirs, in order.
 
     Redis runs the commands of one connection in the order they were sent, so each run sees
     everything the one before did (the quota it left, the ids it created), as if they had been
     awaited one by one, while the caller builds run k+1 during Redis's work on run k: a
-    pipeline whose commands are not all known when it starts. ``EVAL`` rather than ``EVALSHA``:
-    a run can never fail with NOSCRIPT (which would leave the later runs to run without it);
-    the source is a few KiB against the megabyte of arguments a full run carries.
+    pipeline whose commands are not all known when it starts.
 
-    A connection left with replies unread (an error, a cancellation) is closed, not pooled.
+    A lone run (``single``: a group of submits, a small batch) goes as ``EVALSHA``, and again
+    as ``EVAL`` if Redis no longer has the script (NOSCRIPT: it did not run). Runs of a longer
+    stream always go as ``EVAL``: after a NOSCRIPT the later runs could have run before the
+    earlier one was sent again. The source is a few KiB against the megabyte of arguments of a
+    full run.
     """
 
-    def __init__(self, client: aioredis.Redis, source: str) -> None:
-        self._pool: Any = client.connection_pool  # redis-py's pool methods are untyped
-        self._head = pack_args(["EVAL", source, 0])
-        self._conn: Any = None
-        self.sent = 0
+    def __init__(self, pipe: Pipeline, source: str, sha: str, *, single: bool) -> None:
+        self._pipe = pipe
+        self._eval = pack_args(["EVAL", source, 0])
+        self._head = pack_args(["EVALSHA", sha, 0]) if single else self._eval
+        self._single = single
+        self._sent: list[tuple[asyncio.Future[Any], bytes, int]] = []
         self._read = 0
 
+    @property
+    def sent(self) -> int:
+        return len(self._sent)
+
     async def __aenter__(self) -> ScriptRuns:
-        self._conn = await self._pool.get_connection()
         return self
 
-    async def send(self, args: Sequence[str | bytes | int]) -> None:
-        """Send one run; it waits only while the socket's send buffer is full."""
-        packed = [b"*%d\r\n" % (3 + len(args)), self._head, pack_args(args)]
-        self.sent += 1
-        await self._conn.send_packed_command(packed, check_health=False)
+    async def send(self, args: Sequence[Arg]) -> None:
+        """Send one run (written at once; the socket buffers what Redis has not read yet)."""
+        if self._single and self._sent:
+            raise RuntimeError("a single run was announced")
+        body = pack_args(args)
+        fut = await self._pipe.send([b"*%d\r\n" % (3 + len(args)), self._head, body])
+        self._sent.append((fut, body, len(args)))
 
     async def replies(self) -> list[Any]:
         """The reply of every run sent and not yet read, in order; the first error reply is
         raised (``ResponseError``), as are connection errors and timeouts."""
         out = []
-        while self._read < self.sent:
-            out.append(await self._conn.read_response())
+        while self._read < len(self._sent):
+            fut, body, nargs = self._sent[self._read]
+            try:
+                reply = await self._pipe.reply(fut)
+            except NoScriptError:
+                if not self._single:
+                    raise
+                again = [b"*%d\r\n" % (3 + nargs), self._eval, body]
+                reply = await self._pipe.reply(await self._pipe.send(again))
+            out.append(reply)
             self._read += 1
         return out
 
     async def __aexit__(self, *exc: object) -> None:
-        conn, self._conn = self._conn, None
-        try:
-            if self._read < self.sent:
-                await conn.disconnect()
-        finally:
-            await self._pool.release(conn)
+        # Replies not read (an error, a cancellation) are dropped when they arrive; the
+        # connection stays in step.
+        for fut, _, _ in self._sent[self._read :]:
+            fut.cancel()
 
 
 class BatchRecords:
-    def __init__(self, client: aioredis.Redis, keys: Keys, retention_s: int) -> None:
+    def __init__(
+        self, client: aioredis.Redis, keys: Keys, retention_s: int, pipe: Pipeline
+    ) -> None:
         self.client = client
         self.keys = keys
         self.retention_s = retention_s
+        self.pipe = pipe
         self._publish = client.register_script(PUBLISH_MANY_LUA)
 
-    def runs(self) -> ScriptRuns:
-        """A stream of ``create_args`` runs (``ScriptRuns``): ``async with``, ``send`` each
-        chunk as it is built, then ``replies`` (one list of codes per run)."""
-        return ScriptRuns(self.client, CREATE_MANY_LUA)
+    def runs(self, count: int) -> ScriptRuns:
+        """A stream of ``count`` ``create_args`` runs (``ScriptRuns``): ``async with``, ``send``
+        each chunk as it is built, then ``replies`` (one list of codes per run)."""
+        return ScriptRuns(self.pipe, CREATE_MANY_LUA, _CREATE_MANY_SHA, single=count == 1)
 
     def create_args(
         self,
@@ -257,7 +262,7 @@ class BatchRecords:
     ) -> list[int]:
         """Create one record per ``varying`` dict (``create_args``), ``CHUNK`` per run, the
         runs streamed over one connection. One code per record."""
-        async with self.runs() as runs:
+        async with self.runs(-(-len(varying) // CHUNK)) as runs:
             for start in range(0, len(varying), CHUNK):
                 part = varying[start : start + CHUNK]
                 await runs.send(self.create_args(owner, common, part, created, max_active))

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
+import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -21,6 +24,7 @@ from engineio import packet as eio_packet
 from redis.asyncio.connection import Connection
 from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from gateway import fanout as fanout_module
 from gateway import gctune
@@ -32,8 +36,9 @@ from gateway.redelivery import OutboxBroker, outbox_key
 from gateway.subscriber import Subscriber
 from shared.errors import BrokerUnavailable, RateLimited, TaskgateError
 from shared.records import AsyncRecords, updates_head
-from shared.records_batch import ScriptRuns, pack_args
+from shared.records_batch import ScriptRuns
 from shared.redis_client import async_client
+from shared.resp import Pipeline, command, pack_args
 from shared.schema import decode_updates
 from shared.settings import Settings
 from tests.conftest import auth, make_token
@@ -185,35 +190,85 @@ def test_pack_args_is_what_redis_py_sends() -> None:
             pack_args(["ok", bad])
 
 
-async def test_script_runs_run_in_order_and_an_error_drops_the_connection(
-    env: dict[str, str],
-) -> None:
+async def test_script_runs_run_in_order_and_replies_stay_in_step(env: dict[str, str]) -> None:
     settings = fresh(env)
     client = async_client(settings.require_redis())
+    pipe = Pipeline(settings.require_redis())
     key = settings.keys.prefix + "runs"
     source = (
         "local n = redis.call('RPUSH', ARGV[1], ARGV[2]) "
         "if ARGV[2] == 'boom' then return redis.error_reply('boom') end return n"
     )
+    sha = hashlib.sha1(source.encode()).hexdigest()
     try:
-        async with ScriptRuns(client, source) as runs:
+        async with ScriptRuns(pipe, source, sha, single=False) as runs:
             for i in range(50):
                 await runs.send([key, f"v{i}"])
             # Each run saw every one before it: the list grew by one per run, in order.
             assert await runs.replies() == list(range(1, 51))
         await client.delete(key)
         with pytest.raises(ResponseError, match="boom"):
-            async with ScriptRuns(client, source) as runs:
+            async with ScriptRuns(pipe, source, sha, single=False) as runs:
                 for value in ("a", "boom", "c"):
                     await runs.send([key, value])
                 await runs.replies()
-        # Redis ran all three; the connection left with a reply unread was closed, so no later
-        # command on the pool reads that stale reply as its own.
+        # Redis ran all three. The reply left unread is dropped when it arrives: every later
+        # command on the shared connection still gets its own reply.
         assert await client.lrange(key, 0, -1) == [b"a", b"boom", b"c"]
-        for i in range(20):
-            assert await client.echo(f"e{i}") == f"e{i}".encode()
+        answers = await asyncio.gather(*(pipe.execute("ECHO", f"e{i}") for i in range(20)))
+        assert answers == [f"e{i}".encode() for i in range(20)]
+        # A lone run goes as EVALSHA; with the script gone from Redis it is sent again whole.
+        await client.script_flush()
+        async with ScriptRuns(pipe, source, sha, single=True) as runs:
+            await runs.send([key, "d"])
+            assert await runs.replies() == [4]
+        assert await client.script_exists(sha) == [True]
     finally:
+        pipe.close()
         await client.aclose()
+
+
+async def test_pipeline_authenticates_selects_and_fails_cleanly(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis", appendonly=False).start()
+    try:
+        admin = async_client(server.url)
+        await admin.config_set("requirepass", "s3cret")
+        await admin.aclose()
+        wrong = Pipeline(f"redis://:nope@127.0.0.1:{server.port}/0")
+        with pytest.raises(AuthenticationError):
+            await wrong.execute("PING")
+        wrong.close()
+        url = f"redis://:s3cret@127.0.0.1:{server.port}/3"
+        pipe = Pipeline(url, timeout=1.0)
+        await pipe.execute("SET", "k", b"in-db-3")
+        db3 = async_client(url)
+        assert await db3.get("k") == b"in-db-3"  # SELECT 3 was sent
+        await db3.aclose()
+        with pytest.raises(ResponseError, match="wrong number of arguments"):
+            await pipe.execute("GET")
+        assert await pipe.execute("GET", "k") == b"in-db-3"
+        # Redis frozen: a reply not in time is a TimeoutError, and everyone waiting behind it
+        # fails too (the connection is aborted); once Redis is back, the next command
+        # connects again.
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            waiting = [await pipe.send([command("GET", "k")]) for _ in range(3)]
+            with pytest.raises(RedisTimeout):
+                await pipe.reply(waiting[0])
+            for fut in waiting[1:]:
+                with pytest.raises((RedisTimeout, RedisConnectionError)):
+                    await pipe.reply(fut)
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        assert await pipe.execute("GET", "k") == b"in-db-3"
+        # Redis gone: a connection error, not a hang.
+        server.stop()
+        with pytest.raises((RedisConnectionError, RedisTimeout)):
+            await pipe.execute("GET", "k")
+        pipe.close()
+    finally:
+        server.stop()
 
 
 async def test_batch_failing_after_a_chunk_ran_leaves_nothing_accepted(tmp_path: Path) -> None:
@@ -405,6 +460,12 @@ async def test_subscriber_authenticates_and_receives_every_message(tmp_path: Pat
             while len(got) < 501:
                 got.extend(r[2] for r in await sub.replies() if r[0] == b"message")
         assert got == [b"first", *(b"m%d" % i for i in range(500))]
+        # A message far larger than one read arrives whole (its parts do not wake the reader).
+        big = bytes(range(256)) * 8192
+        await publisher.publish("chan", big)
+        async with asyncio.timeout(5):
+            whole = [r[2] for r in await sub.replies() if r[0] == b"message"]
+        assert whole == [big]
         sub.ping()
         async with asyncio.timeout(5):
             assert [b"pong", b""] in await sub.replies()
