@@ -11,7 +11,14 @@ and every gateway sweeps (``watch_outbox``, ``OUTBOX_SWEEP_LUA``, atomic): a PEN
 message is older than every message left in its queue (the queue has drained past it) and is not
 un-acked anywhere was lost; seen so on two sweeps ``confirm_s`` apart (a message between BRPOP
 and its un-acked entry is only briefly in neither), its copy is pushed back at the consuming end
-of its queue. Entries of tasks that left PENDING are dropped by the same sweep.
+of its queue.
+
+A task that started keeps its copy until it ends (``<prefix>outbox:running:<queue>``): when its
+worker dies, kombu's visibility timeout puts its message back in the queue, and from there a
+worker can lose it the same way (the soak caught one: restored, taken by BRPOP, worker killed
+before the un-acked entry). So a started task marked stalled (no heartbeat: its worker is gone)
+whose message is not un-acked either has its copy pushed back the same way. If the message was
+in fact still queued (a backlog), the task gets a second copy.
 
 A copy pushed back by mistake is harmless: a worker never runs a task whose record ended, and
 waits while another run of it is alive (``worker.runner``).
@@ -34,22 +41,55 @@ from gateway.broker import RedisBroker
 from gateway.celery_message import TaskMessage
 from shared.errors import BrokerUnavailable
 from shared.keys import Keys
+from shared.records import TERMINAL_LUA
 from shared.records_batch import InlinePush
 from shared.redis_client import raise_if_cancel_swallowed
 
 log = logging.getLogger("taskgate.redelivery")
 
-# KEYS: outbox hash, outbox:at:<queue> zset, kombu's un-acked hash, strikes hash.
+# KEYS: outbox hash, outbox:at:<queue> zset, kombu's un-acked hash, strikes hash,
+# outbox:running:<queue> zset.
 # ARGV: records prefix, queue's base list key, now, min_age_s, margin_s, confirm_s, limit.
 # Returns the ids pushed back.
-OUTBOX_SWEEP_LUA = """
-local outbox, at, unacked, strikes = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+OUTBOX_SWEEP_LUA = TERMINAL_LUA + """
+local outbox, at, unacked, strikes, running = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local prefix, base = ARGV[1], ARGV[2]
 local now, min_age, margin = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local confirm, limit = tonumber(ARGV[6]), tonumber(ARGV[7])
--- How far the queue has drained: the publish time of the oldest message left in any of its
--- priority lists (the tail is consumed next). A tail we know nothing about: wait.
+local held = nil
+local function is_held(id)
+  if not held then held = redis.call('HVALS', unacked) end
+  for _, m in ipairs(held) do
+    if string.find(m, id, 1, true) then return true end
+  end
+  return false
+end
+local function drop(id)
+  redis.call('HDEL', outbox, id)
+  redis.call('ZREM', at, id)
+  redis.call('ZREM', running, id)
+  redis.call('HDEL', strikes, id)
+end
+-- A message in neither its queue nor kombu's un-acked set: on the second sighting at least
+-- confirm_s after the first, its copy goes back to the consuming end of its queue.
+local pushed = {}
+local function strike(id)
+  redis.call('HSETNX', strikes, id, ARGV[3])
+  local first = tonumber(redis.call('HGET', strikes, id))
+  local copy = redis.call('HGET', outbox, id)
+  if copy and now - first >= confirm then
+    local nl = string.find(copy, '\\n', 1, true)
+    redis.call('RPUSH', string.sub(copy, 1, nl - 1), string.sub(copy, nl + 1))
+    redis.call('HDEL', strikes, id)
+    pushed[#pushed + 1] = id
+    return true
+  end
+  return false
+end
+-- 1. PENDING tasks. How far the queue has drained: the publish time of the oldest message left
+-- in any of its priority lists (the tail is consumed next). A tail we know nothing about: skip.
 local frontier = math.huge
+local known = true
 local lists = {base}
 for p = 1, 9 do lists[#lists + 1] = base .. '\\6\\22' .. p end
 for _, l in ipairs(lists) do
@@ -57,40 +97,45 @@ for _, l in ipairs(lists) do
   if tail then
     local id = string.match(tail, '"id": ?"([%x%-]+)"')
     local s = id and redis.call('ZSCORE', at, id)
-    if not s then return {} end
+    if not s then known = false break end
     s = tonumber(s)
     if s < frontier then frontier = s end
   end
 end
-local cutoff = math.min(now - min_age, frontier - margin)
-local ids = redis.call('ZRANGEBYSCORE', at, '-inf', cutoff, 'LIMIT', 0, limit)
-if #ids == 0 then return {} end
-local held = redis.call('HVALS', unacked)
-local pushed = {}
-for _, id in ipairs(ids) do
-  local status = redis.call('HGET', prefix .. 'task:' .. id, 'status')
-  if status ~= '"PENDING"' then
-    redis.call('HDEL', outbox, id)
-    redis.call('ZREM', at, id)
-    redis.call('HDEL', strikes, id)
-  else
-    local found = false
-    for _, m in ipairs(held) do
-      if string.find(m, id, 1, true) then found = true break end
+if known then
+  local cutoff = math.min(now - min_age, frontier - margin)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', at, '-inf', cutoff, 'LIMIT', 0, limit)) do
+    local status = redis.call('HGET', prefix .. 'task:' .. id, 'status')
+    if not status or TERMINAL[status] then
+      drop(id)
+    elseif status ~= '"PENDING"' then
+      -- Started: from now on watched as a running task (2.), its copy kept until it ends.
+      redis.call('ZREM', at, id)
+      redis.call('ZADD', running, now, id)
+      redis.call('HDEL', strikes, id)
+    elseif is_held(id) then
+      redis.call('HDEL', strikes, id)
+    elseif strike(id) then
+      redis.call('ZADD', at, now, id)
     end
-    if found then
+  end
+end
+-- 2. Started tasks, oldest look first. One whose worker died is marked stalled (no heartbeat)
+-- and its message is un-acked until kombu's visibility timeout puts it back in its queue. But
+-- a message put back is taken with BRPOP like any other, and lost like any other by a worker
+-- that dies before marking it un-acked: a stalled task whose message is not un-acked is
+-- pushed back the same way. Each one looked at goes to the end of the line.
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', running, '-inf', now - min_age,
+                               'LIMIT', 0, limit)) do
+  local cur = redis.call('HMGET', prefix .. 'task:' .. id, 'status', 'stalled')
+  if not cur[1] or TERMINAL[cur[1]] then
+    drop(id)
+  else
+    redis.call('ZADD', running, now, id)
+    if cur[2] ~= 'true' or is_held(id) then
       redis.call('HDEL', strikes, id)
     else
-      redis.call('HSETNX', strikes, id, ARGV[3])
-      local first = tonumber(redis.call('HGET', strikes, id))
-      local copy = redis.call('HGET', outbox, id)
-      if copy and now - first >= confirm then
-        local nl = string.find(copy, '\\n', 1, true)
-        redis.call('RPUSH', string.sub(copy, 1, nl - 1), string.sub(copy, nl + 1))
-        redis.call('HDEL', strikes, id)
-        redis.call('ZADD', at, now, id)
-        pushed[#pushed + 1] = id
-      end
+      strike(id)
     end
   end
 end
@@ -108,6 +153,10 @@ def outbox_at_key(keys: Keys, queue: str) -> str:
 
 def strikes_key(keys: Keys) -> str:
     return f"{keys.prefix}outbox:strikes"
+
+
+def outbox_running_key(keys: Keys, queue: str) -> str:
+    return f"{keys.prefix}outbox:running:{queue}"
 
 
 class OutboxBroker:
@@ -190,6 +239,7 @@ async def watch_outbox(
                             outbox_at_key(keys, queue),
                             unacked,
                             strikes_key(keys),
+                            outbox_running_key(keys, queue),
                         ],
                         args=[
                             keys.prefix,

@@ -57,7 +57,8 @@ end
     version=SCHEMA_VERSION,
 )
 
-_TERMINAL_LUA = "local TERMINAL = {%s}\n" % ", ".join(
+# Lua: TERMINAL[status] is true for a terminal status as records store it (JSON-encoded).
+TERMINAL_LUA = "local TERMINAL = {%s}\n" % ", ".join(
     f"['\"{name}\"'] = true" for name in sorted(TERMINAL_NAMES)
 )
 
@@ -68,7 +69,7 @@ _TERMINAL_LUA = "local TERMINAL = {%s}\n" % ", ".join(
 # -1 no such record (or not the owner's).
 TRANSITION_LUA = (
     _SNAPSHOT_LUA
-    + _TERMINAL_LUA
+    + TERMINAL_LUA
     + """
 local key = KEYS[1]
 local prefix, retention, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]

@@ -733,3 +733,37 @@ async def test_message_lost_between_brpop_and_unacked_is_published_again(
     final = await client.wait_terminal(task_id, timeout=30)
     assert final["status"] == "COMPLETED"
     check_stream(client.events[task_id])
+
+
+async def test_started_task_whose_put_back_message_is_lost_runs_again(
+    stack: Stack, gw: TestServer, sockets: Connect
+) -> None:
+    """The state the soak left once, read back from Redis's append-only file: a task RUNNING
+    when its worker was SIGKILLed; kombu's visibility timeout put its message back in the
+    queue; a worker took it with BRPOP and was killed before marking it un-acked. The message
+    was then nowhere and the task stayed RUNNING for good.
+
+    Here: a real worker runs the task and is SIGKILLed (the message is un-acked); then the
+    un-acked entry and the message are removed, as that second worker's BRPOP and death did.
+    The outbox pushes the copy back once the task shows stalled, and a new worker finishes it.
+    """
+    name = user()
+    client = await sockets(base(gw), name)
+    stack.ensure_worker()
+    body = {"task": "faults.steps", "input": {"steps": 40, "delay": 0.1}}
+    task_id = (await submit(base(gw), name, body))[1]["task_id"]
+    await client.wait_for(lambda: any(e["status"] == "RUNNING" for e in client.events[task_id]))
+    await asyncio.to_thread(stack.stop_worker, signal.SIGKILL)
+    unacked = f"{stack.prefix}broker:unacked"
+    assert stack.sync.hexists(unacked, task_id)
+    stack.sync.hdel(unacked, task_id)
+    stack.sync.zrem(f"{stack.prefix}broker:unacked_index", task_id)
+    lists = list(stack.sync.scan_iter(match=f"{stack.prefix}broker:fast*"))
+    assert not any(task_id.encode() in m for k in lists for m in stack.sync.lrange(k, 0, -1))
+    assert stack.record(task_id)["status"] == '"RUNNING"'
+
+    await asyncio.to_thread(stack.start_worker)
+    final = await client.wait_terminal(task_id, timeout=40)
+    assert final["status"] == "COMPLETED"
+    assert stack.record(task_id)["_attempt"] == "2"
+    check_stream(client.events[task_id])
