@@ -51,7 +51,9 @@ log = logging.getLogger("taskgate.redelivery")
 # outbox:running:<queue> zset.
 # ARGV: records prefix, queue's base list key, now, min_age_s, margin_s, confirm_s, limit.
 # Returns the ids pushed back.
-OUTBOX_SWEEP_LUA = TERMINAL_LUA + """
+OUTBOX_SWEEP_LUA = (
+    TERMINAL_LUA
+    + """
 local outbox, at, unacked, strikes, running = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local prefix, base = ARGV[1], ARGV[2]
 local now, min_age, margin = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -141,6 +143,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', running, '-inf', now - min_age,
 end
 return pushed
 """
+)
 
 
 def outbox_key(keys: Keys) -> str:
