@@ -250,6 +250,11 @@ class TaskManager:
     async def deliver_update(self, update: Update) -> None:
         self.notify(update["snapshot"])
 
+    @property
+    def waiting(self) -> bool:
+        """Whether any ``wait_result`` is waiting for a task to end."""
+        return bool(self._waiters)
+
     def notify(self, snap: Snapshot) -> None:
         """Wake whoever waits for this task's end (called by the relay for every update)."""
         if snap["status"] in TERMINAL_NAMES:
@@ -261,30 +266,31 @@ class TaskManager:
         """The task's terminal snapshot; ``ResultTimeout`` if it has not ended in ``timeout``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)
-        while True:
-            # Registered before the read, so an end that lands in between is not missed; the
-            # poll covers an update pub/sub lost.
-            fut: asyncio.Future[Snapshot] = loop.create_future()
-            snap = await self.get(user, task_id)
-            assert isinstance(task_id, str)
-            if snap["status"] in TERMINAL_NAMES:
-                return snap
+        snap = await self.get(user, task_id)
+        assert isinstance(task_id, str)
+        while snap["status"] not in TERMINAL_NAMES:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise ResultTimeout(
                     f"task has not ended after {timeout:g}s", details={"task_id": task_id}
                 )
+            fut: asyncio.Future[Snapshot] = loop.create_future()
             self._waiters[task_id].append(fut)
             try:
-                return await asyncio.wait_for(fut, min(remaining, RESULT_POLL_S))
-            except TimeoutError:
-                pass
+                await asyncio.wait((fut,), timeout=min(remaining, RESULT_POLL_S))
+                if not fut.done():
+                    # Read while still registered, so an end that lands during the read is not
+                    # missed; the poll covers an update pub/sub lost.
+                    snap = await self.get(user, task_id)
+                if fut.done():
+                    return fut.result()
             finally:
                 waiting = self._waiters.get(task_id)
                 if waiting is not None and fut in waiting:
                     waiting.remove(fut)
                     if not waiting:
                         del self._waiters[task_id]
+        return snap
 
     async def submit(self, user: str, body: Any) -> Snapshot:
         """Accept one task: record first, then the broker. 503 leaves nothing accepted.

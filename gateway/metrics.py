@@ -21,6 +21,10 @@ _HELP = {
     "taskgate_tasks_submitted_total": ("counter", "Tasks accepted, by task name"),
     "taskgate_relay_updates_total": ("counter", "Updates the relay delivered to rooms"),
     "taskgate_relay_skipped_total": ("counter", "Malformed pub/sub messages skipped"),
+    "taskgate_relay_unheard_total": (
+        "counter",
+        "Pub/sub messages left unparsed: no socket of their user here, no result waited for",
+    ),
     "taskgate_relay_reconnects_total": ("counter", "Times the relay reconnected to Redis"),
     "taskgate_relay_connected": ("gauge", "1 while the relay is subscribed"),
     "taskgate_socketio_connections": ("gauge", "Connected Socket.IO clients"),
@@ -101,6 +105,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
     relay = app[RELAY]
     gauges["taskgate_relay_updates_total"][()] = relay.delivered
     gauges["taskgate_relay_skipped_total"][()] = relay.skipped
+    gauges["taskgate_relay_unheard_total"][()] = relay.unheard
     gauges["taskgate_relay_reconnects_total"][()] = relay.reconnects
     gauges["taskgate_relay_connected"][()] = 1.0 if relay.connected.is_set() else 0.0
     gauges["taskgate_socketio_connections"][()] = len(app[SIO].eio.sockets)

@@ -2,10 +2,14 @@
 
 It subscribes to the progress channel (``gateway.subscriber``: a bare protocol that queues all
 replies of a read at once, instead of redis-py's per-message machinery) and hands each valid
-update to ``deliver``. A malformed
-message is logged and skipped. When the connection drops, it reconnects with capped exponential
-backoff and jitter, then calls ``resync`` so that whatever changed while it was away is re-sent
-from the records (the records are the truth; pub/sub is only the fast path).
+update to ``deliver``. A malformed message is logged and skipped. A message for a user nobody
+here listens to (``listening``: no socket of theirs on this gateway, no caller waiting for a
+result) is dropped unparsed, from its head alone: with several gateways each one receives every
+update, and most are not its users'.
+
+When the connection drops, it reconnects with capped exponential backoff and jitter, then calls
+``resync`` so that whatever changed while it was away is re-sent from the records (the records
+are the truth; pub/sub is only the fast path).
 
 A connection can also die silently (a frozen server, a dropped NAT entry): no error, just no
 messages. So when the channel has been quiet for ``ping_interval`` seconds the relay sends a
@@ -24,12 +28,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from gateway.subscriber import Subscriber
-from shared.schema import Update, decode_updates
+from shared.schema import Update, decode_updates, owner_of
 
 log = logging.getLogger("taskgate.relay")
 
 Deliver = Callable[[Update], Awaitable[None]]
 Resync = Callable[[], Awaitable[None]]
+Listening = Callable[[str], bool]
 
 BACKOFF_START_S = 0.1
 BACKOFF_CAP_S = 5.0
@@ -54,6 +59,7 @@ class Relay:
         deliver: Deliver,
         resync: Resync | None = None,
         *,
+        listening: Listening | None = None,
         ping_interval: float = PING_INTERVAL_S,
         ping_timeout: float = PING_TIMEOUT_S,
     ) -> None:
@@ -61,11 +67,13 @@ class Relay:
         self.channel = channel
         self.deliver = deliver
         self.resync = resync
+        self.listening = listening
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.connected = asyncio.Event()
         self.delivered = 0
         self.skipped = 0
+        self.unheard = 0
         self.reconnects = 0
         self.resyncs = 0
 
@@ -135,6 +143,11 @@ class Relay:
                     await self._handle(reply[2])
 
     async def _handle(self, data: bytes) -> None:
+        if self.listening is not None:
+            owner = owner_of(data)
+            if owner is not None and not self.listening(owner):
+                self.unheard += 1
+                return
         try:
             updates = decode_updates(data)
         except ValueError as exc:

@@ -89,6 +89,35 @@ def loads(data: bytes | str) -> Any:
     return orjson.loads(data)
 
 
+_HEAD = b'{"v":%d,"owner":"' % SCHEMA_VERSION
+_OWNER_END = b',"snapshot'
+
+
+def owner_of(data: bytes) -> str | None:
+    """The owner of an update message as the scripts and ``records`` write it, read from its
+    head without parsing the rest; ``None`` when the head is not that (then decode it all).
+
+    The owner is the first value, a JSON string, and ``,"`` cannot occur inside a JSON string
+    (its quotes are escaped), so the string ends where ``,"snapshot`` first appears."""
+    if not data.startswith(_HEAD):
+        return None
+    end = data.find(_OWNER_END, len(_HEAD))
+    if end < 0:
+        return None
+    raw = data[len(_HEAD) - 1 : end]
+    inner = raw[1:-1]
+    if len(raw) >= 2 and raw.endswith(b'"') and b"\\" not in inner and b'"' not in inner:
+        try:
+            return inner.decode()
+        except UnicodeDecodeError:
+            return None
+    try:
+        owner = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return owner if isinstance(owner, str) else None
+
+
 def decode_updates(data: bytes | str) -> list[Update]:
     """Parse and check one pub/sub message; raise ``ValueError`` when it is not valid.
 

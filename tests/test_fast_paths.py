@@ -28,19 +28,21 @@ from redis.exceptions import TimeoutError as RedisTimeout
 
 from gateway import fanout as fanout_module
 from gateway import gctune
-from gateway.appkeys import FANOUT, SIO
+from gateway import manager as manager_module
+from gateway.appkeys import FANOUT, MANAGER, RECORDS, RELAY, SIO
 from gateway.broker import RedisBroker, redis_priority
 from gateway.fanout import Fanout
 from gateway.manager import TaskManager
 from gateway.redelivery import OutboxBroker, outbox_key
 from gateway.subscriber import Subscriber
 from shared.errors import BrokerUnavailable, RateLimited, TaskgateError
-from shared.records import AsyncRecords, updates_head
+from shared.records import AsyncRecords, update_bytes, updates_head
 from shared.records_batch import ScriptRuns
 from shared.redis_client import async_client
 from shared.resp import Pipeline, command, pack_args
-from shared.schema import decode_updates
+from shared.schema import decode_updates, owner_of
 from shared.settings import Settings
+from shared.status import TaskStatus
 from tests.conftest import auth, make_token
 from tests.support import RedisServer, SocketClient, serve_gateway
 
@@ -374,6 +376,89 @@ def test_update_messages_of_one_or_many_snapshots() -> None:
     ):
         with pytest.raises(ValueError):
             decode_updates(orjson.dumps(bad))
+
+
+OWNERS = ["u", "a/b", 'q"uote', "back\\slash", ',"snapshot":[', "ünï 中", "\u2028", "😀", ""]
+
+
+def test_owner_is_read_from_the_head_as_a_full_decode_reads_it(env: dict[str, str]) -> None:
+    """``owner_of`` reads what ``decode_updates`` would, for heads as Python writes them and as
+    the scripts write them (Lua's cjson escapes ``/``); anything else is None (decode it all)."""
+    import redis
+
+    snap = orjson.dumps({"task_id": "t1", "seq": 1, "status": "PENDING"})
+    sync = redis.Redis.from_url(env["TASKGATE_REDIS_URL"])
+    try:
+        for owner in OWNERS:
+            lua_owner = sync.eval("return cjson.encode(ARGV[1])", 0, owner)
+            for message in (
+                update_bytes(owner, snap),
+                updates_head(owner) + snap + b"]}",
+                b'{"v":1,"owner":' + lua_owner + b',"snapshot":' + snap + b"}",
+            ):
+                assert owner_of(message) == owner, message
+                assert decode_updates(message)[0]["owner"] == owner
+    finally:
+        sync.close()
+    for bad in (
+        b"not json",
+        b'{"v":2,"owner":"u","snapshot":{}}',
+        b'{"v":1,"owner":5,"snapshot":{}}',
+        b'{"v": 1, "owner": "u", "snapshot": {}}',
+        b'{"v":1,"owner":"u"}',
+        b'{"v":1,"owner":"u"x","snapshot":{}}',
+        b'{"v":1,"owner":",snapshot":{}}',
+        b'{"v":1,"owner":"\xff","snapshot":{}}',
+        b'{"v":1,"owner":"a\\","snapshot":{}}',
+    ):
+        assert owner_of(bad) is None, bad
+
+
+async def test_relay_leaves_unparsed_the_updates_nobody_here_listens_to(
+    env: dict[str, str],
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    aiohttp_client: Callable[..., Awaitable[Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Updates of a user with no socket on this gateway are dropped unparsed; a connected user
+    still gets theirs, and a ``wait_result`` makes the relay read them all again (the end
+    wakes it, well before the poll would)."""
+    settings = fresh(env, TASKGATE_SUBMIT_RATE="0")
+    server = await serve_gateway(aiohttp_server, settings)
+    http = await aiohttp_client(server)
+    relay = server.app[RELAY]
+    here, away = f"here-{uuid.uuid4().hex[:6]}", f"away-{uuid.uuid4().hex[:6]}"
+    client = await SocketClient(str(server.make_url("")), make_token(here)).connect()
+    try:
+        resp = await http.post("/api/tasks", json=BODY, headers=auth(away))
+        assert resp.status == 202
+        away_task = (await resp.json())["task_id"]
+        delivered = relay.delivered
+        resp = await http.post("/api/tasks", json=BODY, headers=auth(here))
+        here_task = (await resp.json())["task_id"]
+        await client.wait_for(lambda: here_task in client.events, 10)
+        # The relay reads the channel in order: away's PENDING came before here's.
+        assert relay.unheard == 1 and relay.delivered == delivered + 1
+        assert away_task not in client.events
+
+        monkeypatch.setattr(manager_module, "RESULT_POLL_S", 60.0)
+        manager = server.app[MANAGER]
+        waiter = asyncio.create_task(manager.wait_result(away, away_task, 60))
+        async with asyncio.timeout(10):
+            while not manager.waiting:  # noqa: ASYNC110 (state of another task)
+                await asyncio.sleep(0.01)
+        unheard = relay.unheard
+        done = await server.app[RECORDS].transition(
+            away_task, "status", status=TaskStatus.COMPLETED
+        )
+        assert done.applied
+        async with asyncio.timeout(10):
+            final = await waiter
+        assert final["status"] == "COMPLETED" and final["seq"] == done.seq
+        assert relay.unheard == unheard
+        assert not manager.waiting
+    finally:
+        await client.close()
 
 
 async def test_a_packet_waiting_in_the_queue_is_never_overtaken(
