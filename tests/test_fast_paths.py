@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import hashlib
+import itertools
 import os
 import signal
 import uuid
@@ -31,6 +32,7 @@ from gateway import gctune
 from gateway import manager as manager_module
 from gateway.appkeys import FANOUT, MANAGER, RECORDS, RELAY, SIO
 from gateway.broker import RedisBroker, redis_priority
+from gateway.coalesce import pieces
 from gateway.fanout import Fanout
 from gateway.manager import TaskManager
 from gateway.redelivery import OutboxBroker, outbox_key
@@ -111,8 +113,8 @@ async def test_submits_in_flight_are_grouped_and_each_answered(
         snaps = [a for a in answers if isinstance(a, dict)]
         ids = [s["task_id"] for s in snaps]
         assert len(set(ids)) == 60
-        # Fewer groups than submits: they were written together, not one by one.
-        assert manager.submit_groups.items == 60 and manager.submit_groups.groups < 60
+        # Written together, not one by one: a few pieces (gateway.coalesce.pieces).
+        assert manager.submit_groups.items == 60 and manager.submit_groups.groups <= 12
         for snap in snaps[:5]:
             assert snap["status"] == "PENDING" and snap["seq"] == 1
             assert await manager.get("grouped", snap["task_id"]) == snap
@@ -131,6 +133,20 @@ async def test_submits_in_flight_are_grouped_and_each_answered(
         assert all(seen[s["task_id"]] == s for s in snaps)
     finally:
         await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+def test_submits_collected_at_once_are_written_in_a_few_even_pieces() -> None:
+    assert pieces(27, 8, 4, 1000) == [(0, 8), (8, 16), (16, 24), (24, 27)]
+    assert pieces(5, 8, 4, 1000) == [(0, 5)]
+    assert pieces(1000, 8, 4, 1000) == [(0, 250), (250, 500), (500, 750), (750, 1000)]
+    assert pieces(4500, 8, 4, 1000) == [(i, min(4500, i + 1000)) for i in range(0, 4500, 1000)]
+    assert pieces(0, 8, 4, 1000) == []
+    for n in range(1, 300):
+        got = pieces(n, 8, 4, 64)
+        assert got[0][0] == 0 and got[-1][1] == n
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(got))
+        assert all(0 < end - start <= 64 for start, end in got)
+        assert len(got) <= max(4, -(-n // 64))
 
 
 async def test_group_beyond_the_bucket_gets_429_for_the_rest_only(
