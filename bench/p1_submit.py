@@ -147,7 +147,8 @@ def run(
 
 
 def _avg_group(port: int) -> float:
-    """Submits per group (gateway/coalesce.py) over the gateway's life, from its /metrics."""
+    """Submits per script run (gateway/coalesce.py: groups go in pieces) over the gateway's life,
+    from its /metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         text = resp.read().decode()
     values = {}

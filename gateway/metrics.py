@@ -32,7 +32,10 @@ _HELP = {
         "counter",
         "Relay and heartbeat packets, by path: written straight to the socket, or queued",
     ),
-    "taskgate_submit_groups_total": ("counter", "Groups single submits were accepted in"),
+    "taskgate_submit_groups_total": (
+        "counter",
+        "Script runs single submits were accepted in (a group goes in up to 4 pieces)",
+    ),
     "taskgate_submit_grouped_total": ("counter", "Single submits accepted through groups"),
     "taskgate_gc_pause_seconds_total": (
         "counter",
