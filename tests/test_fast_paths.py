@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 import pytest
+import redis
 from aiohttp.test_utils import TestServer
 from engineio import packet as eio_packet
 from redis.asyncio.connection import Connection
@@ -400,8 +401,6 @@ OWNERS = ["u", "a/b", 'q"uote', "back\\slash", ',"snapshot":[', "ünï 中", "\u
 def test_owner_is_read_from_the_head_as_a_full_decode_reads_it(env: dict[str, str]) -> None:
     """``owner_of`` reads what ``decode_updates`` would, for heads as Python writes them and as
     the scripts write them (Lua's cjson escapes ``/``); anything else is None (decode it all)."""
-    import redis
-
     snap = orjson.dumps({"task_id": "t1", "seq": 1, "status": "PENDING"})
     sync = redis.Redis.from_url(env["TASKGATE_REDIS_URL"])
     try:
