@@ -136,7 +136,7 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
         def listening(owner: str) -> bool:
             """Does any update of ``owner`` matter here: a socket of theirs in this process, or
             a ``wait_result`` (which may be theirs)? Else ``deliver`` would do nothing."""
-            return manager.waiting or bool(sio.manager.rooms.get("/", {}).get(user_room(owner)))
+            return manager.waiting or fanout.occupied(user_room(owner))
 
         relay = Relay(
             redis_url, settings.keys.progress_channel, deliver, resync, listening=listening

@@ -101,6 +101,10 @@ class Fanout:
         # Engine.IO MESSAGE is "4" followed by the Socket.IO packet.
         return text, text_frame(b"4" + text.encode())
 
+    def occupied(self, room: str) -> bool:
+        """Whether any socket of this process is in ``room``."""
+        return bool(self.sio.manager.rooms.get(NAMESPACE, {}).get(room))
+
     async def to_room(self, room: str, event: str, payload: Any) -> int:
         """Send to every socket in ``room``; returns how many it was sent or queued for."""
         targets = [eio for _, eio in self.sio.manager.get_participants(NAMESPACE, room)]

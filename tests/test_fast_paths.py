@@ -444,6 +444,7 @@ async def test_relay_leaves_unparsed_the_updates_nobody_here_listens_to(
     relay = server.app[RELAY]
     here, away = f"here-{uuid.uuid4().hex[:6]}", f"away-{uuid.uuid4().hex[:6]}"
     client = await SocketClient(str(server.make_url("")), make_token(here)).connect()
+    waiter: asyncio.Task[Any] | None = None
     try:
         resp = await http.post("/api/tasks", json=BODY, headers=auth(away))
         assert resp.status == 202
@@ -473,6 +474,8 @@ async def test_relay_leaves_unparsed_the_updates_nobody_here_listens_to(
         assert relay.unheard == unheard
         assert not manager.waiting
     finally:
+        if waiter is not None:
+            waiter.cancel()
         await client.close()
 
 
