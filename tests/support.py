@@ -179,7 +179,9 @@ class SocketClient:
         await self.wait_for(
             lambda: any(e["status"] in terminal for e in self.events[task_id]), timeout
         )
-        return self.events[task_id][-1]
+        # The terminal update itself, not the last to arrive: on RabbitMQ the PENDING (seq 1)
+        # is announced once the broker confirmed, which can be after a short task ended.
+        return next(e for e in self.events[task_id] if e["status"] in terminal)
 
     async def close(self) -> None:
         await self.sio.disconnect()
