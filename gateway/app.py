@@ -40,7 +40,7 @@ from gateway.openapi import add_openapi_route
 from gateway.origins import OriginPolicy
 from gateway.redelivery import OutboxBroker, watch_outbox
 from gateway.relay import Relay
-from gateway.sockets import register_socket_handlers, user_room
+from gateway.sockets import USER_ROOM, register_socket_handlers, user_room
 from gateway.stalls import watch_stalls
 from gateway.workflows import WorkflowNotifier
 from shared.errors import BrokerUnavailable
@@ -127,11 +127,10 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
                 notifier.child_changed(update["owner"], workflow_id)
 
         async def resync() -> None:
-            for room in list(sio.manager.rooms.get("/", {})):
-                if isinstance(room, str) and room.startswith("user:"):
-                    for snap in await manager.live(room[len("user:") :]):
-                        manager.notify(snap)
-                        await fanout.to_room(room, "task", snap)
+            for room in fanout.rooms(USER_ROOM):
+                for snap in await manager.live(room[len(USER_ROOM) :]):
+                    manager.notify(snap)
+                    await fanout.to_room(room, "task", snap)
 
         def listening(owner: str) -> bool:
             """Does any update of ``owner`` matter here: a socket of theirs in this process, or

@@ -105,6 +105,11 @@ class Fanout:
         """Whether any socket of this process is in ``room``."""
         return bool(self.sio.manager.rooms.get(NAMESPACE, {}).get(room))
 
+    def rooms(self, prefix: str) -> list[str]:
+        """The rooms with a socket of this process whose names start with ``prefix``."""
+        rooms = self.sio.manager.rooms.get(NAMESPACE, {})
+        return [r for r in rooms if isinstance(r, str) and r.startswith(prefix)]
+
     async def to_room(self, room: str, event: str, payload: Any) -> int:
         """Send to every socket in ``room``; returns how many it was sent or queued for."""
         targets = [eio for _, eio in self.sio.manager.get_participants(NAMESPACE, room)]

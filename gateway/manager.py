@@ -264,33 +264,35 @@ class TaskManager:
 
     async def wait_result(self, user: str, task_id: object, timeout: float) -> Snapshot:
         """The task's terminal snapshot; ``ResultTimeout`` if it has not ended in ``timeout``."""
+        if not valid_task_id(task_id):
+            raise NotFound("no such task")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)
-        snap = await self.get(user, task_id)
-        assert isinstance(task_id, str)
-        while snap["status"] not in TERMINAL_NAMES:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise ResultTimeout(
-                    f"task has not ended after {timeout:g}s", details={"task_id": task_id}
-                )
+        while True:
+            # Registered before the read, so an end that lands during it is not missed; the
+            # poll covers an update pub/sub lost. The read checks the owner before any
+            # notified snapshot is handed out.
             fut: asyncio.Future[Snapshot] = loop.create_future()
             self._waiters[task_id].append(fut)
             try:
-                await asyncio.wait((fut,), timeout=min(remaining, RESULT_POLL_S))
-                if not fut.done():
-                    # Read while still registered, so an end that lands during the read is not
-                    # missed; the poll covers an update pub/sub lost.
-                    snap = await self.get(user, task_id)
+                snap = await self.get(user, task_id)
+                if snap["status"] in TERMINAL_NAMES:
+                    return snap
+                remaining = deadline - loop.time()
+                if remaining > 0:
+                    await asyncio.wait((fut,), timeout=min(remaining, RESULT_POLL_S))
                 if fut.done():
                     return fut.result()
+                if remaining <= 0:
+                    raise ResultTimeout(
+                        f"task has not ended after {timeout:g}s", details={"task_id": task_id}
+                    )
             finally:
                 waiting = self._waiters.get(task_id)
                 if waiting is not None and fut in waiting:
                     waiting.remove(fut)
                     if not waiting:
                         del self._waiters[task_id]
-        return snap
 
     async def submit(self, user: str, body: Any) -> Snapshot:
         """Accept one task: record first, then the broker. 503 leaves nothing accepted.

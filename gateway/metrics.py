@@ -14,6 +14,7 @@ from aiohttp import web
 
 from gateway import gctune
 from gateway.appkeys import BROKER, FANOUT, MANAGER, RELAY, SETTINGS, SIO
+from gateway.coalesce import PIECES
 
 Labels = tuple[tuple[str, str], ...]
 _HELP = {
@@ -34,7 +35,7 @@ _HELP = {
     ),
     "taskgate_submit_groups_total": (
         "counter",
-        "Script runs single submits were accepted in (a group goes in up to 4 pieces)",
+        f"Script runs single submits were accepted in (a group goes in up to {PIECES} pieces)",
     ),
     "taskgate_submit_grouped_total": ("counter", "Single submits accepted through groups"),
     "taskgate_gc_pause_seconds_total": (

@@ -78,8 +78,11 @@ class CheckedWebSocket(EngineIOWebSocket):  # type: ignore[misc]
         return data
 
 
+USER_ROOM = "user:"
+
+
 def user_room(user: str) -> str:
-    return f"user:{user}"
+    return USER_ROOM + user
 
 
 def _error(exc: Exception) -> dict[str, Any]:

@@ -104,15 +104,8 @@ def owner_of(data: bytes) -> str | None:
     end = data.find(_OWNER_END, len(_HEAD))
     if end < 0:
         return None
-    raw = data[len(_HEAD) - 1 : end]
-    inner = raw[1:-1]
-    if len(raw) >= 2 and raw.endswith(b'"') and b"\\" not in inner and b'"' not in inner:
-        try:
-            return inner.decode()
-        except UnicodeDecodeError:
-            return None
     try:
-        owner = orjson.loads(raw)
+        owner = orjson.loads(data[len(_HEAD) - 1 : end])
     except orjson.JSONDecodeError:
         return None
     return owner if isinstance(owner, str) else None

@@ -479,6 +479,40 @@ async def test_relay_leaves_unparsed_the_updates_nobody_here_listens_to(
         await client.close()
 
 
+async def test_resync_sends_each_connected_user_their_live_tasks(
+    env: dict[str, str],
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    aiohttp_client: Callable[..., Awaitable[Any]],
+) -> None:
+    """What the relay calls after a reconnect: the live tasks of every user with a socket here
+    go out again, as the records have them (an update pub/sub carried while the relay was away
+    is lost), each to its own user's room only."""
+    settings = fresh(env, TASKGATE_SUBMIT_RATE="0")
+    server = await serve_gateway(aiohttp_server, settings)
+    http = await aiohttp_client(server)
+    here, away = f"here-{uuid.uuid4().hex[:6]}", f"away-{uuid.uuid4().hex[:6]}"
+    client = await SocketClient(str(server.make_url("")), make_token(here)).connect()
+    sync = redis.Redis.from_url(env["TASKGATE_REDIS_URL"])
+    try:
+        ids = {}
+        for who in (here, away):
+            resp = await http.post("/api/tasks", json=BODY, headers=auth(who))
+            assert resp.status == 202
+            ids[who] = (await resp.json())["task_id"]
+        await client.wait_for(lambda: len(client.events[ids[here]]) == 1, 10)
+        # A change nobody published, as if its update was lost while the relay was away.
+        for task_id in ids.values():
+            await asyncio.to_thread(sync.hset, settings.keys.task(task_id), "seq", 2)
+        await server.app[RELAY].resync()
+        await client.wait_for(lambda: len(client.events[ids[here]]) == 2, 10)
+        again = client.events[ids[here]][1]
+        assert again["seq"] == 2 and again["status"] == "PENDING"
+        assert ids[away] not in client.events
+    finally:
+        sync.close()
+        await client.close()
+
+
 async def test_a_packet_waiting_in_the_queue_is_never_overtaken(
     gateway: TestServer, sockets: Callable[[str], Awaitable[SocketClient]]
 ) -> None:
