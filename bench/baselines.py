@@ -11,7 +11,7 @@
   P4 floor, P5's bare websocket server).
 
 All of them listen on ``BENCH_PORT``, run on uvloop like the gateway, and start the loop-lag
-sampler of ``gateway.looplag`` when ``TASKGATE_LOOPLAG_FILE`` is set.
+sampler of ``gateway.process.looplag`` when ``TASKGATE_LOOPLAG_FILE`` is set.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import orjson
 from aiohttp import web
 
 from bench.harness import raise_fd_limit
-from gateway.looplag import start_from_env
+from gateway.process.looplag import start_from_env
 
 ACCEPTED = b'{"status":"PENDING"}'
 

@@ -1,7 +1,7 @@
 """The gateway as ``taskgate gateway`` runs it, plus what a big benchmark needs around it.
 
-Same settings, same ``gateway.cli.serve``, same uvloop; in addition the open-file limit is
-raised (10,000 sockets) and the loop-lag sampler of ``gateway.looplag`` runs (enabled by
+Same settings, same ``gateway.cli.commands.serve``, same uvloop; in addition the open-file limit is
+raised (10,000 sockets) and the loop-lag sampler of ``gateway.process.looplag`` runs (enabled by
 ``TASKGATE_LOOPLAG_FILE``, dumped on SIGUSR1).
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 
 from bench.harness import raise_fd_limit
-from gateway.cli import _install_uvloop, serve
-from gateway.looplag import start_from_env
+from gateway.cli.commands import _install_uvloop, serve
+from gateway.process.looplag import start_from_env
 from shared.logging import setup_logging
 from shared.settings import Settings
 

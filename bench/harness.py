@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.embedded import free_port, stop_group, wait_for_port
+from gateway.cli.embedded import free_port, stop_group, wait_for_port
 from tests.support import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -369,13 +369,13 @@ def start_gateway(
     work: Path, redis_url: str, prefix: str, *, instrumented: bool = False, **extra: str
 ) -> tuple[Proc, int]:
     """One gateway process. ``instrumented`` runs it through ``bench.gateway_proc`` (same
-    ``gateway.cli.serve``, plus a raised fd limit and the loop-lag sampler of gateway/looplag)."""
+    ``gateway.cli.commands.serve``, plus a raised fd limit and the loop-lag sampler of gateway/looplag)."""
     port = free_port()
     env = gateway_env(redis_url, prefix, port, **extra)
     if instrumented:
         argv = [sys.executable, "-m", "bench.gateway_proc"]
     else:
-        argv = [sys.executable, "-m", "gateway.cli", "gateway"]
+        argv = [sys.executable, "-m", "gateway.cli.commands", "gateway"]
     return start_listening("gateway", argv, env, port, work), port
 
 

@@ -29,7 +29,7 @@ from bench.harness import (
 )
 from bench.profiling import Profiler
 from gateway.auth import issue_token
-from gateway.embedded import free_port
+from gateway.cli.embedded import free_port
 from shared.redis_client import sync_client
 from shared.settings import Secret
 

@@ -21,12 +21,12 @@ from typing import Any
 import orjson
 
 from bench.harness import SECRET, Results, new_prefix, start_gateway
-from gateway import gctune
+from gateway.process import gctune
 from gateway.auth import issue_token
-from gateway.broker import RedisBroker, redis_priority
-from gateway.celery_message import build_task_message
-from gateway.manager import TaskManager
-from gateway.redelivery import OutboxBroker
+from gateway.broker.redis_broker import RedisBroker, redis_priority
+from gateway.broker.message import build_task_message
+from gateway.tasks.service import TaskManager
+from gateway.broker.outbox import OutboxBroker
 from shared.records import AsyncRecords
 from shared.redis_client import async_client
 from shared.settings import Secret, Settings

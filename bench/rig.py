@@ -28,7 +28,7 @@ from bench.harness import (
     summary_ms,
 )
 from bench.publishers import Publishers, prepare_running_tasks
-from gateway.embedded import free_port
+from gateway.cli.embedded import free_port
 
 CLIENT_MODE = {"gateway": "sio", "psio": "sio", "bare": "raw"}
 

@@ -19,30 +19,30 @@ import socketio
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from gateway import jsonlib
+from gateway.sockets.handlers import jsonlib
 from gateway.appkeys import BROKER, FANOUT, MANAGER, RECORDS, RELAY, SETTINGS, SIO
 from gateway.auth import TokenRules, VerifiedTokens
-from gateway.broker import Broker, RedisBroker
-from gateway.broker_factory import make_broker
-from gateway.control import CeleryControl
-from gateway.fanout import Fanout
-from gateway.http_api import (
+from gateway.broker.redis_broker import Broker, RedisBroker
+from gateway.broker.factory import make_broker
+from gateway.tasks.control import CeleryControl
+from gateway.live.fanout import Fanout
+from gateway.http.api import (
     TOKENS,
     add_routes,
     auth_middleware,
     errors_middleware,
     json_response,
 )
-from gateway.http_manage import add_manage_routes
-from gateway.manager import TaskManager
-from gateway.metrics import METRICS, Metrics, count_requests, metrics_handler
-from gateway.openapi import add_openapi_route
-from gateway.origins import OriginPolicy
-from gateway.redelivery import OutboxBroker, watch_outbox
-from gateway.relay import Relay
-from gateway.sockets import USER_ROOM, register_socket_handlers, user_room
-from gateway.stalls import watch_stalls
-from gateway.workflows import WorkflowNotifier
+from gateway.http.manage import add_manage_routes
+from gateway.tasks.service import TaskManager
+from gateway.http.metrics import METRICS, Metrics, count_requests, metrics_handler
+from gateway.http.openapi import add_openapi_route
+from gateway.http.origins import OriginPolicy
+from gateway.broker.outbox import OutboxBroker, watch_outbox
+from gateway.live.relay import Relay
+from gateway.sockets.handlers import USER_ROOM, register_socket_handlers, user_room
+from gateway.tasks.stalls import watch_stalls
+from gateway.tasks.workflows import WorkflowNotifier
 from shared.errors import BrokerUnavailable
 from shared.records import AsyncRecords
 from shared.redis_client import async_client

@@ -5,10 +5,10 @@ from __future__ import annotations
 import socketio
 from aiohttp import web
 
-from gateway.broker import Broker
-from gateway.fanout import Fanout
-from gateway.manager import TaskManager
-from gateway.relay import Relay
+from gateway.broker.redis_broker import Broker
+from gateway.live.fanout import Fanout
+from gateway.tasks.service import TaskManager
+from gateway.live.relay import Relay
 from shared.records import AsyncRecords
 from shared.settings import Settings
 

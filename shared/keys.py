@@ -37,7 +37,7 @@ class Keys:
         return f"{self.prefix}running"
 
     def workflow(self, workflow_id: str) -> str:
-        """Hash: a workflow's owner, kind and child task ids (see ``gateway.workflows``)."""
+        """Hash: a workflow's owner, kind and child task ids (see ``gateway.tasks.workflows``)."""
         return f"{self.prefix}workflow:{workflow_id}"
 
     @property
@@ -50,9 +50,59 @@ class Keys:
         """kombu ``global_keyprefix`` for the Celery broker's keys on Redis."""
         return f"{self.prefix}broker:"
 
-    # Lua scripts build the per-user keys themselves from these fragments; keep them in step with
-    # the methods above.
-    USER_PART = "user:"
+    @property
+    def task_prefix(self) -> str:
+        """What ``task`` puts before a task id: Lua scripts that find task ids inside Redis (in a
+        set, or in a record) get this in ``KEYS`` and join it with the id."""
+        return f"{self.prefix}task:"
+
+    @property
+    def user_prefix(self) -> str:
+        """What the per-user keys start with (``user_tasks`` and the rest, for scans)."""
+        return f"{self.prefix}user:"
+
+    def idempotency(self, user: str, digest: str) -> str:
+        """String: ``task_id|body-hash`` for one user's idempotency key (its SHA-256 digest)."""
+        return f"{self.prefix}idem:{user}:{digest}"
+
+    def submit_bucket(self, user: str) -> str:
+        """Hash: the user's submit token bucket (``TASKGATE_SUBMIT_RATE``)."""
+        return f"{self.prefix}rate:submit:{user}"
+
+    @property
+    def outbox(self) -> str:
+        """Hash: message id -> the copy of each message published and not yet finished."""
+        return f"{self.prefix}outbox"
+
+    def outbox_times(self, queue: str) -> str:
+        """Sorted set: the outbox's message ids of ``queue``, scored by publish time."""
+        return f"{self.prefix}outbox:at:{queue}"
+
+    def outbox_running(self, queue: str) -> str:
+        """Sorted set: the outbox's ids of ``queue`` whose task started, scored by start time."""
+        return f"{self.prefix}outbox:running:{queue}"
+
+    @property
+    def outbox_strikes(self) -> str:
+        """Hash: message id -> how many sweeps saw it neither queued nor un-acked."""
+        return f"{self.prefix}outbox:strikes"
+
+    def webhook_lock(self, task_id: str) -> str:
+        """String: held by the one worker delivering a task's webhook."""
+        return f"{self.prefix}webhook-lock:{task_id}"
+
+    def broker_queue(self, queue: str) -> str:
+        """List: kombu's Redis queue ``queue`` (priority 0; others add a separator and digit)."""
+        return f"{self.broker_prefix}{queue}"
+
+    @property
+    def broker_unacked(self) -> str:
+        """Hash: kombu's un-acked messages (delivery tag -> message)."""
+        return f"{self.broker_prefix}unacked"
+
+    def chord_meta(self, group_id: str) -> str:
+        """What Celery's Redis backend puts before a chord's counter keys (``.c``, ``.s``)."""
+        return f"{self.broker_prefix}celery-taskset-meta-{group_id}"
 
 
 def new_task_ids(n: int) -> list[str]:

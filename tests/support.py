@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import socketio
 
-from gateway.embedded import find_redis_server, free_port, stop_group, wait_for_port
+from gateway.cli.embedded import find_redis_server, free_port, stop_group, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-" + "x" * 40
@@ -400,7 +400,7 @@ async def footprint(client: Any, prefix: str) -> dict[str, int]:
 
 
 class GatewayProcess:
-    """``python -m gateway.cli gateway`` in its own process group, on a port of its own."""
+    """``python -m gateway.cli.commands gateway`` in its own process group, on a port of its own."""
 
     def __init__(self, env: Mapping[str, str], log_dir: Path, port: int | None = None) -> None:
         self.port = port or free_port()
@@ -415,7 +415,7 @@ class GatewayProcess:
     def start(self, timeout: float = 20.0) -> GatewayProcess:
         out = open(self.log, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "gateway"], env=self.env, stdout=out,
+            [sys.executable, "-m", "gateway.cli.commands", "gateway"], env=self.env, stdout=out,
             stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
         )  # fmt: skip
         out.close()

@@ -6,8 +6,8 @@ import base64
 import json
 import uuid
 
-from gateway.broker import RedisBroker, redis_priority
-from gateway.celery_message import build_task_message
+from gateway.broker.redis_broker import RedisBroker, redis_priority
+from gateway.broker.message import build_task_message
 from shared.settings import Settings
 from worker.celery_app import make_celery
 

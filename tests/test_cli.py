@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from gateway.embedded import free_port
+from gateway.cli.embedded import free_port
 from tests.support import ROOT, wait_until
 
 
@@ -28,7 +28,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
+        [sys.executable, "-m", "gateway.cli.commands", *args],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 
@@ -70,7 +70,7 @@ class Up:
         self.out = open(self.log, "wb")  # noqa: SIM115
         env = clean_env(TASKGATE_DATA_DIR=str(data_dir), TASKGATE_PORT=str(port))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "up"], env=env, cwd=ROOT,
+            [sys.executable, "-m", "gateway.cli.commands", "up"], env=env, cwd=ROOT,
             stdout=self.out, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self.base = f"http://127.0.0.1:{port}"

@@ -26,8 +26,8 @@ from blockbuster import blockbuster_ctx
 
 from gateway.app import create_app
 from gateway.appkeys import RELAY
-from gateway.broker_amqp import AmqpBroker
-from gateway.celery_message import build_task_message
+from gateway.broker.amqp_broker import AmqpBroker
+from gateway.broker.message import build_task_message
 from shared.errors import BrokerUnavailable
 from shared.settings import Settings
 from tests import test_end_to_end as _e2e

@@ -28,16 +28,16 @@ from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeout
 
-from gateway import fanout as fanout_module
-from gateway import gctune
-from gateway import manager as manager_module
+from gateway.live import fanout as fanout_module
+from gateway.process import gctune
+from gateway.tasks import service as manager_module
 from gateway.appkeys import FANOUT, MANAGER, RECORDS, RELAY, SIO
-from gateway.broker import RedisBroker, redis_priority
-from gateway.coalesce import pieces
-from gateway.fanout import Fanout
-from gateway.manager import TaskManager
-from gateway.redelivery import OutboxBroker, outbox_key
-from gateway.subscriber import Subscriber
+from gateway.broker.redis_broker import RedisBroker, redis_priority
+from gateway.tasks.coalesce import pieces
+from gateway.live.fanout import Fanout
+from gateway.tasks.service import TaskManager
+from gateway.broker.outbox import OutboxBroker, outbox_key
+from gateway.live.subscriber import Subscriber
 from shared.errors import BrokerUnavailable, RateLimited, TaskgateError
 from shared.records import AsyncRecords, update_bytes, updates_head
 from shared.records_batch import ScriptRuns
@@ -114,7 +114,7 @@ async def test_submits_in_flight_are_grouped_and_each_answered(
         snaps = [a for a in answers if isinstance(a, dict)]
         ids = [s["task_id"] for s in snaps]
         assert len(set(ids)) == 60
-        # Written together, not one by one: a few pieces (gateway.coalesce.pieces).
+        # Written together, not one by one: a few pieces (gateway.tasks.coalesce.pieces).
         assert manager.submit_groups.items == 60 and manager.submit_groups.groups <= 12
         for snap in snaps[:5]:
             assert snap["status"] == "PENDING" and snap["seq"] == 1

@@ -9,7 +9,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from gateway.embedded import free_port, wait_for_port
+from gateway.cli.embedded import free_port, wait_for_port
 from tests.support import ROOT, CeleryWorker, wait_until
 
 

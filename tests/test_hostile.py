@@ -25,7 +25,7 @@ import socketio
 from aiohttp.test_utils import TestServer
 from blockbuster import blockbuster_ctx
 
-from gateway import http_api
+from gateway.http import api as http_api
 from shared.settings import Settings
 from tests.conftest import make_token
 from tests.support import SECRET, SocketClient, footprint, isolated_env, serve_gateway

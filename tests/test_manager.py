@@ -11,8 +11,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from blockbuster import blockbuster_ctx
 
-from gateway.manager import TaskManager
-from gateway.manager_config import ManagerConfig
+from gateway.tasks.service import TaskManager
+from gateway.inprocess_config import ManagerConfig
 from shared.errors import ConfigError, InvalidInput, NotFound, ResultTimeout, UnknownTask
 from shared.settings import Settings
 from tests.conftest import auth

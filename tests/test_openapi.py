@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.openapi import OPERATIONS, routes_of
+from gateway.http.openapi import OPERATIONS, routes_of
 from shared.registry import all_tasks
 from shared.settings import Settings
 from tests.conftest import make_token

@@ -27,8 +27,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
 from gateway.auth import TokenRules, issue_token
-from gateway.broker import RedisBroker, redis_priority
-from gateway.celery_message import build_task_message
+from gateway.broker.redis_broker import RedisBroker, redis_priority
+from gateway.broker.message import build_task_message
 from shared.errors import ConfigError
 from shared.settings import Secret, Settings
 from tests.conftest import auth, make_token
@@ -114,7 +114,7 @@ async def test_socket_is_disconnected_when_its_token_expires(
 
 def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args], env=env, cwd=ROOT, capture_output=True,
+        [sys.executable, "-m", "gateway.cli.commands", *args], env=env, cwd=ROOT, capture_output=True,
         text=True, timeout=30, check=False,
     )  # fmt: skip
 

@@ -27,7 +27,7 @@ def sweep(records: SyncRecords, max_keys: int = 100_000) -> dict[str, int]:
     """Drop index entries of records that no longer exist. Returns what it looked at."""
     client, keys = records.client, records.keys
     seen_sets = removed = 0
-    pattern = f"{keys.prefix}{keys.USER_PART}*"
+    pattern = f"{keys.user_prefix}*"
     for raw_key in client.scan_iter(match=pattern, count=PAGE):
         key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
         if not key.endswith((":tasks", ":active", ":ended")):

@@ -30,9 +30,9 @@ from typing import Any, cast
 import orjson
 from redis.exceptions import RedisError
 
-from gateway.broker import redis_priority
-from gateway.celery_message import TaskMessage, build_task_message
-from gateway.manager import Submission, TaskManager, _field_error, parse_submission
+from gateway.broker.redis_broker import redis_priority
+from gateway.broker.message import TaskMessage, build_task_message
+from gateway.tasks.service import Submission, TaskManager, _field_error, parse_submission
 from shared.errors import BrokerUnavailable, NotFound, TaskgateError
 from shared.records_batch import pending_common, pending_snapshot
 from shared.status import TERMINAL_NAMES

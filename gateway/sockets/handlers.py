@@ -26,8 +26,8 @@ from aiohttp import web
 from engineio.async_drivers.aiohttp import WebSocket as EngineIOWebSocket
 
 from gateway.auth import LEEWAY_S, TokenRules, verify_token
-from gateway.fanout import WS_ATTR, Fanout
-from gateway.manager import TaskManager
+from gateway.live.fanout import WS_ATTR, Fanout
+from gateway.tasks.service import TaskManager
 from shared.errors import AuthError, TaskgateError
 from shared.schema import Snapshot
 from shared.settings import Secret

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from gateway import gctune
+from gateway.process import gctune
 
 ENV_FILE = "TASKGATE_LOOPLAG_FILE"
 ENV_INTERVAL = "TASKGATE_LOOPLAG_INTERVAL_MS"
@@ -68,7 +68,7 @@ class LoopLagSampler:
             "p99_ms": _percentile(lags, 99) * 1000,
             "max_ms": (lags[-1] * 1000) if lags else math.nan,
             "rss_bytes": _rss_bytes(),
-            # The longest garbage-collector pause per generation in the window (gateway.gctune).
+            # The longest garbage-collector pause per generation in the window (gateway.process.gctune).
             "gc_max_ms": gctune.PAUSES.take_max_ms(),
         }
         self._since = now

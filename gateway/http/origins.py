@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from gateway.http_api import error_response
+from gateway.http.api import error_response
 from shared.errors import TaskgateError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from redis.exceptions import RedisError
 
-from gateway.celery_message import TaskMessage
+from gateway.broker.message import TaskMessage
 from shared.errors import BrokerUnavailable
 from shared.redis_client import async_client
 

@@ -1,6 +1,6 @@
 """The relay: one background task that moves updates from Redis pub/sub to users' rooms.
 
-It subscribes to the progress channel (``gateway.subscriber``: a bare protocol that queues all
+It subscribes to the progress channel (``gateway.live.subscriber``: a bare protocol that queues all
 replies of a read at once, instead of redis-py's per-message machinery) and hands each valid
 update to ``deliver``. A malformed message is logged and skipped. A message for a user nobody
 here listens to (``listening``: no socket of theirs on this gateway, no caller waiting for a
@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from gateway.subscriber import Subscriber
+from gateway.live.subscriber import Subscriber
 from shared.schema import Update, decode_updates, owner_of
 
 log = logging.getLogger("taskgate.relay")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.appkeys import MANAGER
-from gateway.http_api import USER, json_response, read_json
+from gateway.http.api import USER, json_response, read_json
 from shared.errors import BadRequest, TaskgateError
 
 MAX_WAIT_S = 60.0

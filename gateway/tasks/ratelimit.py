@@ -5,7 +5,7 @@ own clock, so the limit holds across any number of gateways. It holds ``rate`` t
 second's worth, at least one), refills at ``rate`` per second, and a submit takes one token per
 task. A refused take changes nothing and tells how long until enough tokens are back.
 
-Single submits arriving together are accepted as one group (``gateway.coalesce``): their take is
+Single submits arriving together are accepted as one group (``gateway.tasks.coalesce``): their take is
 partial, granting as many of the group as there are tokens, so each request gets the answer it
 would have got alone (the first ones in, the rest 429).
 """

@@ -24,15 +24,15 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeout
 
-from gateway import gctune
-from gateway.broker import MAX_PRIORITY, Broker
-from gateway.celery_message import TaskMessage, build_task_message
-from gateway.coalesce import Coalescer
-from gateway.control import CeleryControl
-from gateway.manager_config import ManagerConfig
-from gateway.ratelimit import grant_submit_tokens, take_submit_tokens
-from gateway.redelivery import OutboxBroker
-from gateway.relay import Relay
+from gateway.process import gctune
+from gateway.broker.redis_broker import MAX_PRIORITY, Broker
+from gateway.broker.message import TaskMessage, build_task_message
+from gateway.tasks.coalesce import Coalescer
+from gateway.tasks.control import CeleryControl
+from gateway.inprocess_config import ManagerConfig
+from gateway.tasks.ratelimit import grant_submit_tokens, take_submit_tokens
+from gateway.broker.outbox import OutboxBroker
+from gateway.live.relay import Relay
 from shared.errors import (
     BadRequest,
     BrokerUnavailable,
@@ -61,7 +61,7 @@ from shared.status import TERMINAL_NAMES, TaskStatus
 from shared.webhooks import WebhookPolicy, WebhookRefused, webhook_fields
 
 if TYPE_CHECKING:
-    from gateway.workflows import Workflows
+    from gateway.tasks.workflows import Workflows
 
 log = logging.getLogger("taskgate.manager")
 
@@ -211,7 +211,7 @@ class TaskManager:
         It opens its own Redis and broker connections and listens for updates, so
         ``execute_task`` returns as soon as the task ends. Call ``close()`` when done.
         """
-        from gateway.broker_factory import make_broker
+        from gateway.broker.factory import make_broker
 
         settings = settings or Settings.from_env()
         if isinstance(config, Mapping):
@@ -297,7 +297,7 @@ class TaskManager:
     async def submit(self, user: str, body: Any) -> Snapshot:
         """Accept one task: record first, then the broker. 503 leaves nothing accepted.
 
-        Submits in flight together are accepted as one group (``gateway.coalesce``)."""
+        Submits in flight together are accepted as one group (``gateway.tasks.coalesce``)."""
         sub = parse_submission(body, self.settings.routes, self.webhook_policy)
         if sub.idempotency_key is not None:
             return await self._submit_idempotent(user, body, sub)
@@ -469,7 +469,7 @@ class TaskManager:
     @property
     def workflows(self) -> Workflows:
         if self._workflows is None:
-            from gateway.workflows import Workflows
+            from gateway.tasks.workflows import Workflows
 
             self._workflows = Workflows(self)
         return self._workflows

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.broker import Broker, RedisBroker
+from gateway.broker.redis_broker import Broker, RedisBroker
 from shared.errors import BrokerUnavailable
 from shared.settings import Settings
 
@@ -12,7 +12,7 @@ def make_broker(settings: Settings) -> Broker:
     if url is None:
         raise BrokerUnavailable("no broker configured")
     if settings.broker_is_amqp:
-        from gateway.broker_amqp import AmqpBroker  # type: ignore[import-not-found,unused-ignore]
+        from gateway.broker.amqp_broker import AmqpBroker  # type: ignore[import-not-found,unused-ignore]
 
         broker: Broker = AmqpBroker(url)
         return broker

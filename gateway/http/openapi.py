@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.appkeys import SETTINGS
-from gateway.broker import MAX_PRIORITY
+from gateway.broker.redis_broker import MAX_PRIORITY
 from shared.registry import TaskSpec, all_tasks
 from shared.settings import Settings
 from shared.status import TaskStatus
@@ -498,7 +498,7 @@ OPENAPI_CACHE = web.AppKey("openapi_cache", dict)
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    from gateway.http_api import json_response
+    from gateway.http.api import json_response
 
     cache: dict[str, Schema] = request.app[OPENAPI_CACHE]
     if "doc" not in cache:

@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.auth import TokenRules, issue_token
-from gateway.embedded import SECRET_FILE, embedded
+from gateway.cli.embedded import SECRET_FILE, embedded
 from shared.errors import ConfigError
 from shared.logging import setup_logging
 from shared.settings import Secret, Settings
@@ -31,7 +31,7 @@ def _install_uvloop() -> None:
 
 async def serve(settings: Settings, banner: str | None = None) -> None:
     """Run the gateway until SIGINT or SIGTERM."""
-    from gateway import gctune
+    from gateway.process import gctune
     from gateway.app import create_app
 
     app = create_app(settings)

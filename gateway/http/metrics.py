@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from gateway import gctune
+from gateway.process import gctune
 from gateway.appkeys import BROKER, FANOUT, MANAGER, RELAY, SETTINGS, SIO
-from gateway.coalesce import PIECES
+from gateway.tasks.coalesce import PIECES
 
 Labels = tuple[tuple[str, str], ...]
 _HELP = {

@@ -37,8 +37,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.broker import RedisBroker
-from gateway.celery_message import TaskMessage
+from gateway.broker.redis_broker import RedisBroker
+from gateway.broker.message import TaskMessage
 from shared.errors import BrokerUnavailable
 from shared.keys import Keys
 from shared.records import TERMINAL_LUA

@@ -1,0 +1,1 @@
+"""HTTP: the API routes, error responses, CORS, OpenAPI, metrics, probes and the web page."""

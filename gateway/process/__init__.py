@@ -1,0 +1,1 @@
+"""Process-wide runtime tuning: the garbage collector and the event-loop lag sampler."""

@@ -1,0 +1,1 @@
+"""Socket.IO: the event handlers (``submit``, ``cancel``, ``watch``) and the packet guard."""
