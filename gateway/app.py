@@ -19,7 +19,7 @@ import socketio
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from gateway.sockets.handlers import jsonlib
+from gateway.sockets import jsonlib
 from gateway.appkeys import BROKER, FANOUT, MANAGER, RECORDS, RELAY, SETTINGS, SIO
 from gateway.auth import TokenRules, VerifiedTokens
 from gateway.broker.redis_broker import Broker, RedisBroker
