@@ -369,7 +369,8 @@ def start_gateway(
     work: Path, redis_url: str, prefix: str, *, instrumented: bool = False, **extra: str
 ) -> tuple[Proc, int]:
     """One gateway process. ``instrumented`` runs it through ``bench.gateway_proc`` (same
-    ``gateway.cli.commands.serve``, plus a raised fd limit and the loop-lag sampler of gateway/looplag)."""
+    ``gateway.cli.commands.serve``, plus a raised fd limit and the loop-lag sampler of
+    gateway/process/looplag)."""
     port = free_port()
     env = gateway_env(redis_url, prefix, port, **extra)
     if instrumented:

@@ -2,7 +2,7 @@
 raw pipelined ``LPUSH`` of the same bytes.
 
 The taskgate side is ``taskgate_batch`` below, the one function that calls the batch API
-(``TaskManager.submit_many``: validate each item, write the PENDING records pipelined, push all
+(``TaskService.submit_many``: validate each item, write the PENDING records pipelined, push all
 messages with one ``RedisBroker.publish``, announce the PENDING snapshots pipelined), in this
 process. When the gateway serves ``POST /api/tasks/batch``, the same 10,000 tasks also go
 through it in one HTTP call to a gateway process.
@@ -21,12 +21,12 @@ from typing import Any
 import orjson
 
 from bench.harness import SECRET, Results, new_prefix, start_gateway
-from gateway.process import gctune
 from gateway.auth import issue_token
-from gateway.broker.redis_broker import RedisBroker, redis_priority
 from gateway.broker.message import build_task_message
-from gateway.tasks.service import TaskManager
 from gateway.broker.outbox import OutboxBroker
+from gateway.broker.redis_broker import RedisBroker, redis_priority
+from gateway.process import gctune
+from gateway.tasks.service import TaskService
 from shared.records import AsyncRecords
 from shared.redis_client import async_client
 from shared.settings import Secret, Settings
@@ -40,7 +40,7 @@ def bodies(n: int) -> list[dict[str, Any]]:
     return [{"task": "demo.count", "input": {"steps": 1 + i % 10, "delay": 0}} for i in range(n)]
 
 
-async def taskgate_batch(manager: TaskManager, user: str, items: list[dict[str, Any]]) -> int:
+async def taskgate_batch(manager: TaskService, user: str, items: list[dict[str, Any]]) -> int:
     """Submit ``items`` as one batch for ``user`` (the batch API); return how many were
     accepted. The one place to change if the batch API changes."""
     answers = await manager.submit_many(user, items)
@@ -58,7 +58,7 @@ async def _taskgate(redis_url: str, items: list[dict[str, Any]]) -> tuple[float,
     broker = OutboxBroker(
         RedisBroker(redis_url, settings.keys.broker_prefix, timeout=30), settings.keys
     )
-    manager = TaskManager(settings, records, broker)
+    manager = TaskService(settings, records, broker)
     await taskgate_batch(manager, USER, items[:100])  # warm-up: scripts loaded, pools open
     started = time.perf_counter()
     accepted = await taskgate_batch(manager, USER, items)
@@ -172,7 +172,7 @@ def run(results: Results, redis_url: str, work: Path, *, n: int = N_TASKS) -> No
         raw_runs.append(_run(_raw_push(redis_url, envelopes)))
     tg_s, raw_s = statistics.median(tg_runs), statistics.median(raw_runs)
     cel_s = _celery_loop(redis_url, items)
-    label = "taskgate TaskManager.submit_many"
+    label = "taskgate TaskService.submit_many"
     results.add(
         "P2", label, "rate", n / tg_s, "tasks/s", seconds=tg_s, tasks=n, rounds=_rates(n, tg_runs)
     )

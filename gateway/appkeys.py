@@ -7,13 +7,13 @@ from aiohttp import web
 
 from gateway.broker.redis_broker import Broker
 from gateway.live.fanout import Fanout
-from gateway.tasks.service import TaskManager
 from gateway.live.relay import Relay
+from gateway.tasks.service import TaskService
 from shared.records import AsyncRecords
 from shared.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
-MANAGER = web.AppKey("manager", TaskManager)
+SERVICE = web.AppKey("service", TaskService)
 RECORDS = web.AppKey("records", AsyncRecords)
 BROKER = web.AppKey("broker", Broker)
 RELAY = web.AppKey("relay", Relay)

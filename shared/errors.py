@@ -11,6 +11,7 @@
     ├── PayloadTooLarge            too_large       413
     ├── InvalidInput               invalid_input   422  fails a schema; ``details`` names the field
     │   └── UnknownTask            unknown_task    422
+    ├── RequestTimeout             request_timeout 408  the request body did not arrive in time
     ├── ResultTimeout              timeout         408  the task did not end within the wait
     ├── RateLimited                rate_limited    429  ``retry_after`` seconds
     ├── BrokerUnavailable          broker_unavailable 503  nothing was accepted
@@ -80,6 +81,13 @@ class InvalidInput(TaskgateError):
 
 class UnknownTask(InvalidInput):
     code = "unknown_task"
+
+
+class RequestTimeout(TaskgateError):
+    """The client did not send its request body within the gateway's body timeout."""
+
+    code = "request_timeout"
+    http_status = 408
 
 
 class ResultTimeout(TaskgateError):

@@ -1,6 +1,7 @@
 """Publishing task messages to RabbitMQ with aio-pika, with publisher confirms.
 
-``AmqpBroker`` has the interface of ``gateway.broker.redis_broker.RedisBroker`` (the ``Broker`` protocol).
+``AmqpBroker`` has the interface of ``gateway.broker.redis_broker.RedisBroker`` (the ``Broker``
+protocol).
 A publish returns only once RabbitMQ confirmed every message (so a 202 means the broker has
 it); a nack, an unroutable message, a lost connection or no answer within ``timeout`` seconds
 raises ``BrokerUnavailable`` (503). Nothing here blocks the event loop: aio-pika is asyncio

@@ -31,8 +31,8 @@ def _install_uvloop() -> None:
 
 async def serve(settings: Settings, banner: str | None = None) -> None:
     """Run the gateway until SIGINT or SIGTERM."""
-    from gateway.process import gctune
     from gateway.app import create_app
+    from gateway.process import gctune
 
     app = create_app(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)

@@ -9,10 +9,12 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from redis.exceptions import RedisError
 
-from gateway.appkeys import MANAGER, SETTINGS
+from gateway.appkeys import SERVICE, SETTINGS
 from gateway.auth import VerifiedTokens, bearer
-from shared.errors import AuthError, BadRequest, PayloadTooLarge, TaskgateError
+from shared.errors import AuthError, BadRequest, PayloadTooLarge, RequestTimeout, TaskgateError
+from shared.store_errors import store_unavailable
 
 log = logging.getLogger("taskgate.http")
 
@@ -24,11 +26,6 @@ TOKENS = web.AppKey("tokens", VerifiedTokens)
 BODY_TIMEOUT_S = 30.0
 # Paths under /api/ that need no token: the API's own description.
 PUBLIC_PATHS = frozenset({"/api/openapi.json"})
-
-
-class RequestTimeout(TaskgateError):
-    code = "request_timeout"
-    http_status = 408
 
 
 def json_response(
@@ -70,6 +67,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         )
     except (asyncio.CancelledError, ConnectionResetError):
         raise
+    except RedisError as exc:
+        # A store failure a handler did not map itself: still the client's 503, never a 500.
+        return error_response(store_unavailable(exc))
     except Exception:
         # A bug, not bad input; the client still gets JSON and never a traceback.
         log.exception("unhandled error on %s %s", request.method, request.path)
@@ -120,12 +120,12 @@ async def read_json(request: web.Request) -> Any:
 
 
 async def submit_task(request: web.Request) -> web.Response:
-    snap = await request.app[MANAGER].submit(request[USER], await read_json(request))
+    snap = await request.app[SERVICE].submit(request[USER], await read_json(request))
     return json_response(snap, status=202)
 
 
 async def get_task(request: web.Request) -> web.Response:
-    snap = await request.app[MANAGER].get(request[USER], request.match_info["task_id"])
+    snap = await request.app[SERVICE].get(request[USER], request.match_info["task_id"])
     return json_response(snap)
 
 
@@ -136,12 +136,12 @@ async def list_tasks(request: web.Request) -> web.Response:
     except ValueError:
         raise BadRequest("limit must be an integer") from None
     status = request.query.get("status") or None
-    snaps = await request.app[MANAGER].list_tasks(request[USER], status, limit)
+    snaps = await request.app[SERVICE].list_tasks(request[USER], status, limit)
     return json_response({"tasks": snaps})
 
 
 async def cancel_task(request: web.Request) -> web.Response:
-    snap = await request.app[MANAGER].cancel(request[USER], request.match_info["task_id"])
+    snap = await request.app[SERVICE].cancel(request[USER], request.match_info["task_id"])
     return json_response(snap, status=202)
 
 

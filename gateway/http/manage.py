@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.appkeys import MANAGER
+from gateway.appkeys import SERVICE
 from gateway.http.api import USER, json_response, read_json
 from shared.errors import BadRequest, TaskgateError
 
@@ -15,7 +15,7 @@ async def submit_batch(request: web.Request) -> web.Response:
     body = await read_json(request)
     if not isinstance(body, dict) or set(body) != {"tasks"}:
         raise BadRequest('body must be {"tasks": [...]}')
-    answers = await request.app[MANAGER].submit_many(request[USER], body["tasks"])
+    answers = await request.app[SERVICE].submit_many(request[USER], body["tasks"])
     items = [
         a.to_dict() if isinstance(a, TaskgateError) else {"task_id": a["task_id"], "seq": a["seq"]}
         for a in answers
@@ -31,17 +31,17 @@ async def task_result(request: web.Request) -> web.Response:
         raise BadRequest("wait must be a number of seconds") from None
     if not 0 <= wait <= MAX_WAIT_S:
         raise BadRequest(f"wait must be from 0 to {MAX_WAIT_S:g} seconds")
-    manager = request.app[MANAGER]
-    snap = await manager.wait_result(request[USER], request.match_info["task_id"], wait)
+    service = request.app[SERVICE]
+    snap = await service.wait_result(request[USER], request.match_info["task_id"], wait)
     return json_response(snap)
 
 
 async def queues(request: web.Request) -> web.Response:
-    return json_response(await request.app[MANAGER].get_queue_info())
+    return json_response(await request.app[SERVICE].queue_info())
 
 
 async def workers(request: web.Request) -> web.Response:
-    return json_response(await request.app[MANAGER].get_worker_stats())
+    return json_response(await request.app[SERVICE].worker_stats())
 
 
 def add_manage_routes(app: web.Application) -> None:
@@ -55,17 +55,17 @@ def add_manage_routes(app: web.Application) -> None:
 
 
 async def submit_workflow(request: web.Request) -> web.Response:
-    ack = await request.app[MANAGER].workflows.submit(request[USER], await read_json(request))
+    ack = await request.app[SERVICE].workflows.submit(request[USER], await read_json(request))
     return json_response(ack, status=202)
 
 
 async def get_workflow(request: web.Request) -> web.Response:
-    manager = request.app[MANAGER]
-    snap = await manager.workflows.snapshot(request[USER], request.match_info["workflow_id"])
+    service = request.app[SERVICE]
+    snap = await service.workflows.snapshot(request[USER], request.match_info["workflow_id"])
     return json_response(snap)
 
 
 async def cancel_workflow(request: web.Request) -> web.Response:
-    manager = request.app[MANAGER]
-    snap = await manager.workflows.cancel(request[USER], request.match_info["workflow_id"])
+    service = request.app[SERVICE]
+    snap = await service.workflows.cancel(request[USER], request.match_info["workflow_id"])
     return json_response(snap, status=202)

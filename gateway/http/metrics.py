@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from gateway.appkeys import BROKER, FANOUT, RELAY, SERVICE, SETTINGS, SIO
 from gateway.process import gctune
-from gateway.appkeys import BROKER, FANOUT, MANAGER, RELAY, SETTINGS, SIO
 from gateway.tasks.coalesce import PIECES
 
 Labels = tuple[tuple[str, str], ...]
@@ -116,10 +116,10 @@ async def metrics_handler(request: web.Request) -> web.Response:
     fanout = app[FANOUT]
     gauges["taskgate_socketio_frames_total"][(("path", "direct"),)] = fanout.direct
     gauges["taskgate_socketio_frames_total"][(("path", "queued"),)] = fanout.queued
-    groups = app[MANAGER].submit_groups
+    groups = app[SERVICE].submit_groups
     gauges["taskgate_submit_groups_total"][()] = groups.groups
     gauges["taskgate_submit_grouped_total"][()] = groups.items
-    for task, count in app[MANAGER].accepted.items():
+    for task, count in app[SERVICE].accepted.items():
         gauges["taskgate_tasks_submitted_total"][(("task", task),)] = count
     for gen in range(3):
         label = (("generation", str(gen)),)

@@ -80,6 +80,15 @@ def write_direct(socket: Any, frame: bytes) -> bool:
     return True
 
 
+# One room per user: every socket of a user joins it on connect, and the relay sends their
+# updates there.
+USER_ROOM = "user:"
+
+
+def user_room(user: str) -> str:
+    return USER_ROOM + user
+
+
 class Fanout:
     def __init__(self, sio: socketio.AsyncServer) -> None:
         self.sio = sio

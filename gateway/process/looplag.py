@@ -68,7 +68,8 @@ class LoopLagSampler:
             "p99_ms": _percentile(lags, 99) * 1000,
             "max_ms": (lags[-1] * 1000) if lags else math.nan,
             "rss_bytes": _rss_bytes(),
-            # The longest garbage-collector pause per generation in the window (gateway.process.gctune).
+            # The longest garbage-collector pause per generation in the window
+            # (gateway.process.gctune).
             "gc_max_ms": gctune.PAUSES.take_max_ms(),
         }
         self._since = now

@@ -5,7 +5,7 @@ gateway many submits are in flight at once. So instead of each making its own ro
 join a group: the first one in starts a collector, which on its next turn takes every submit
 that arrived meanwhile and accepts each user's share in a few pieces (``pieces``: up to
 ``PIECES`` of at least ``LEAST_PIECE``, none over ``MAX_GROUP``), each in one go
-(``TaskManager._accept_group``: one token take, then, with the Redis broker on the records'
+(``TaskService._accept_group``: one token take, then, with the Redis broker on the records'
 Redis, one script run that writes every record, message, outbox copy and PENDING update).
 Submits arriving while a group is being written form the next group; up to ``MAX_WRITING``
 groups are written at once, and while all are, the next one keeps growing. Under no load a

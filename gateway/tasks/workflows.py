@@ -18,7 +18,6 @@ every child change and clients can drop stale ones the same way as for tasks).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -30,12 +29,17 @@ from typing import Any, cast
 import orjson
 from redis.exceptions import RedisError
 
-from gateway.broker.redis_broker import redis_priority
 from gateway.broker.message import TaskMessage, build_task_message
-from gateway.tasks.service import Submission, TaskManager, _field_error, parse_submission
+from gateway.broker.redis_broker import redis_priority
+from gateway.tasks.accept import CREATED, Acceptor, create_error
+from gateway.tasks.backend import ResultBackend
+from gateway.tasks.submission import Submission, field_error, parse_submission
 from shared.errors import BrokerUnavailable, NotFound, TaskgateError
+from shared.records import AsyncRecords
 from shared.records_batch import pending_common, pending_snapshot
+from shared.settings import Settings
 from shared.status import TERMINAL_NAMES
+from shared.store_errors import store_unavailable
 
 log = logging.getLogger("taskgate.workflows")
 
@@ -53,13 +57,13 @@ class Plan:
 
 def parse_workflow(body: Any, routes: Any = ()) -> tuple[str, list[Submission]]:
     if not isinstance(body, dict) or len(body) != 1 or next(iter(body)) not in KINDS:
-        raise _field_error(
+        raise field_error(
             "body", 'must be one of {"chain": [...]}, {"group": [...]}, {"chord": {...}}'
         )
     kind, spec = next(iter(body.items()))
     if kind == "chord":
         if not isinstance(spec, dict) or set(spec) != {"header", "body"}:
-            raise _field_error("chord", 'must be {"header": [steps], "body": step}')
+            raise field_error("chord", 'must be {"header": [steps], "body": step}')
         raw_steps, path = [*_step_list(spec["header"], "chord.header"), spec["body"]], "chord"
     else:
         raw_steps, path = _step_list(spec, kind), kind
@@ -67,7 +71,7 @@ def parse_workflow(body: Any, routes: Any = ()) -> tuple[str, list[Submission]]:
     for i, step in enumerate(raw_steps):
         where = f"{path}.body" if kind == "chord" and i == len(raw_steps) - 1 else f"{path}[{i}]"
         if isinstance(step, dict) and ({"idempotency_key", "callback_url"} & set(step)):
-            raise _field_error(where, "steps take no idempotency_key or callback_url")
+            raise field_error(where, "steps take no idempotency_key or callback_url")
         try:
             steps.append(parse_submission(step, routes))
         except TaskgateError as exc:
@@ -81,17 +85,28 @@ def parse_workflow(body: Any, routes: Any = ()) -> tuple[str, list[Submission]]:
 
 def _step_list(value: Any, where: str) -> list[Any]:
     if not isinstance(value, list) or not 0 < len(value) <= MAX_STEPS:
-        raise _field_error(where, f"must be a list of 1 to {MAX_STEPS} steps")
+        raise field_error(where, f"must be a list of 1 to {MAX_STEPS} steps")
     return value
 
 
 class Workflows:
     """Submits workflows and rolls their children up into one snapshot."""
 
-    def __init__(self, manager: TaskManager) -> None:
-        self.manager = manager
-        self.keys = manager.settings.keys
-        self.amqp = manager.settings.broker_is_amqp
+    def __init__(
+        self,
+        settings: Settings,
+        records: AsyncRecords,
+        acceptor: Acceptor,
+        backend: ResultBackend,
+        cancel: Callable[[str, str], Awaitable[Any]],
+    ) -> None:
+        self.settings = settings
+        self.records = records
+        self.acceptor = acceptor
+        self.backend = backend
+        self.cancel_task = cancel
+        self.keys = settings.keys
+        self.amqp = settings.broker_is_amqp
 
     def _priority(self, p: int) -> int:
         return p if self.amqp else redis_priority(p)
@@ -141,7 +156,7 @@ class Workflows:
 
     async def submit(self, user: str, body: Any) -> dict[str, Any]:
         """Record every step, then publish; 503 leaves nothing accepted."""
-        kind, steps = parse_workflow(body, self.manager.settings.routes)
+        kind, steps = parse_workflow(body, self.settings.routes)
         wid = str(uuid.uuid4())
         plan = Plan(kind, steps, [str(uuid.uuid4()) for _ in steps])
         now = time.time()
@@ -151,37 +166,36 @@ class Workflows:
                 {"task_id": tid, "task": s.spec.name, "queue": s.queue, "workflow_id": wid}
                 for s, tid in zip(steps, plan.ids, strict=True)
             ]
-            max_active = self.manager.settings.max_active
+            max_active = self.settings.max_active
             common = pending_common(now)
-            codes = await self.manager.batch.create(user, common, rows, now, max_active)
-            refused = [code for code in codes if code != 1]
+            codes = await self.acceptor.batch.create(user, common, rows, now, max_active)
+            refused = [code for code in codes if code != CREATED]
             if refused:
                 await self._discard(
-                    user, wid, [t for t, c in zip(plan.ids, codes, strict=True) if c == 1]
+                    user, wid, [t for t, c in zip(plan.ids, codes, strict=True) if c == CREATED]
                 )
-                raise self.manager._create_error(refused[0], str(max_active).encode())
+                raise create_error(refused[0], str(max_active).encode(), max_active)
             try:
                 if kind == "chord":
                     await self._set_chord_size(wid, len(steps) - 1)
-                await self.manager.broker.publish(self.messages(plan, wid))
+                await self.acceptor.broker.publish(self.messages(plan, wid))
             except (BrokerUnavailable, RedisError):
                 await self._discard(user, wid, plan.ids)
                 raise
         except RedisError as exc:
-            raise BrokerUnavailable(f"task store unreachable: {type(exc).__name__}") from exc
+            raise store_unavailable(exc) from exc
         # Accepted now; if this fails, the records are the truth and clients catch up from them.
         with contextlib.suppress(RedisError):
-            await self.manager.batch.announce(user, [pending_snapshot(common, r) for r in rows])
-        for s in steps:
-            self.manager.accepted[s.spec.name] += 1
+            await self.acceptor.batch.announce(user, [pending_snapshot(common, r) for r in rows])
+        self.acceptor.count(steps)
         return {"workflow_id": wid, "kind": kind, "task_ids": plan.ids}
 
     async def _save(self, user: str, wid: str, plan: Plan, now: float) -> None:
         key = self.keys.workflow(wid)
-        settings = self.manager.settings
+        settings = self.settings
         # Outlives its children: they expire retention_s after they end.
         ttl = settings.retention_s + int(settings.time_limit) * len(plan.ids) + 3600
-        async with self.manager.records.client.pipeline(transaction=True) as pipe:
+        async with self.records.client.pipeline(transaction=True) as pipe:
             pipe.hset(
                 key,
                 mapping={
@@ -196,15 +210,15 @@ class Workflows:
 
     async def _discard(self, user: str, wid: str, task_ids: list[str]) -> None:
         try:
-            await self.manager.records.discard_many(user, task_ids)
-            await self.manager.records.client.delete(self.keys.workflow(wid))
+            await self.records.discard_many(user, task_ids)
+            await self.records.client.delete(self.keys.workflow(wid))
         except RedisError:
             pass
 
     async def _set_chord_size(self, wid: str, size: int) -> None:
         # As celery.backends.redis.RedisBackend.set_chord_size, with the backend's key prefix.
-        client = await self.manager.backend_client()
-        prefix = f"{self.keys.broker_prefix}celery-taskset-meta-{wid}"
+        client = self.backend.client()
+        prefix = self.keys.chord_meta(wid)
         async with client.pipeline(transaction=True) as pipe:
             pipe.delete(f"{prefix}.c")
             pipe.set(f"{prefix}.s", size, ex=86400)
@@ -213,7 +227,7 @@ class Workflows:
     async def _load(self, user: str, wid: Any) -> tuple[str, list[str], float]:
         if not isinstance(wid, str) or len(wid) > 64:
             raise NotFound("no such workflow")
-        got = await self.manager.records.client.hgetall(self.keys.workflow(wid))
+        got = await self.records.client.hgetall(self.keys.workflow(wid))
         raw = cast(dict[bytes, bytes], got)
         if not raw or raw.get(b"owner", b"").decode() != user:
             raise NotFound("no such workflow")
@@ -221,7 +235,7 @@ class Workflows:
 
     async def snapshot(self, user: str, wid: Any) -> dict[str, Any]:
         kind, ids, created = await self._load(user, wid)
-        snaps = {s["task_id"]: s for s in await self.manager.records.snapshots(ids, user)}
+        snaps = {s["task_id"]: s for s in await self.records.snapshots(ids, user)}
         children: list[dict[str, Any]] = []
         for tid in ids:
             s = snaps.get(tid)
@@ -253,7 +267,7 @@ class Workflows:
     async def cancel(self, user: str, wid: Any) -> dict[str, Any]:
         _, ids, _ = await self._load(user, wid)
         for tid in ids:
-            await self.manager.cancel(user, tid)
+            await self.cancel_task(user, tid)
         return await self.snapshot(user, wid)
 
 
@@ -270,50 +284,3 @@ def rollup_status(statuses: list[str]) -> str:
     if any(s in ("RUNNING", "RETRYING") or s in TERMINAL_NAMES for s in statuses):
         return "RUNNING"
     return "PENDING"
-
-
-class WorkflowNotifier:
-    """Pushes the rolled-up ``workflow`` snapshot to the owner after a child changes.
-
-    Runs beside the relay, never inside it: a burst of child updates for one workflow costs one
-    roll-up in flight plus at most one more (the latest wins), not one per update.
-    """
-
-    def __init__(
-        self, workflows: Workflows, emit: Callable[[str, dict[str, Any]], Awaitable[None]]
-    ):
-        self.workflows = workflows
-        self.emit = emit
-        self._busy: set[str] = set()
-        self._again: set[str] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def child_changed(self, owner: str, wid: str) -> None:
-        if wid in self._busy:
-            self._again.add(wid)
-            return
-        self._busy.add(wid)
-        task = asyncio.create_task(self._push(owner, wid))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _push(self, owner: str, wid: str) -> None:
-        try:
-            while True:
-                self._again.discard(wid)
-                try:
-                    await self.emit(owner, await self.workflows.snapshot(owner, wid))
-                except NotFound:
-                    return
-                except Exception:
-                    log.exception("could not push workflow %s", wid)
-                    return
-                if wid not in self._again:
-                    return
-        finally:
-            self._busy.discard(wid)
-
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,250 @@
+"""Accepting tasks: records first, then the broker; a refusal leaves nothing accepted.
+
+Two pipelines, chosen by the broker:
+
+- with the Redis broker on the records' Redis (the default, ``OutboxBroker``), one script run
+  per chunk writes the records, pushes the messages (with their outbox copies) and publishes the
+  PENDING updates, atomically; the runs are streamed over one connection (``ScriptRuns``);
+- otherwise the records are written while the messages are built, then every message goes out
+  in one broker push and the updates in one publish.
+
+``Acceptor`` also creates the single record of an idempotent submit and takes it back when the
+broker refuses. It takes no submit tokens: its callers have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Sequence
+from typing import Any, cast
+
+import orjson
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeout
+
+from gateway.broker.message import TaskMessage
+from gateway.broker.outbox import OutboxBroker
+from gateway.broker.redis_broker import Broker
+from gateway.process import gctune
+from gateway.tasks.submission import Submission, build_messages, new_records
+from shared.errors import BrokerUnavailable, RateLimited, TaskgateError
+from shared.keys import new_task_ids
+from shared.records import AsyncRecords, new_record_fields
+from shared.records_batch import CHUNK, BatchRecords, chunks, pending_common, pending_snapshot
+from shared.schema import Snapshot
+from shared.settings import Settings
+from shared.store_errors import store_errors, store_unavailable
+from shared.webhooks import webhook_fields
+
+log = logging.getLogger("taskgate.accept")
+
+# The create scripts' answer for a record that was written.
+CREATED = 1
+# ... and for one refused because the user is at ``TASKGATE_MAX_ACTIVE``.
+AT_QUOTA = -3
+
+
+def create_error(code: int, payload: bytes, max_active: int) -> TaskgateError:
+    """The client error for a create script's refusal ``code``."""
+    if code == AT_QUOTA:
+        return RateLimited(
+            f"too many active tasks (limit {max_active})",
+            retry_after=1.0,
+            details={"active": int(payload)},
+        )
+    return TaskgateError(f"could not create task record (code {code})")
+
+
+class Background:
+    """Steps that outlive the request that started them (a discard after a timeout)."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        async def guarded() -> None:
+            try:
+                await coro
+            except Exception:
+                log.exception("background step failed")
+
+        task = asyncio.create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class Acceptor:
+    """Writes records and publishes messages for submissions whose tokens are taken."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        records: AsyncRecords,
+        batch: BatchRecords,
+        broker: Broker,
+        background: Background,
+    ) -> None:
+        self.settings = settings
+        self.records = records
+        self.batch = batch
+        self.broker = broker
+        self.background = background
+        # Tasks accepted by this process, by name (exported as a Prometheus counter).
+        self.accepted: Counter[str] = Counter()
+
+    def count(self, subs: Sequence[Submission]) -> None:
+        for sub in subs:
+            self.accepted[sub.spec.name] += 1
+
+    async def create_one(self, user: str, sub: Submission, task_id: str) -> bytes:
+        """Write one PENDING record (the idempotent path); its snapshot, JSON-encoded."""
+        fields = new_record_fields(
+            task_id, sub.spec.name, sub.queue, time.time(), webhook_fields(sub.callback_url)
+        )
+        code, payload = await self.records.create(user, fields, self.settings.max_active)
+        if code != CREATED:
+            raise create_error(code, payload, self.settings.max_active)
+        return payload
+
+    async def accept(self, user: str, subs: Sequence[Submission]) -> list[Snapshot | TaskgateError]:
+        """Record and publish valid submissions; one answer each, in order. If the broker
+        refuses, nothing is accepted (``BrokerUnavailable``)."""
+        if not subs:
+            return []
+        now = time.time()
+        ids = new_task_ids(len(subs))
+        # What all records share is sent once; per record only what differs.
+        common = pending_common(now)
+        if isinstance(self.broker, OutboxBroker):
+            return await self._accept_inline(user, subs, ids, common, now)
+        return await self._accept_apart(user, subs, ids, common, now)
+
+    async def _accept_apart(
+        self,
+        user: str,
+        subs: Sequence[Submission],
+        ids: list[str],
+        common: dict[str, Any],
+        now: float,
+    ) -> list[Snapshot | TaskgateError]:
+        """Records, then one broker push, then one publish (a broker apart from the records)."""
+        with gctune.paused():
+            records = new_records(subs, ids)
+            snaps = [cast(Snapshot, pending_snapshot(common, r)) for r in records]
+        creating = asyncio.ensure_future(
+            self.batch.create(user, common, records, now, self.settings.max_active)
+        )
+        try:
+            with store_errors():
+                messages = await self._messages(subs, ids)
+                codes = await creating
+        finally:
+            if not creating.done():
+                creating.cancel()
+                await asyncio.gather(creating, return_exceptions=True)
+        out, accepted = self._answers(codes, snaps)
+        if accepted:
+            try:
+                await self.broker.publish([messages[i] for i in accepted])
+            except (BrokerUnavailable, RedisError) as exc:
+                with contextlib.suppress(RedisError):
+                    await self.records.discard_many(user, [ids[i] for i in accepted])
+                if isinstance(exc, BrokerUnavailable):
+                    raise
+                raise store_unavailable(exc) from exc
+            try:
+                await self.batch.announce(user, [snaps[i] for i in accepted])
+            except RedisError:
+                log.warning("%d tasks accepted; PENDING updates not published", len(accepted))
+        self.count([subs[i] for i in accepted])
+        return out
+
+    async def _accept_inline(
+        self,
+        user: str,
+        subs: Sequence[Submission],
+        ids: list[str],
+        common: dict[str, Any],
+        now: float,
+    ) -> list[Snapshot | TaskgateError]:
+        """One script run per chunk writes its records, messages, outbox copies and PENDING
+        updates. The runs are streamed over one connection (``ScriptRuns``): chunk k+1 is
+        built while Redis runs chunk k, and Redis runs them in order (each sees the quota the
+        one before left). The first chunk is small, so Redis starts early (``chunks``)."""
+        assert isinstance(self.broker, OutboxBroker)
+        max_active = self.settings.max_active
+        snaps: list[Snapshot] = []
+        parts = list(chunks(len(subs)))
+        runs = self.batch.runs(len(parts))
+        try:
+            async with runs:
+                for part in parts:
+                    with gctune.paused():
+                        records = new_records(subs[part], ids[part])
+                        chunk = [cast(Snapshot, pending_snapshot(common, r)) for r in records]
+                        messages = build_messages(subs[part], ids[part])
+                        inline = self.broker.inline(messages, [orjson.dumps(c) for c in chunk])
+                        args = self.batch.create_args(
+                            user, common, records, now, max_active, inline
+                        )
+                    snaps.extend(chunk)
+                    await runs.send(args)
+                codes = [int(c) for reply in await runs.replies() for c in reply]
+        except RedisError as exc:
+            # A chunk sent may have run, whatever its reply: take every record sent back (a
+            # message without its record is never run). Redis that does not answer would only
+            # hold the 503 up for another timeout: then the discard goes on in the background.
+            discard = self.records.discard_many(user, ids[: len(snaps)])
+            if isinstance(exc, RedisTimeout):
+                self.background.spawn(discard)
+            else:
+                with contextlib.suppress(RedisError):
+                    await discard
+            raise store_unavailable(exc) from exc
+        out, accepted = self._answers(codes, snaps)
+        self.count([subs[i] for i in accepted])
+        return out
+
+    async def _messages(self, subs: Sequence[Submission], ids: list[str]) -> list[TaskMessage]:
+        """The Celery messages, built a chunk at a time with a turn of the loop in between (so
+        a record writer running meanwhile can send its next chunk)."""
+        messages: list[TaskMessage] = []
+        for start in range(0, len(subs), CHUNK):
+            if start:
+                await asyncio.sleep(0)
+            with gctune.paused():
+                messages.extend(
+                    build_messages(subs[start : start + CHUNK], ids[start : start + CHUNK])
+                )
+        return messages
+
+    def _answers(
+        self, codes: list[int], snaps: list[Snapshot]
+    ) -> tuple[list[Snapshot | TaskgateError], list[int]]:
+        """Each record's answer, and the positions of the records that were created."""
+        out: list[Snapshot | TaskgateError] = []
+        accepted: list[int] = []
+        limit = self.settings.max_active
+        for i, (code, snap) in enumerate(zip(codes, snaps, strict=True)):
+            if code == CREATED:
+                accepted.append(i)
+                out.append(snap)
+            else:
+                out.append(create_error(code, str(limit).encode(), limit))
+        return out, accepted
+
+    async def discard(self, user: str, task_id: str) -> None:
+        """Take back a record whose message the broker refused."""
+        try:
+            await self.records.discard(user, task_id)
+        except RedisError:
+            log.exception("could not discard record of refused task %s", task_id)

@@ -1,0 +1,116 @@
+"""A submit body checked against the contract and the task's schema: a ``Submission``.
+
+Every way in (HTTP, Socket.IO, batches, workflow steps, the in-process API) parses its bodies
+here, so one body is accepted or refused the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeGuard
+
+from gateway.broker.message import TaskMessage, build_task_message
+from gateway.broker.redis_broker import MAX_PRIORITY
+from shared.errors import InvalidInput
+from shared.registry import TaskSpec, get_task
+from shared.webhooks import WebhookPolicy, WebhookRefused, webhook_fields
+
+SUBMIT_FIELDS = frozenset({"task", "input", "queue", "priority", "idempotency_key", "callback_url"})
+IDEMPOTENCY_KEY_MAX = 200
+_TASK_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    spec: TaskSpec
+    input: dict[str, Any]
+    queue: str
+    priority: int
+    idempotency_key: str | None
+    callback_url: str | None = None
+
+
+def field_error(field: str, reason: str) -> InvalidInput:
+    """A 422 naming the field: ``details`` carries ``field`` and ``reason``."""
+    return InvalidInput(f"{field} {reason}", details={"field": field, "reason": reason})
+
+
+def parse_submission(
+    body: Any, routes: Sequence[tuple[str, str]] = (), webhooks: WebhookPolicy | None = None
+) -> Submission:
+    """Check a submit body against the contract and the task's schema; raise ``InvalidInput``."""
+    if not isinstance(body, dict):
+        raise field_error("body", "must be a JSON object")
+    # Routing, scheduling, serializer, headers, links and ids are the server's to choose: any
+    # option beyond the contract's is refused rather than ignored.
+    extra = sorted(str(k)[:64] for k in body if k not in SUBMIT_FIELDS)
+    if extra:
+        raise InvalidInput(
+            f"{extra[0]} is not an accepted option",
+            details={
+                "field": extra[0],
+                "reason": "is not an accepted option",
+                "accepted": sorted(SUBMIT_FIELDS),
+            },
+        )
+    if "task" not in body:
+        raise field_error("task", "is required")
+    spec = get_task(body.get("task"))
+    data = spec.schema.validate(body.get("input"))
+    allowed = spec.allowed_queues(routes)
+    queue = body.get("queue", allowed[0])
+    if queue not in allowed:
+        raise field_error("queue", f"must be one of {', '.join(allowed)} for {spec.name}")
+    priority = body.get("priority", 0)
+    if (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not 0 <= priority <= MAX_PRIORITY
+    ):
+        raise field_error("priority", f"must be an integer from 0 to {MAX_PRIORITY}")
+    key = body.get("idempotency_key")
+    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= IDEMPOTENCY_KEY_MAX):
+        raise field_error(
+            "idempotency_key", f"must be a string of 1 to {IDEMPOTENCY_KEY_MAX} characters"
+        )
+    callback = body.get("callback_url")
+    if callback is not None:
+        try:
+            (webhooks or WebhookPolicy()).check_url(callback)
+        except WebhookRefused as exc:
+            raise field_error("callback_url", str(exc)) from None
+    return Submission(spec, data, queue, priority, key, callback)
+
+
+def batch_body(item: Any) -> Any:
+    """Batch items may say ``input_data`` (the older managers' name) for ``input``."""
+    if isinstance(item, Mapping) and "input_data" in item and "input" not in item:
+        item = {("input" if k == "input_data" else k): v for k, v in item.items()}
+    return item
+
+
+def valid_task_id(task_id: object) -> TypeGuard[str]:
+    return isinstance(task_id, str) and _TASK_ID.match(task_id) is not None
+
+
+def build_messages(subs: Sequence[Submission], ids: Sequence[str]) -> list[TaskMessage]:
+    """The Celery message of each submission, with its task id."""
+    return [
+        build_task_message(tid, sub.spec.name, sub.queue, kwargs=sub.input, priority=sub.priority)
+        for sub, tid in zip(subs, ids, strict=True)
+    ]
+
+
+def new_records(subs: Sequence[Submission], ids: Sequence[str]) -> list[dict[str, Any]]:
+    """What differs between new records: id, task, queue and webhook."""
+    return [
+        {
+            "task_id": tid,
+            "task": s.spec.name,
+            "queue": s.queue,
+            "webhook": (webhook_fields(s.callback_url) or {"webhook": None})["webhook"],
+        }
+        for s, tid in zip(subs, ids, strict=True)
+    ]
