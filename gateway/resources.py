@@ -33,6 +33,8 @@ async def open_records(settings: Settings) -> AsyncIterator[AsyncRecords]:
     """The records store on ``TASKGATE_REDIS_URL``."""
     client = async_client(
         settings.require_redis(),
+        pool_size=settings.redis_pool_size,
+        pool_timeout=settings.redis_pool_timeout_s,
         socket_timeout=STORE_TIMEOUT_S,
         socket_connect_timeout=STORE_TIMEOUT_S,
     )

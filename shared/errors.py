@@ -15,6 +15,8 @@
     ├── ResultTimeout              timeout         408  the task did not end within the wait
     ├── RateLimited                rate_limited    429  ``retry_after`` seconds
     ├── BrokerUnavailable          broker_unavailable 503  nothing was accepted
+    │   └── StoreUnavailable       store_unavailable  503  Redis down, restarting or busy;
+    │                                                      ``retry_after`` seconds
     └── TaskCancelled              (worker side: raised inside a task to stop it cooperatively)
 
 Every error renders to ``{"error": {"code", "message", "details"?}}``.
@@ -109,6 +111,17 @@ class RateLimited(TaskgateError):
 class BrokerUnavailable(TaskgateError):
     code = "broker_unavailable"
     http_status = 503
+
+
+class StoreUnavailable(BrokerUnavailable):
+    """The records' Redis is down, restarting, or busy past the pool's wait: nothing was done,
+    and the same request may succeed in ``retry_after`` seconds."""
+
+    code = "store_unavailable"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.retry_after = retry_after
 
 
 class TaskCancelled(TaskgateError):

@@ -1,5 +1,12 @@
 """Redis clients made one way everywhere.
 
+The gateway's clients wait for a pooled connection instead of failing: a ``BlockingConnectionPool``
+of ``TASKGATE_REDIS_POOL_SIZE`` connections, where a caller past the pool's size waits up to
+``TASKGATE_REDIS_POOL_TIMEOUT_S`` (then redis-py raises ``ConnectionError``, which
+``shared.store_errors`` turns into a 503 with ``Retry-After``). Idle connections are checked
+before reuse (``health_check_interval``) and a command that fails on a broken connection is
+retried once on a fresh one, so a Redis restart costs at most the requests in flight.
+
 redis-py looks up its own version in package metadata (a walk of ``sys.path``, blocking file
 I/O) each time it opens a connection, unless it is told the version. It is looked up once here,
 at import, so no connection made on the event loop touches the disk.
@@ -12,14 +19,42 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.driver_info import DriverInfo
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.utils import get_lib_version
 
 _DRIVER = DriverInfo(name="redis-py", lib_version=get_lib_version())  # type: ignore[no-untyped-call]
 
 
-def async_client(url: str, **kwargs: Any) -> aioredis.Redis:
-    return aioredis.Redis.from_url(url, driver_info=_DRIVER, **kwargs)
+DEFAULT_POOL_SIZE = 100
+DEFAULT_POOL_TIMEOUT_S = 5.0
+# An idle connection older than this is PINGed before reuse (a restart leaves them broken).
+HEALTH_CHECK_S = 5.0
+
+
+def _retry_once() -> AsyncRetry:
+    return AsyncRetry(ExponentialWithJitterBackoff(base=0.01, cap=0.2), retries=1)
+
+
+def async_client(
+    url: str,
+    *,
+    pool_size: int = DEFAULT_POOL_SIZE,
+    pool_timeout: float = DEFAULT_POOL_TIMEOUT_S,
+    **kwargs: Any,
+) -> aioredis.Redis:
+    """A client on a blocking pool: at most ``pool_size`` connections, callers beyond them wait
+    up to ``pool_timeout`` seconds; health-checked, one retry on a connection error."""
+    kwargs.setdefault("health_check_interval", HEALTH_CHECK_S)
+    kwargs.setdefault("retry", _retry_once())
+    kwargs.setdefault("retry_on_error", [RedisConnectionError, RedisTimeoutError])
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=pool_size, timeout=pool_timeout, driver_info=_DRIVER, **kwargs
+    )
+    return aioredis.Redis(connection_pool=pool, auto_close_connection_pool=True)
 
 
 def sync_client(url: str, **kwargs: Any) -> redis.Redis:

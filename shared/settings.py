@@ -22,6 +22,9 @@ MIN_SECRET_BYTES = 32
 # Default gap between the hard time limit and the broker's visibility timeout: a message must
 # not become visible again while the task that holds it may still legitimately be running.
 VISIBILITY_MARGIN_S = 60.0
+# The submit bucket's default size: the largest batch the API takes (``POST /api/tasks/batch``),
+# so any batch within the limits can be accepted at once by a user whose bucket is full.
+SUBMIT_BURST_DEFAULT = 10_000
 
 
 class Secret:
@@ -61,7 +64,12 @@ class Settings:
     worker_concurrency: int | None = None
     prefetch_multiplier: int = 1
     submit_rate: float = 50.0
+    # Tokens the submit bucket holds when full: the most one user may submit at once (a batch,
+    # a workflow). ``None``: MAX_BATCH_DEFAULT, the largest batch the API takes.
+    submit_burst: int | None = None
     max_active: int = 1000
+    redis_pool_size: int = 100
+    redis_pool_timeout_s: float = 5.0
     retention_s: int = 86400
     key_prefix: str = "taskgate:"
     task_modules: tuple[str, ...] = ("worker.demo",)
@@ -98,6 +106,11 @@ class Settings:
         if self.visibility_timeout_s is not None:
             return self.visibility_timeout_s
         return self.time_limit + VISIBILITY_MARGIN_S
+
+    @property
+    def effective_submit_burst(self) -> float:
+        """The submit bucket's size (``TASKGATE_SUBMIT_BURST``, else ``SUBMIT_BURST_DEFAULT``)."""
+        return float(self.submit_burst if self.submit_burst is not None else SUBMIT_BURST_DEFAULT)
 
     @property
     def effective_broker_url(self) -> str | None:
@@ -172,7 +185,16 @@ class Settings:
             ),
             prefetch_multiplier=r.number("CELERY_WORKER_PREFETCH_MULTIPLIER", 1, int, low=1),
             submit_rate=r.number("TASKGATE_SUBMIT_RATE", 50.0, float, low=0),
+            submit_burst=(
+                r.number("TASKGATE_SUBMIT_BURST", SUBMIT_BURST_DEFAULT, int, low=1)
+                if r.present("TASKGATE_SUBMIT_BURST")
+                else None
+            ),
             max_active=r.number("TASKGATE_MAX_ACTIVE", 1000, int, low=0),
+            redis_pool_size=r.number("TASKGATE_REDIS_POOL_SIZE", 100, int, low=1, high=10_000),
+            redis_pool_timeout_s=r.number(
+                "TASKGATE_REDIS_POOL_TIMEOUT_S", 5.0, float, low=0.01, high=300
+            ),
             retention_s=r.number("TASKGATE_RETENTION_S", 86400, int, low=1),
             key_prefix=r.key_prefix("TASKGATE_KEY_PREFIX", "taskgate:"),
             task_modules=r.csv("TASKGATE_TASK_MODULES") or ("worker.demo",),

@@ -111,19 +111,26 @@ class TaskService:
         assert sub.idempotency_key is not None
         await take_submit_tokens(self.records.client, self.settings, user)
         task_id = str(uuid.uuid4())
+        key = sub.idempotency_key
         with store_errors():
-            existing = await self.idempotency.claim(user, sub.idempotency_key, body, task_id)
+            existing = await self.idempotency.claim(user, key, body, task_id)
             if existing is not None:
                 return existing
-            snap = await self.acceptor.create_one(user, sub, task_id)
+            # From here a refusal (quota, store, broker) gives the key back: a retry of the
+            # same body is then a fresh submit, not a 409.
+            try:
+                snap = await self.acceptor.create_one(user, sub, task_id)
+            except BaseException:
+                await self.idempotency.release(user, key, task_id)
+                raise
             message = build_task_message(
                 task_id, sub.spec.name, sub.queue, kwargs=sub.input, priority=sub.priority
             )
             try:
                 await self.broker.publish([message])
-            except BrokerUnavailable:
+            except BaseException:
                 await self.acceptor.discard(user, task_id)
-                await self.idempotency.release(user, sub.idempotency_key)
+                await self.idempotency.release(user, key, task_id)
                 raise
         try:
             await self.records.publish_snapshot(user, snap)
