@@ -14,14 +14,13 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from blockbuster import blockbuster_ctx
 
-from gateway.auth import issue_token
-from shared.settings import Secret, Settings
+from shared.settings import Settings
 from tests.support import (
-    SECRET,
     CeleryWorker,
     RedisServer,
     SocketClient,
     base_env,
+    make_token,
     serve_gateway,
 )
 
@@ -60,10 +59,6 @@ def settings(env: dict[str, str]) -> Settings:
     return Settings.from_env(env)
 
 
-def make_token(user: str, ttl: float = 3600) -> str:
-    return issue_token(Secret(SECRET), user, ttl)
-
-
 @pytest.fixture
 async def gateway(
     settings: Settings,
@@ -100,7 +95,3 @@ async def sockets(gateway: TestServer) -> AsyncIterator[Callable[[str], Awaitabl
     yield connect
     for client in clients:
         await client.close()
-
-
-def auth(user: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {make_token(user)}"}

@@ -21,10 +21,33 @@ from urllib.parse import quote
 
 import socketio
 
+from gateway.auth import issue_token
 from gateway.cli.embedded import find_redis_server, free_port, stop_group, wait_for_port
+from shared.settings import Secret, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-" + "x" * 40
+# What the fault tests' workers run with: short limits, so that faults resolve quickly (see
+# tests/faults/test_faults.py). A unit test of the settings checks its limits too.
+FAULT_ENV = {
+    "TASKGATE_TASK_MODULES": "worker.demo,tests.faults.tasks_faults",
+    "CELERY_TASK_SOFT_TIME_LIMIT": "6",
+    "CELERY_TASK_TIME_LIMIT": "8",
+    "TASKGATE_VISIBILITY_TIMEOUT_S": "10",
+    "TASKGATE_TASK_HEARTBEAT_S": "0.5",
+    "TASKGATE_MAX_ATTEMPTS": "3",
+    "TASKGATE_SUBMIT_RATE": "0",
+}
+
+
+def make_token(user: str, ttl: float = 3600) -> str:
+    """A token for ``user`` signed with the tests' ``SECRET``."""
+    return issue_token(Secret(SECRET), user, ttl)
+
+
+def auth(user: str) -> dict[str, str]:
+    """HTTP headers that authenticate as ``user``."""
+    return {"Authorization": f"Bearer {make_token(user)}"}
 
 
 class RedisServer:
@@ -79,6 +102,19 @@ def base_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+def offline_env(**extra: str) -> dict[str, str]:
+    """An environment for code that is built from settings but never connects (unit tests):
+    its Redis URL names a closed port."""
+    return base_env("redis://127.0.0.1:1/0", f"tg-unit-{uuid.uuid4().hex[:8]}:", **extra)
+
+
+def fresh(env: Mapping[str, str], **extra: str) -> Settings:
+    """Settings of ``env`` with a key prefix of their own (no worker consumes its queues)."""
+    return Settings.from_env(
+        {**env, "TASKGATE_KEY_PREFIX": f"fast-{uuid.uuid4().hex[:8]}:", **extra}
+    )
 
 
 class CeleryWorker:
