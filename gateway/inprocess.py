@@ -25,7 +25,7 @@ from gateway.resources import (
 from gateway.tasks.health import system_health
 from gateway.tasks.service import TaskService
 from gateway.tasks.submission import batch_body, field_error
-from shared.errors import TaskgateError
+from shared.errors import RateLimited, TaskgateError
 from shared.records import AsyncRecords
 from shared.schema import Snapshot
 from shared.settings import Settings
@@ -159,38 +159,42 @@ class TaskManager:
     ) -> list[dict[str, Any]]:
         """Run many tasks and wait for all: one entry per task, in order, each the terminal
         snapshot or ``{"error": {...}}``. Submitted ``batch_size`` at a time, at most
-        ``rate_limit_requests_per_second``; one failure does not sink the rest."""
+        ``rate_limit_requests_per_second``; an item refused with ``rate_limited`` (the user's
+        submit rate or active-task quota) is submitted again after its ``retry_after``, for up
+        to ``task_timeout_seconds``, so none is lost to the limits. One failure does not sink
+        the rest."""
         user = self._user(context)
         loop = asyncio.get_running_loop()
         out: list[dict[str, Any]] = [{} for _ in tasks]
         waits: list[tuple[int, asyncio.Task[Snapshot]]] = []
-        # Chunks fit the user's submit bucket (TASKGATE_SUBMIT_RATE), so none is refused whole.
-        server_rate = self.settings.submit_rate
         size = self.config.batch_size
         rate = self.config.rate_limit_requests_per_second
-        if server_rate > 0:
-            size = max(1, min(size, int(server_rate)))
-            rate = min(rate, server_rate)
+        if self.settings.submit_rate > 0:
+            rate = min(rate, self.settings.submit_rate)
+        give_up = loop.time() + self.config.task_timeout_seconds
         for start in range(0, len(tasks), size):
             began = loop.time()
-            chunk = [batch_body(t) for t in tasks[start : start + size]]
-            try:
-                answers: list[Snapshot | TaskgateError] = await self.service.submit_many(
-                    user, chunk
-                )
-            except TaskgateError as exc:
-                answers = [exc] * len(chunk)
-            for offset, answer in enumerate(answers):
-                i = start + offset
-                if isinstance(answer, TaskgateError):
-                    out[i] = answer.to_dict()
-                else:
-                    wait = self.service.wait_result(
-                        user, answer["task_id"], self.config.task_timeout_seconds
-                    )
-                    waits.append((i, asyncio.ensure_future(wait)))
+            todo = list(range(start, min(start + size, len(tasks))))
+            while todo:
+                answers = await self._submit_chunk(user, [batch_body(tasks[i]) for i in todo])
+                limited: list[int] = []
+                wait_s = 0.0
+                for i, answer in zip(todo, answers, strict=True):
+                    if isinstance(answer, RateLimited) and loop.time() < give_up:
+                        limited.append(i)
+                        wait_s = max(wait_s, answer.retry_after)
+                    elif isinstance(answer, TaskgateError):
+                        out[i] = answer.to_dict()
+                    else:
+                        wait = self.service.wait_result(
+                            user, answer["task_id"], self.config.task_timeout_seconds
+                        )
+                        waits.append((i, asyncio.ensure_future(wait)))
+                todo = limited
+                if todo:
+                    await asyncio.sleep(min(wait_s, max(0.0, give_up - loop.time())))
             # Pace: a chunk of n may start only n / rate seconds after the previous one.
-            pause = len(chunk) / rate - (loop.time() - began)
+            pause = size / rate - (loop.time() - began)
             if pause > 0 and start + size < len(tasks):
                 await asyncio.sleep(pause)
         for i, waiter in waits:
@@ -199,6 +203,13 @@ class TaskManager:
             except TaskgateError as exc:
                 out[i] = exc.to_dict()
         return out
+
+    async def _submit_chunk(self, user: str, bodies: list[Any]) -> list[Snapshot | TaskgateError]:
+        """``submit_many``, with an error for the whole chunk given to each of its items."""
+        try:
+            return await self.service.submit_many(user, bodies)
+        except TaskgateError as exc:
+            return [exc] * len(bodies)
 
     async def get_task_result(
         self, task_id: str, context: Mapping[str, Any] | None = None, wait: float = 0.0

@@ -9,13 +9,16 @@ from gateway.http.api import USER, json_response, read_json
 from shared.errors import BadRequest, TaskgateError
 
 MAX_WAIT_S = 60.0
+BATCH_FIELDS = frozenset({"tasks", "idempotency_key"})
 
 
 async def submit_batch(request: web.Request) -> web.Response:
     body = await read_json(request)
-    if not isinstance(body, dict) or set(body) != {"tasks"}:
-        raise BadRequest('body must be {"tasks": [...]}')
-    answers = await request.app[SERVICE].submit_many(request[USER], body["tasks"])
+    if not isinstance(body, dict) or "tasks" not in body or set(body) - BATCH_FIELDS:
+        raise BadRequest('body must be {"tasks": [...], "idempotency_key"?: str}')
+    answers = await request.app[SERVICE].submit_many(
+        request[USER], body["tasks"], body.get("idempotency_key")
+    )
     items = [
         a.to_dict() if isinstance(a, TaskgateError) else {"task_id": a["task_id"], "seq": a["seq"]}
         for a in answers

@@ -18,6 +18,8 @@ from aiohttp import web
 
 from gateway.appkeys import SETTINGS
 from gateway.broker.redis_broker import MAX_PRIORITY
+from gateway.tasks.service import MAX_BATCH
+from gateway.tasks.submission import IDEMPOTENCY_KEY_MAX
 from shared.registry import TaskSpec, all_tasks
 from shared.settings import Settings
 from shared.status import TaskStatus
@@ -122,7 +124,7 @@ def _submit_batch(ctx: Context) -> Schema:
     item = {"anyOf": [accepted, ref("Error")]}
     # Items are not constrained here: each one is checked on its own (as POST /api/tasks) and
     # a bad one gets its error in its place, while the others go on.
-    tasks = {"type": "array", "minItems": 1, "maxItems": 10_000, "items": {}}
+    tasks = {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": {}}
     return {
         "summary": "Submit many tasks; each item is answered in order",
         "operationId": "submitBatch",
@@ -132,7 +134,16 @@ def _submit_batch(ctx: Context) -> Schema:
                 JSON: {
                     "schema": {
                         "type": "object",
-                        "properties": {"tasks": tasks},
+                        "properties": {
+                            "tasks": tasks,
+                            "idempotency_key": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": IDEMPOTENCY_KEY_MAX - 6,
+                                "description": "Keys each item <key>#<index>: sent again, "
+                                "the batch creates none of its tasks twice",
+                            },
+                        },
                         "required": ["tasks"],
                         "additionalProperties": False,
                     }

@@ -10,6 +10,7 @@ an unknown one. The work is done by the pieces beside it: ``submission`` (parsin
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -27,7 +28,13 @@ from gateway.tasks.coalesce import Coalescer
 from gateway.tasks.control import CeleryControl
 from gateway.tasks.idempotency import Idempotency
 from gateway.tasks.ratelimit import grant_submit_tokens, take_submit_tokens
-from gateway.tasks.submission import Submission, field_error, parse_submission, valid_task_id
+from gateway.tasks.submission import (
+    IDEMPOTENCY_KEY_MAX,
+    Submission,
+    field_error,
+    parse_submission,
+    valid_task_id,
+)
 from gateway.tasks.waiters import ResultWaiters
 from gateway.tasks.workflows import Workflows
 from shared.errors import BadRequest, BrokerUnavailable, NotFound, TaskgateError
@@ -46,6 +53,8 @@ log = logging.getLogger("taskgate.tasks")
 RECENT_S = 600.0
 MAX_LIST = 500
 MAX_BATCH = 10_000
+# Items of a keyed batch submitted at once (each takes the single, idempotent path).
+KEYED_IN_FLIGHT = 16
 # The transition script's answer when a cancel reached a task a worker is running.
 CANCEL_RUNNING = 3
 
@@ -158,20 +167,34 @@ class TaskService:
         snap = await self.submit(user, body)
         return {"task_id": snap["task_id"], "status": snap["status"], "seq": snap["seq"]}
 
-    async def submit_many(self, user: str, bodies: Any) -> list[Snapshot | TaskgateError]:
+    async def submit_many(
+        self, user: str, bodies: Any, idempotency_key: str | None = None
+    ) -> list[Snapshot | TaskgateError]:
         """Accept a batch: each item validated on its own, answered in order.
 
         Valid items are accepted together (``Acceptor.accept``): all of them take their tokens
         at once (or the batch gets 429), and if the broker refuses, nothing of the batch is
-        accepted.
+        accepted. With ``idempotency_key`` each item without a key of its own is keyed
+        ``<key>#<index>``, so a batch sent again after a lost answer (a gateway that died half
+        way, a timeout) creates none of its tasks twice and answers the ones it has.
         """
         if not isinstance(bodies, list) or not 0 < len(bodies) <= MAX_BATCH:
             raise field_error("tasks", f"must be a list of 1 to {MAX_BATCH} tasks")
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str)
+            or not 0 < len(idempotency_key) <= IDEMPOTENCY_KEY_MAX - 6
+        ):
+            raise field_error(
+                "idempotency_key",
+                f"must be a string of 1 to {IDEMPOTENCY_KEY_MAX - 6} characters",
+            )
         out: list[Snapshot | TaskgateError] = []
         plain: list[tuple[int, Submission]] = []
         keyed: list[tuple[int, Any]] = []
         with gctune.paused():
             for i, body in enumerate(bodies):
+                if idempotency_key is not None and isinstance(body, dict):
+                    body = {"idempotency_key": f"{idempotency_key}#{i}", **body}
                 try:
                     sub = parse_submission(body, self.settings.routes, self.webhook_policy)
                 except TaskgateError as exc:
@@ -182,14 +205,21 @@ class TaskService:
                     plain.append((i, sub))
                 else:
                     keyed.append((i, body))
-        for i, body in keyed:
-            # Rare in batches; the single path gives the same dedup guarantees.
-            try:
-                out[i] = await self.submit(user, body)
-            except BrokerUnavailable:
-                raise
-            except TaskgateError as exc:
-                out[i] = exc
+        if keyed:
+            # The single path's guarantees, a few items at a time; a broker or store failure
+            # stops the batch (items already accepted stay, and a retry answers them).
+            gate = asyncio.Semaphore(KEYED_IN_FLIGHT)
+
+            async def one(i: int, body: Any) -> None:
+                async with gate:
+                    try:
+                        out[i] = await self.submit(user, body)
+                    except BrokerUnavailable:
+                        raise
+                    except TaskgateError as exc:
+                        out[i] = exc
+
+            await asyncio.gather(*(one(i, body) for i, body in keyed))
         if plain:
             await take_submit_tokens(self.records.client, self.settings, user, count=len(plain))
             answers = await self.acceptor.accept(user, [sub for _, sub in plain])

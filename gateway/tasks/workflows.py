@@ -33,6 +33,7 @@ from gateway.broker.message import TaskMessage, build_task_message
 from gateway.broker.redis_broker import redis_priority
 from gateway.tasks.accept import CREATED, Acceptor, create_error
 from gateway.tasks.backend import ResultBackend
+from gateway.tasks.ratelimit import take_submit_tokens
 from gateway.tasks.submission import Submission, field_error, parse_submission
 from shared.errors import BrokerUnavailable, NotFound, TaskgateError
 from shared.records import AsyncRecords
@@ -157,6 +158,8 @@ class Workflows:
     async def submit(self, user: str, body: Any) -> dict[str, Any]:
         """Record every step, then publish; 503 leaves nothing accepted."""
         kind, steps = parse_workflow(body, self.settings.routes)
+        # A workflow's steps are submits like any other: they take from the same bucket.
+        await take_submit_tokens(self.records.client, self.settings, user, count=len(steps))
         wid = str(uuid.uuid4())
         plan = Plan(kind, steps, [str(uuid.uuid4()) for _ in steps])
         now = time.time()
