@@ -95,6 +95,14 @@ class Keys:
         """List: kombu's Redis queue ``queue`` (priority 0; others add a separator and digit)."""
         return f"{self.broker_prefix}{queue}"
 
+    def broker_queues(self, queue: str) -> tuple[str, ...]:
+        """Lists: kombu's Redis queue ``queue`` at each priority, 0 (``broker_queue``) to 9.
+
+        kombu names a priority list after the queue, a separator (``\\x06\\x16``) and the
+        digit; the separator must match ``gateway.broker.redis_broker``'s."""
+        base = self.broker_queue(queue)
+        return (base, *(f"{base}{_PRIORITY_SEP}{p}" for p in range(1, 10)))
+
     @property
     def broker_unacked(self) -> str:
         """Hash: kombu's un-acked messages (delivery tag -> message)."""
@@ -115,6 +123,9 @@ def new_task_ids(n: int) -> list[str]:
         out.append(f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}")
     return out
 
+
+# kombu's separator between a queue's name and the priority of one of its lists.
+_PRIORITY_SEP = "\x06\x16"
 
 # The high two bits of the variant nibble are 10: 0-3 -> 8-b (the rest of it kept).
 _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}

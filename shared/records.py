@@ -5,16 +5,19 @@ assemble the snapshot by concatenation; internal fields start with ``_``:
 
 - ``_owner``: the user id (raw string); ``_pct``: the highest percent reported;
   ``_cancel``: ``1`` once a cancel was asked; ``_attempt``: runs started;
-  ``_hb``: the time of the running worker's last heartbeat (``HEARTBEAT_LUA``).
+  ``_hb``: the time of the running worker's last heartbeat (``heartbeat.lua``).
 
 ``stalled`` (a snapshot field) is ``true`` while a RUNNING task has missed three heartbeats
-(``STALL_LUA``, run by the gateways) and goes back to ``false`` at its next change or heartbeat.
+(``stall.lua``, run by the gateways) and goes back to ``false`` at its next change or heartbeat.
 Every record expires ``retention_s`` after its last change, whatever its status; a running
 task's heartbeat counts as a change, so only abandoned records expire unfinished.
 
-Every change is one script run (``TRANSITION``): check, write, bump ``seq``, maintain the user's
-active/ended sets, publish the update, all atomically. Workers use ``SyncRecords`` (redis-py),
-the gateway ``AsyncRecords`` (redis.asyncio); both run the same scripts with the same arguments.
+Every change is one script run (``transition.lua``): check, write, bump ``seq``, maintain the
+user's active/ended sets, publish the update, all atomically. Workers use ``SyncRecords``
+(redis-py), the gateway ``AsyncRecords`` (redis.asyncio); both run the same scripts with the same
+arguments. The scripts live in ``shared/lua/`` (``shared.scripts``); each has a ``*_call``
+function here that builds its KEYS and ARGV in the order of its header, and its return codes
+are the ``IntEnum`` classes below.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any, Literal
 
 import orjson
@@ -29,245 +33,87 @@ import redis
 import redis.asyncio as aioredis
 
 from shared.keys import Keys
-from shared.schema import SCHEMA_VERSION, SNAPSHOT_FIELDS, Snapshot
-from shared.status import TERMINAL_NAMES, TaskStatus
+from shared.schema import SCHEMA_VERSION, Snapshot
+from shared.scripts import ScriptCall, source
+from shared.status import TaskStatus
 
-_SNAPSHOT_LUA = """
-local function snapshot(key)
-  local vals = redis.call('HMGET', key, {fields})
-  local parts = {{}}
-  local names = {{{names}}}
-  for i, name in ipairs(names) do
-    local v = vals[i]
-    if not v then v = 'null' end
-    parts[i] = '"' .. name .. '":' .. v
-  end
-  return '{{' .. table.concat(parts, ',') .. '}}'
-end
--- Publish the record as it is now on the progress channel; returns its snapshot.
-local function publish(prefix, key, owner)
-  local snap = snapshot(key)
-  redis.call('PUBLISH', prefix .. 'progress',
-    '{{"v":{version},"owner":' .. cjson.encode(owner) .. ',"snapshot":' .. snap .. '}}')
-  return snap
-end
-""".format(
-    fields=", ".join(f"'{f}'" for f in SNAPSHOT_FIELDS),
-    names=", ".join(f"'{f}'" for f in SNAPSHOT_FIELDS),
-    version=SCHEMA_VERSION,
-)
+# The scripts' text (``shared/lua/``), read at import: never as blocking I/O on a loop.
+TRANSITION_LUA = source("transition.lua")
+CREATE_LUA = source("create.lua")
+HEARTBEAT_LUA = source("heartbeat.lua")
+STALL_LUA = source("stall.lua")
+SNAPSHOT_LUA = source("snapshot.lua")
+ANNOTATE_LUA = source("annotate.lua")
 
-# Lua: TERMINAL[status] is true for a terminal status as records store it (JSON-encoded).
-TERMINAL_LUA = "local TERMINAL = {%s}\n" % ", ".join(
-    f"['\"{name}\"'] = true" for name in sorted(TERMINAL_NAMES)
-)
 
-# KEYS[1]: record. ARGV: prefix, retention_s, mode, new_status, percent, owner_check,
-# only_if_status (comma list of JSON-encoded statuses or ''), now, then field/value pairs.
-# Returns {code, seq, cancel_flag[, snapshot]}; code 1 applied, 0 already terminal,
-# 2 skipped (stale progress or status precondition), 3 cancel flag set without a change,
-# -1 no such record (or not the owner's).
-TRANSITION_LUA = (
-    _SNAPSHOT_LUA
-    + TERMINAL_LUA
-    + """
-local key = KEYS[1]
-local prefix, retention, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local new_status, percent, owner_check = ARGV[4], ARGV[5], ARGV[6]
-local only_if, now = ARGV[7], tonumber(ARGV[8])
-if redis.call('EXISTS', key) == 0 then return {-1, 0, '0'} end
-local cur = redis.call('HMGET', key, 'status', '_owner', '_pct', '_cancel', 'seq')
-local status, owner = cur[1], cur[2]
-local pct = tonumber(cur[3]) or 0
-local cancel = cur[4] or '0'
-local seq = tonumber(cur[5]) or 0
-if owner_check ~= '' and owner ~= owner_check then return {-1, 0, '0'} end
-if TERMINAL[status] then return {0, seq, cancel} end
-if mode == 'cancel' then
-  redis.call('HSET', key, '_cancel', '1')
-  cancel = '1'
-  if status ~= '"PENDING"' then return {3, seq, cancel} end
-elseif mode == 'progress' then
-  if status ~= '"RUNNING"' then return {2, seq, cancel} end
-  local p = tonumber(percent)
-  if p < pct then return {2, seq, cancel} end
-  redis.call('HSET', key, '_pct', percent)
-end
-if only_if ~= '' then
-  local ok = false
-  for s in string.gmatch(only_if, '[^,]+') do
-    if s == status then ok = true end
-  end
-  if not ok then return {2, seq, cancel} end
-end
-if mode ~= 'progress' and percent ~= '' then redis.call('HSET', key, '_pct', percent) end
-for i = 9, #ARGV, 2 do
-  redis.call('HSET', key, ARGV[i], ARGV[i + 1])
-end
-if new_status ~= '' then redis.call('HSET', key, 'status', new_status) end
--- The task moved: it is not stalled (any more).
-if redis.call('HGET', key, 'stalled') == 'true' then redis.call('HSET', key, 'stalled', 'false') end
-seq = redis.call('HINCRBY', key, 'seq', 1)
-if new_status ~= '' and TERMINAL[new_status] then
-  redis.call('ZREM', prefix .. 'user:' .. owner .. ':active', string.sub(key, #prefix + 6))
-  redis.call('ZADD', prefix .. 'user:' .. owner .. ':ended', now, string.sub(key, #prefix + 6))
-  redis.call('ZREM', prefix .. 'running', string.sub(key, #prefix + 6))
-end
--- Every record, terminal or not, lives retention seconds after its last change.
-redis.call('EXPIRE', key, retention)
-local snap = publish(prefix, key, owner)
-return {1, seq, cancel, snap}
-"""
-)
+class TransitionCode(IntEnum):
+    """What ``transition.lua`` did (its first reply)."""
 
-# KEYS[1]: record. ARGV: prefix, owner, created_at, max_active, retention_s, then field/value pairs.
-# Returns {1, snapshot}, {-2} when the id exists, {-3, active} when the user is at max_active.
-CREATE_LUA = (
-    _SNAPSHOT_LUA
-    + """
-local key = KEYS[1]
-local prefix, owner, created, max_active = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local retention = tonumber(ARGV[5])
-if redis.call('EXISTS', key) == 1 then return {-2, ''} end
-local active_key = prefix .. 'user:' .. owner .. ':active'
-if max_active > 0 then
-  local n = redis.call('ZCARD', active_key)
-  if n >= max_active then
-    -- A record that never ended expires too; drop such ids before refusing.
-    for _, id in ipairs(redis.call('ZRANGE', active_key, 0, -1)) do
-      if redis.call('EXISTS', prefix .. 'task:' .. id) == 0 then
-        redis.call('ZREM', active_key, id)
-      end
-    end
-    n = redis.call('ZCARD', active_key)
-    if n >= max_active then return {-3, tostring(n)} end
-  end
-end
-local task_id = string.sub(key, #prefix + 6)
-for i = 6, #ARGV, 2 do
-  redis.call('HSET', key, ARGV[i], ARGV[i + 1])
-end
--- _pct and _cancel start absent: their readers take that as 0.
-redis.call('HSET', key, '_owner', owner, 'seq', 1)
-redis.call('EXPIRE', key, retention)
-redis.call('ZADD', prefix .. 'user:' .. owner .. ':tasks', created, task_id)
-redis.call('ZADD', active_key, created, task_id)
--- Ids of expired records leave the index through beat's taskgate.sweep; bound it here too.
-redis.call('ZREMRANGEBYSCORE', prefix .. 'user:' .. owner .. ':tasks', '-inf', created - retention)
-redis.call('ZREMRANGEBYSCORE', prefix .. 'user:' .. owner .. ':ended', '-inf', created - retention)
-return {1, snapshot(key)}
-"""
-)
+    APPLIED = 1
+    ALREADY_TERMINAL = 0
+    SKIPPED = 2
+    CANCEL_FLAGGED = 3
+    MISSING = -1
 
-# Heartbeats and stall checks read the clock of the Redis server (TIME), never of a worker or a
-# gateway, so clock skew between hosts cannot fake or hide a stall.
-_NOW_LUA = """
-local function now()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
-"""
 
-# KEYS[1]: record. ARGV: prefix, retention_s. A worker's heartbeat for a RUNNING task: stamps
-# ``_hb``, scores the task in the running set, keeps the record alive, and clears ``stalled``
-# (bumping seq and publishing) if the task had been marked stalled.
-# Returns {code, cancel_flag}: 1 applied and published, 2 stamped, 0 not RUNNING, -1 no record.
-HEARTBEAT_LUA = (
-    _SNAPSHOT_LUA
-    + _NOW_LUA
-    + """
-local key = KEYS[1]
-local prefix, retention = ARGV[1], tonumber(ARGV[2])
-if redis.call('EXISTS', key) == 0 then return {-1, '0'} end
-local cur = redis.call('HMGET', key, 'status', '_owner', '_cancel', 'stalled')
-local cancel = cur[3] or '0'
-if cur[1] ~= '"RUNNING"' then return {0, cancel} end
-local t = now()
-redis.call('HSET', key, '_hb', string.format('%.3f', t))
-redis.call('ZADD', prefix .. 'running', t, string.sub(key, #prefix + 6))
-redis.call('EXPIRE', key, retention)
-if cur[4] ~= 'true' then return {2, cancel} end
-redis.call('HSET', key, 'stalled', 'false')
-redis.call('HINCRBY', key, 'seq', 1)
-publish(prefix, key, cur[2])
-return {1, cancel}
-"""
-)
+class HeartbeatCode(IntEnum):
+    """What ``heartbeat.lua`` did (its first reply)."""
 
-# KEYS[1]: the running set. ARGV: prefix, stale_after_s, retention_s, limit. Marks every RUNNING
-# task whose last heartbeat is older than stale_after_s as stalled (bumps seq, publishes) and
-# returns their ids. Idempotent, so every gateway may run it. A marked task is re-scored
-# retention_s ahead (a heartbeat brings it back); tasks no longer RUNNING leave the set.
-STALL_LUA = (
-    _SNAPSHOT_LUA
-    + _NOW_LUA
-    + """
-local running, prefix = KEYS[1], ARGV[1]
-local stale_after, retention, limit = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local t = now()
-local marked = {}
-local ids = redis.call('ZRANGEBYSCORE', running, '-inf', t - stale_after, 'LIMIT', 0, limit)
-for _, id in ipairs(ids) do
-  local key = prefix .. 'task:' .. id
-  local cur = redis.call('HMGET', key, 'status', '_owner', '_hb', 'stalled')
-  if cur[1] ~= '"RUNNING"' then
-    redis.call('ZREM', running, id)
-  else
-    local hb = tonumber(cur[3])
-    if cur[4] ~= 'true' and (not hb or hb < t - stale_after) then
-      redis.call('HSET', key, 'stalled', 'true')
-      redis.call('HINCRBY', key, 'seq', 1)
-      publish(prefix, key, cur[2])
-      marked[#marked + 1] = id
-    end
-    redis.call('ZADD', running, t + retention, id)
-  end
-end
-return marked
-"""
-)
+    PUBLISHED = 1
+    STAMPED = 2
+    NOT_RUNNING = 0
+    MISSING = -1
 
-# KEYS[1]: record. ARGV: prefix, owner_check. Returns the snapshot or false.
-SNAPSHOT_LUA = (
-    _SNAPSHOT_LUA
-    + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], '_owner') ~= ARGV[2] then return false end
-return snapshot(KEYS[1])
-"""
-)
+
+class CreateCode(IntEnum):
+    """What ``create.lua`` (and, per record, ``create_batch.lua``) did."""
+
+    CREATED = 1
+    EXISTS = -2
+    AT_QUOTA = -3
+
+
+class AnnotateCode(IntEnum):
+    """What ``annotate.lua`` did (its first reply)."""
+
+    APPLIED = 1
+    CONFLICT = 2
+    MISSING = -1
+
 
 Mode = Literal["status", "progress", "cancel"]
 
 
 @dataclass(frozen=True, slots=True)
 class TransitionResult:
-    """What a transition did. ``applied`` means seq moved and an update was published."""
+    """What a transition (or a heartbeat) did. ``applied`` means seq moved and an update was
+    published."""
 
-    code: int
+    code: TransitionCode | HeartbeatCode
     seq: int
     cancel_requested: bool
     snapshot: bytes | None = None
 
     @property
     def applied(self) -> bool:
-        return self.code == 1
+        return self.code == TransitionCode.APPLIED
 
     @property
     def missing(self) -> bool:
-        return self.code == -1
+        return self.code == TransitionCode.MISSING
 
     @property
     def already_terminal(self) -> bool:
-        return self.code == 0
+        return self.code == TransitionCode.ALREADY_TERMINAL
 
 
 def _enc(value: Any) -> bytes:
     return orjson.dumps(value)
 
 
-def transition_args(
+def transition_call(
     keys: Keys,
+    task_id: str,
     retention_s: int,
     mode: Mode,
     *,
@@ -276,32 +122,56 @@ def transition_args(
     owner: str | None = None,
     only_if: Sequence[TaskStatus] = (),
     fields: dict[str, Any] | None = None,
-) -> list[Any]:
-    args: list[Any] = [
-        keys.prefix,
-        retention_s,
-        mode,
-        _enc(status.value) if status is not None else "",
-        repr(float(percent)) if percent is not None else "",
-        owner if owner is not None else "",
-        ",".join(_enc(s.value).decode() for s in only_if),
-        repr(time.time()),
-    ]
+) -> ScriptCall:
+    """``transition.lua``'s KEYS and ARGV (see its header)."""
+    call = ScriptCall(
+        [keys.task(task_id), keys.running, keys.progress_channel, keys.user_prefix],
+        [
+            task_id,
+            retention_s,
+            mode,
+            _enc(status.value) if status is not None else "",
+            repr(float(percent)) if percent is not None else "",
+            owner if owner is not None else "",
+            ",".join(_enc(s.value).decode() for s in only_if),
+            repr(time.time()),
+        ],
+    )
     for name, value in (fields or {}).items():
-        args.append(name)
-        args.append(_enc(value))
-    return args
+        call.args.append(name)
+        call.args.append(_enc(value))
+    return call
 
 
-def _result(raw: Sequence[Any]) -> TransitionResult:
+def _transition_result(raw: Sequence[Any]) -> TransitionResult:
     snap = raw[3] if len(raw) > 3 else None
     flag = raw[2]
     return TransitionResult(
-        code=int(raw[0]),
+        code=TransitionCode(int(raw[0])),
         seq=int(raw[1]),
         cancel_requested=flag in (b"1", "1"),
         snapshot=snap.encode() if isinstance(snap, str) else snap,
     )
+
+
+def heartbeat_call(keys: Keys, task_id: str, retention_s: int) -> ScriptCall:
+    """``heartbeat.lua``'s KEYS and ARGV (see its header)."""
+    return ScriptCall(
+        [keys.task(task_id), keys.running, keys.progress_channel], [task_id, retention_s]
+    )
+
+
+def stall_call(keys: Keys, stale_after: float, retention_s: int, limit: int) -> ScriptCall:
+    """``stall.lua``'s KEYS and ARGV (see its header)."""
+    return ScriptCall(
+        [keys.running, keys.task_prefix, keys.progress_channel],
+        [repr(float(stale_after)), retention_s, limit],
+    )
+
+
+def snapshot_call(keys: Keys, task_id: str, owner: str | None) -> ScriptCall:
+    """``snapshot.lua``'s KEYS and ARGV (see its header)."""
+    return ScriptCall([keys.task(task_id)], [owner or ""])
 
 
 def update_bytes(owner: str, snapshot: bytes) -> bytes:
@@ -341,15 +211,27 @@ def new_record_fields(
     return fields
 
 
-def _create_args(
+def create_call(
     keys: Keys, owner: str, fields: dict[str, Any], max_active: int, retention_s: int
-) -> list[Any]:
-    args: list[Any] = [keys.prefix, owner, repr(fields["created_at"]), max_active, retention_s]
+) -> ScriptCall:
+    """``create.lua``'s KEYS and ARGV (see its header) for the record ``fields`` (with
+    ``task_id``; ``new_record_fields``)."""
+    task_id = fields["task_id"]
+    call = ScriptCall(
+        [
+            keys.task(task_id),
+            keys.user_tasks(owner),
+            keys.user_active(owner),
+            keys.user_ended(owner),
+            keys.task_prefix,
+        ],
+        [task_id, owner, repr(fields["created_at"]), max_active, retention_s],
+    )
     for name, value in fields.items():
-        if value is not None:  # a field never stored reads as null (``_SNAPSHOT_LUA``)
-            args.append(name)
-            args.append(_enc(value))
-    return args
+        if value is not None:  # a field never stored reads as null (``snapshot_json.lua``)
+            call.args.append(name)
+            call.args.append(_enc(value))
+    return call
 
 
 class SyncRecords:
@@ -364,11 +246,12 @@ class SyncRecords:
         self._heartbeat = client.register_script(HEARTBEAT_LUA)
 
     def transition(self, task_id: str, mode: Mode, **kw: Any) -> TransitionResult:
-        args = transition_args(self.keys, self.retention_s, mode, **kw)
-        return _result(self._transition(keys=[self.keys.task(task_id)], args=args))
+        call = transition_call(self.keys, task_id, self.retention_s, mode, **kw)
+        return _transition_result(self._transition(keys=call.keys, args=call.args))
 
     def snapshot(self, task_id: str) -> Snapshot | None:
-        raw = self._snapshot(keys=[self.keys.task(task_id)], args=[self.keys.prefix, ""])
+        call = snapshot_call(self.keys, task_id, None)
+        raw = self._snapshot(keys=call.keys, args=call.args)
         return decode_snapshot(raw) if raw else None
 
     def cancel_requested(self, task_id: str) -> bool:
@@ -380,10 +263,13 @@ class SyncRecords:
         return int(raw) if raw else 0
 
     def heartbeat(self, task_id: str) -> TransitionResult:
-        """Stamp a RUNNING task's heartbeat (``HEARTBEAT_LUA``); code 0 once it left RUNNING."""
-        args: list[str | int] = [self.keys.prefix, self.retention_s]
-        code, flag = self._heartbeat(keys=[self.keys.task(task_id)], args=args)
-        return TransitionResult(code=int(code), seq=0, cancel_requested=flag in (b"1", "1"))
+        """Stamp a RUNNING task's heartbeat (``heartbeat.lua``); its code is a
+        ``HeartbeatCode``, ``NOT_RUNNING`` once the task left RUNNING."""
+        call = heartbeat_call(self.keys, task_id, self.retention_s)
+        code, flag = self._heartbeat(keys=call.keys, args=call.args)
+        return TransitionResult(
+            code=HeartbeatCode(int(code)), seq=0, cancel_requested=flag in (b"1", "1")
+        )
 
 
 class AsyncRecords:
@@ -399,16 +285,16 @@ class AsyncRecords:
         self._stall = client.register_script(STALL_LUA)
 
     async def transition(self, task_id: str, mode: Mode, **kw: Any) -> TransitionResult:
-        args = transition_args(self.keys, self.retention_s, mode, **kw)
-        return _result(await self._transition(keys=[self.keys.task(task_id)], args=args))
+        call = transition_call(self.keys, task_id, self.retention_s, mode, **kw)
+        return _transition_result(await self._transition(keys=call.keys, args=call.args))
 
     async def create(
         self, owner: str, fields: dict[str, Any], max_active: int
-    ) -> tuple[int, bytes]:
+    ) -> tuple[CreateCode, bytes]:
         """Write a new PENDING record (seq 1). Returns (code, snapshot-or-count)."""
-        args = _create_args(self.keys, owner, fields, max_active, self.retention_s)
-        code, payload = await self._create(keys=[self.keys.task(fields["task_id"])], args=args)
-        return int(code), payload.encode() if isinstance(payload, str) else payload
+        call = create_call(self.keys, owner, fields, max_active, self.retention_s)
+        code, payload = await self._create(keys=call.keys, args=call.args)
+        return CreateCode(int(code)), payload.encode() if isinstance(payload, str) else payload
 
     async def discard_many(self, owner: str, task_ids: Sequence[str]) -> None:
         """Undo ``create`` after the broker refused the messages: nothing stays accepted.
@@ -435,9 +321,8 @@ class AsyncRecords:
         await self.client.publish(self.keys.progress_channel, update_bytes(owner, snapshot))
 
     async def snapshot_raw(self, task_id: str, owner: str | None) -> bytes | None:
-        raw = await self._snapshot(
-            keys=[self.keys.task(task_id)], args=[self.keys.prefix, owner or ""]
-        )
+        call = snapshot_call(self.keys, task_id, owner)
+        raw = await self._snapshot(keys=call.keys, args=call.args)
         if not raw:
             return None
         return raw.encode() if isinstance(raw, str) else bytes(raw)
@@ -449,12 +334,10 @@ class AsyncRecords:
     async def mark_stalled(self, stale_after: float, limit: int = 1000) -> list[str]:
         """Mark RUNNING tasks without a heartbeat for ``stale_after`` seconds as stalled.
 
-        Returns the ids newly marked. Safe to run from every gateway at once (``STALL_LUA``).
+        Returns the ids newly marked. Safe to run from every gateway at once (``stall.lua``).
         """
-        ids = await self._stall(
-            keys=[self.keys.running],
-            args=[self.keys.prefix, repr(float(stale_after)), self.retention_s, limit],
-        )
+        call = stall_call(self.keys, stale_after, self.retention_s, limit)
+        ids = await self._stall(keys=call.keys, args=call.args)
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
     async def snapshots(self, task_ids: Sequence[str], owner: str) -> list[Snapshot]:
@@ -463,9 +346,8 @@ class AsyncRecords:
             return []
         async with self.client.pipeline(transaction=False) as pipe:
             for tid in task_ids:
-                await self._snapshot(
-                    keys=[self.keys.task(tid)], args=[self.keys.prefix, owner], client=pipe
-                )
+                call = snapshot_call(self.keys, tid, owner)
+                await self._snapshot(keys=call.keys, args=call.args, client=pipe)
             raws = await pipe.execute()
         return [decode_snapshot(r) for r in raws if r]
 
@@ -485,41 +367,31 @@ class AsyncRecords:
         return list(seen)
 
 
-# KEYS[1]: record. ARGV: prefix, field, value (JSON), expect (the field's current JSON, or '' for
-# no condition). Sets one annotation field (``webhook``) on any record, terminal or not, without
-# touching its status; bumps seq and publishes the update, like a transition. A compare-and-set,
-# so two deliverers of one webhook cannot overwrite each other's result.
-# Returns {code, seq, snapshot}: 1 applied, 2 the field was not ``expect``, -1 no such record.
-ANNOTATE_LUA = (
-    _SNAPSHOT_LUA
-    + """
-local key = KEYS[1]
-local prefix, field, value, expect = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-if redis.call('EXISTS', key) == 0 then return {-1, 0, ''} end
-if expect ~= '' and redis.call('HGET', key, field) ~= expect then return {2, 0, ''} end
-redis.call('HSET', key, field, value)
-local seq = redis.call('HINCRBY', key, 'seq', 1)
-local snap = publish(prefix, key, redis.call('HGET', key, '_owner'))
-return {1, seq, snap}
-"""
-)
-
 ANNOTATION_FIELDS = frozenset({"webhook"})
+
+
+def annotate_call(
+    keys: Keys, task_id: str, field: str, value: Any, expect: bytes | None
+) -> ScriptCall:
+    """``annotate.lua``'s KEYS and ARGV (see its header)."""
+    return ScriptCall(
+        [keys.task(task_id), keys.progress_channel], [field, _enc(value), expect or b""]
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class AnnotateResult:
-    code: int
+    code: AnnotateCode
     seq: int
     snapshot: bytes | None
 
     @property
     def applied(self) -> bool:
-        return self.code == 1
+        return self.code == AnnotateCode.APPLIED
 
 
 class SyncAnnotations:
-    """Annotation fields of records (``ANNOTATE_LUA``), for workers."""
+    """Annotation fields of records (``annotate.lua``), for workers."""
 
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.client = client
@@ -536,9 +408,7 @@ class SyncAnnotations:
     ) -> AnnotateResult:
         if field not in ANNOTATION_FIELDS:
             raise ValueError(f"{field!r} is not an annotation field")
-        code, seq, snap = self._annotate(
-            keys=[self.keys.task(task_id)],
-            args=[self.keys.prefix, field, _enc(value), expect or b""],
-        )
+        call = annotate_call(self.keys, task_id, field, value, expect)
+        code, seq, snap = self._annotate(keys=call.keys, args=call.args)
         snap_bytes = snap.encode() if isinstance(snap, str) else snap
-        return AnnotateResult(int(code), int(seq), snap_bytes or None)
+        return AnnotateResult(AnnotateCode(int(code)), int(seq), snap_bytes or None)

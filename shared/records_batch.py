@@ -4,9 +4,10 @@ One script run creates up to ``CHUNK`` records (instead of one run per record, e
 the field names). With the Redis broker on the records' Redis, the same run also pushes their
 messages, keeps the outbox copies and publishes their PENDING updates; otherwise another run
 publishes the updates once the broker took the messages. The updates are built here, from what
-was written, not read back. The per-record rules are those of ``CREATE_LUA``: a record that
+was written, not read back. The per-record rules are those of ``create.lua``: a record that
 exists is not overwritten, and the user's ``max_active`` quota is checked (here once for the
-chunk, then counted down).
+chunk, then counted down). The script is ``shared/lua/create_batch.lua``; its header gives the
+KEYS and ARGV that ``BatchRecords.create_args`` builds, and its codes are ``CreateCode``.
 """
 
 from __future__ import annotations
@@ -22,114 +23,20 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from shared.keys import Keys
-from shared.records import new_record_fields, update_bytes, updates_head
+from shared.records import CreateCode, new_record_fields, update_bytes, updates_head
 from shared.resp import Arg, Pipeline, pack_args
 from shared.schema import SNAPSHOT_FIELDS
+from shared.scripts import ScriptCall, source
 
 CHUNK = 1000
 # The first run of a streamed batch (``chunks``): small, so Redis starts on it while the
 # caller builds the rest.
 FIRST_CHUNK = 250
 
-# ARGV: prefix, owner, created, max_active, retention, ncommon, then ncommon name/value pairs
-# shared by every record, nvarying, the nvarying names, then the broker part: 0 (none), or 1,
-# the progress channel, the outbox hash, the publish time and the head of the update message
-# (``records.updates_head``). Then per record its task id and its nvarying JSON-encoded values,
-# and with a broker part its queue list, its message envelope, its outbox time index and its
-# PENDING snapshot. Returns one code per record: 1 created, -2 id exists, -3 over max_active.
-#
-# With the broker part, each created record's message is pushed, its outbox copy kept and its
-# PENDING snapshot published (one message for the run, in the records' order) in the same
-# atomic run: a task is accepted entirely or not at all, and no worker can report on it before
-# its PENDING update is out.
-#
-# Redis's time per record is what bounds a large batch, so the loop allocates little: one HSET
-# argument table for the whole run, its per-record values overwritten in place. A record holds
-# no field that reads the same absent: no nulls (the snapshot script reads a missing field as
-# null), no _pct or _cancel of 0 (as in CREATE_LUA).
-CREATE_MANY_LUA = """
-local prefix, owner, created = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local max_active, retention, nc = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local hs = {'_owner', owner, 'seq', 1}
-for i = 0, nc - 1 do
-  hs[#hs + 1] = ARGV[7 + 2 * i]
-  hs[#hs + 1] = ARGV[8 + 2 * i]
-end
-local at = 7 + 2 * nc
-local nv = tonumber(ARGV[at])
-local slot = #hs
-for i = 1, nv do
-  hs[slot + 2 * i - 1] = ARGV[at + i]
-  hs[slot + 2 * i] = ''
-end
-at = at + nv + 1
-local inline = ARGV[at] == '1'
-local channel, outbox, now, head = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
-at = at + (inline and 5 or 1)
-local per = 1 + nv + (inline and 4 or 0)
-local copies, pushes, lists, stamps, pending = {}, {}, {}, {}, {}
-local active_key = prefix .. 'user:' .. owner .. ':active'
-local tasks_key = prefix .. 'user:' .. owner .. ':tasks'
-local room = 0
-if max_active > 0 then room = max_active - redis.call('ZCARD', active_key) end
-local codes = {}
-local r = 0
-local members = {}
-while at <= #ARGV do
-  r = r + 1
-  local tid = ARGV[at]
-  local base = at + nv
-  local key = prefix .. 'task:' .. tid
-  if max_active > 0 and room <= 0 then
-    codes[r] = -3
-  elseif redis.call('EXISTS', key) == 1 then
-    codes[r] = -2
-  else
-    for i = 1, nv do hs[slot + 2 * i] = ARGV[at + i] end
-    redis.call('HSET', key, unpack(hs))
-    redis.call('EXPIRE', key, retention)
-    members[#members + 1] = created
-    members[#members + 1] = tid
-    room = room - 1
-    codes[r] = 1
-    if inline then
-      local list, envelope, since = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
-      copies[#copies + 1] = tid
-      copies[#copies + 1] = list .. '\\n' .. envelope
-      local z = stamps[since]
-      if not z then z = {}; stamps[since] = z end
-      z[#z + 1] = now
-      z[#z + 1] = tid
-      local l = pushes[list]
-      if not l then l = {}; pushes[list] = l; lists[#lists + 1] = list end
-      l[#l + 1] = envelope
-      pending[#pending + 1] = ARGV[base + 4]
-    end
-  end
-  at = at + per
-end
--- One command per list and per index for the whole chunk, in the records' order.
-for _, list in ipairs(lists) do redis.call('LPUSH', list, unpack(pushes[list])) end
-for since, z in pairs(stamps) do redis.call('ZADD', since, unpack(z)) end
-if #copies > 0 then redis.call('HSET', outbox, unpack(copies)) end
-if #pending > 0 then
-  redis.call('PUBLISH', channel, head .. table.concat(pending, ',') .. ']}')
-end
--- One ZADD per index for the whole chunk (CHUNK keeps unpack below Lua's stack limit).
-if #members > 0 then
-  redis.call('ZADD', tasks_key, unpack(members))
-  redis.call('ZADD', active_key, unpack(members))
-end
-return codes
-"""
-
+# The scripts' text (``shared/lua/``), read at import: never as blocking I/O on a loop.
+CREATE_MANY_LUA = source("create_batch.lua")
 _CREATE_MANY_SHA = hashlib.sha1(CREATE_MANY_LUA.encode()).hexdigest()
-
-# ARGV: channel, then the updates to publish on it, in order.
-PUBLISH_MANY_LUA = """
-for i = 2, #ARGV do redis.call('PUBLISH', ARGV[1], ARGV[i]) end
-return #ARGV - 1
-"""
+PUBLISH_MANY_LUA = source("publish_many.lua")
 
 
 def chunks(n: int) -> Iterator[slice]:
@@ -154,13 +61,13 @@ class ScriptRuns:
     as ``EVAL`` if Redis no longer has the script (NOSCRIPT: it did not run). Runs of a longer
     stream always go as ``EVAL``: after a NOSCRIPT the later runs could have run before the
     earlier one was sent again. The source is a few KiB against the megabyte of arguments of a
-    full run.
+    full run. A run is a ``ScriptCall`` (its KEYS and ARGV; a plain sequence is ARGV alone).
     """
 
     def __init__(self, pipe: Pipeline, source: str, sha: str, *, single: bool) -> None:
         self._pipe = pipe
-        self._eval = pack_args(["EVAL", source, 0])
-        self._head = pack_args(["EVALSHA", sha, 0]) if single else self._eval
+        self._eval = pack_args(["EVAL", source])
+        self._head = pack_args(["EVALSHA", sha]) if single else self._eval
         self._single = single
         self._sent: list[tuple[asyncio.Future[Any], bytes, int]] = []
         self._read = 0
@@ -172,26 +79,29 @@ class ScriptRuns:
     async def __aenter__(self) -> ScriptRuns:
         return self
 
-    async def send(self, args: Sequence[Arg]) -> None:
-        """Send one run (written at once; the socket buffers what Redis has not read yet)."""
+    async def send(self, run: ScriptCall | Sequence[Arg]) -> None:
+        """Send one run, its KEYS and ARGV (a plain sequence: ARGV, no KEYS), written at once;
+        the socket buffers what Redis has not read yet."""
         if self._single and self._sent:
             raise RuntimeError("a single run was announced")
-        body = pack_args(args)
-        fut = await self._pipe.send([b"*%d\r\n" % (3 + len(args)), self._head, body])
-        self._sent.append((fut, body, len(args)))
+        keys, args = (run.keys, run.args) if isinstance(run, ScriptCall) else ((), run)
+        body = pack_args([len(keys), *keys, *args])
+        count = 3 + len(keys) + len(args)
+        fut = await self._pipe.send([b"*%d\r\n" % count, self._head, body])
+        self._sent.append((fut, body, count))
 
     async def replies(self) -> list[Any]:
         """The reply of every run sent and not yet read, in order; the first error reply is
         raised (``ResponseError``), as are connection errors and timeouts."""
         out = []
         while self._read < len(self._sent):
-            fut, body, nargs = self._sent[self._read]
+            fut, body, count = self._sent[self._read]
             try:
                 reply = await self._pipe.reply(fut)
             except NoScriptError:
                 if not self._single:
                     raise
-                again = [b"*%d\r\n" % (3 + nargs), self._eval, body]
+                again = [b"*%d\r\n" % count, self._eval, body]
                 reply = await self._pipe.reply(await self._pipe.send(again))
             out.append(reply)
             self._read += 1
@@ -227,14 +137,26 @@ class BatchRecords:
         created: float,
         max_active: int,
         inline: InlinePush | None = None,
-    ) -> list[Any]:
-        """One run's arguments: a record per ``varying`` dict (each with ``task_id`` and the
-        same keys; at most ``CHUNK``), all with the ``common`` fields too; with ``inline``
-        (its entries in the same order), each created record's message is pushed and its
-        PENDING update published in the same run."""
+    ) -> ScriptCall:
+        """One run's KEYS and ARGV (``create_batch.lua``'s header): a record per ``varying``
+        dict (each with ``task_id`` and the same keys; at most ``CHUNK``), all with the
+        ``common`` fields too; with ``inline`` (its entries in the same order), each created
+        record's message is pushed and its PENDING update published in the same run."""
         assert 0 < len(varying) <= CHUNK
         names = list(varying[0])
-        args: list[Any] = [self.keys.prefix, owner, repr(created), max_active, self.retention_s]
+        keys = self.keys
+        outbox = inline.outbox if inline is not None else keys.outbox
+        call = ScriptCall(
+            [
+                keys.user_tasks(owner),
+                keys.user_active(owner),
+                keys.task_prefix,
+                keys.progress_channel,
+                outbox,
+            ],
+            [owner, repr(created), max_active, self.retention_s],
+        )
+        args = call.args
         args.append(len(common))
         for name, value in common.items():
             args.extend((name, orjson.dumps(value)))
@@ -242,15 +164,25 @@ class BatchRecords:
         if inline is None:
             args.append(0)
         else:
-            args.extend(
-                (1, self.keys.progress_channel, inline.outbox, repr(inline.at), updates_head(owner))
-            )
+            args.extend((1, repr(inline.at), updates_head(owner)))
+        # The lists and time indexes the records name, each once in KEYS; a record gives
+        # their (1-based) index.
+        index: dict[str, int] = {}
+
+        def key_index(key: str) -> int:
+            at = index.get(key)
+            if at is None:
+                call.keys.append(key)
+                at = index[key] = len(call.keys)
+            return at
+
         for i, rec in enumerate(varying):
             args.append(rec["task_id"])
             args.extend([orjson.dumps(rec[n]) for n in names])
             if inline is not None:
-                args.extend(inline.entries[i])
-        return args
+                list_key, envelope, since, snapshot = inline.entries[i]
+                args.extend((key_index(list_key), envelope, key_index(since), snapshot))
+        return call
 
     async def create(
         self,
@@ -261,27 +193,33 @@ class BatchRecords:
         max_active: int,
     ) -> list[int]:
         """Create one record per ``varying`` dict (``create_args``), ``CHUNK`` per run, the
-        runs streamed over one connection. One code per record."""
+        runs streamed over one connection. One ``CreateCode`` per record."""
         async with self.runs(-(-len(varying) // CHUNK)) as runs:
             for start in range(0, len(varying), CHUNK):
                 part = varying[start : start + CHUNK]
                 await runs.send(self.create_args(owner, common, part, created, max_active))
-            return [int(c) for codes in await runs.replies() for c in codes]
+            return [CreateCode(int(c)) for codes in await runs.replies() for c in codes]
 
     async def announce(self, owner: str, snapshots: Sequence[Mapping[str, Any]]) -> None:
         """Publish the PENDING update of each new record (``pending_snapshot``), in order, one
         script run per ``CHUNK``: no per-record read back, no per-update command."""
         updates = pending_updates(owner, snapshots)
-        channel = self.keys.progress_channel
         for start in range(0, len(updates), CHUNK):
-            await self._publish(keys=[], args=[channel, *updates[start : start + CHUNK]])
+            call = publish_many_call(self.keys, updates[start : start + CHUNK])
+            await self._publish(keys=call.keys, args=call.args)
+
+
+def publish_many_call(keys: Keys, updates: Sequence[bytes]) -> ScriptCall:
+    """``publish_many.lua``'s KEYS and ARGV (see its header)."""
+    return ScriptCall([keys.progress_channel], list(updates))
 
 
 @dataclass(frozen=True, slots=True)
 class InlinePush:
     """The broker part of ``BatchRecords.create_args`` (Redis broker on the records' Redis):
-    the outbox hash, the publish time, and per record (queue list, envelope, outbox time
-    index, PENDING snapshot JSON)."""
+    the outbox hash (``Keys.outbox``), the publish time, and per record (its list, from
+    ``Keys.broker_queues``; its envelope; its outbox time index, ``Keys.outbox_times``; its
+    PENDING snapshot JSON)."""
 
     outbox: str
     at: float

@@ -6,14 +6,14 @@ reply is on the wire loses that message: it is in no queue and not un-acked, so 
 timeout never brings it back, and its task would stay PENDING for good.
 
 So the gateway keeps a copy of every message it publishes (``OutboxBroker``: hash
-``<prefix>outbox``, and per queue a sorted set ``<prefix>outbox:at:<queue>`` of publish times)
-and every gateway sweeps (``watch_outbox``, ``OUTBOX_SWEEP_LUA``, atomic): a PENDING task whose
-message is older than every message left in its queue (the queue has drained past it) and is not
-un-acked anywhere was lost; seen so on two sweeps ``confirm_s`` apart (a message between BRPOP
-and its un-acked entry is only briefly in neither), its copy is pushed back at the consuming end
-of its queue.
+``Keys.outbox``, and per queue a sorted set ``Keys.outbox_times(queue)`` of publish times) and
+every gateway sweeps (``watch_outbox``, ``shared/lua/outbox_sweep.lua``, atomic): a PENDING
+task whose message is older than every message left in its queue (the queue has drained past
+it) and is not un-acked anywhere was lost; seen so on two sweeps ``confirm_s`` apart (a message
+between BRPOP and its un-acked entry is only briefly in neither), its copy is pushed back at the
+consuming end of its queue.
 
-A task that started keeps its copy until it ends (``<prefix>outbox:running:<queue>``): when its
+A task that started keeps its copy until it ends (``Keys.outbox_running(queue)``): when its
 worker dies, kombu's visibility timeout puts its message back in the queue, and from there a
 worker can lose it the same way (the soak caught one: restored, taken by BRPOP, worker killed
 before the un-acked entry). So a started task marked stalled (no heartbeat: its worker is gone)
@@ -37,129 +37,47 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.broker.redis_broker import RedisBroker
 from gateway.broker.message import TaskMessage
+from gateway.broker.redis_broker import RedisBroker
 from shared.errors import BrokerUnavailable
 from shared.keys import Keys
-from shared.records import TERMINAL_LUA
 from shared.records_batch import InlinePush
 from shared.redis_client import raise_if_cancel_swallowed
+from shared.scripts import ScriptCall, source
 
 log = logging.getLogger("taskgate.redelivery")
 
-# KEYS: outbox hash, outbox:at:<queue> zset, kombu's un-acked hash, strikes hash,
-# outbox:running:<queue> zset.
-# ARGV: records prefix, queue's base list key, now, min_age_s, margin_s, confirm_s, limit.
-# Returns the ids pushed back.
-OUTBOX_SWEEP_LUA = (
-    TERMINAL_LUA
-    + """
-local outbox, at, unacked, strikes, running = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local prefix, base = ARGV[1], ARGV[2]
-local now, min_age, margin = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local confirm, limit = tonumber(ARGV[6]), tonumber(ARGV[7])
-local held = nil
-local function is_held(id)
-  if not held then held = redis.call('HVALS', unacked) end
-  for _, m in ipairs(held) do
-    if string.find(m, id, 1, true) then return true end
-  end
-  return false
-end
-local function drop(id)
-  redis.call('HDEL', outbox, id)
-  redis.call('ZREM', at, id)
-  redis.call('ZREM', running, id)
-  redis.call('HDEL', strikes, id)
-end
--- A message in neither its queue nor kombu's un-acked set: on the second sighting at least
--- confirm_s after the first, its copy goes back to the consuming end of its queue.
-local pushed = {}
-local function strike(id)
-  redis.call('HSETNX', strikes, id, ARGV[3])
-  local first = tonumber(redis.call('HGET', strikes, id))
-  local copy = redis.call('HGET', outbox, id)
-  if copy and now - first >= confirm then
-    local nl = string.find(copy, '\\n', 1, true)
-    redis.call('RPUSH', string.sub(copy, 1, nl - 1), string.sub(copy, nl + 1))
-    redis.call('HDEL', strikes, id)
-    pushed[#pushed + 1] = id
-    return true
-  end
-  return false
-end
--- 1. PENDING tasks. How far the queue has drained: the publish time of the oldest message left
--- in any of its priority lists (the tail is consumed next). A tail we know nothing about: skip.
-local frontier = math.huge
-local known = true
-local lists = {base}
-for p = 1, 9 do lists[#lists + 1] = base .. '\\6\\22' .. p end
-for _, l in ipairs(lists) do
-  local tail = redis.call('LINDEX', l, -1)
-  if tail then
-    local id = string.match(tail, '"id": ?"([%x%-]+)"')
-    local s = id and redis.call('ZSCORE', at, id)
-    if not s then known = false break end
-    s = tonumber(s)
-    if s < frontier then frontier = s end
-  end
-end
-if known then
-  local cutoff = math.min(now - min_age, frontier - margin)
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', at, '-inf', cutoff, 'LIMIT', 0, limit)) do
-    local status = redis.call('HGET', prefix .. 'task:' .. id, 'status')
-    if not status or TERMINAL[status] then
-      drop(id)
-    elseif status ~= '"PENDING"' then
-      -- Started: from now on watched as a running task (2.), its copy kept until it ends.
-      redis.call('ZREM', at, id)
-      redis.call('ZADD', running, now, id)
-      redis.call('HDEL', strikes, id)
-    elseif is_held(id) then
-      redis.call('HDEL', strikes, id)
-    elseif strike(id) then
-      redis.call('ZADD', at, now, id)
-    end
-  end
-end
--- 2. Started tasks, oldest look first. One whose worker died is marked stalled (no heartbeat)
--- and its message is un-acked until kombu's visibility timeout puts it back in its queue. But
--- a message put back is taken with BRPOP like any other, and lost like any other by a worker
--- that dies before marking it un-acked: a stalled task whose message is not un-acked is
--- pushed back the same way. Each one looked at goes to the end of the line.
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', running, '-inf', now - min_age,
-                               'LIMIT', 0, limit)) do
-  local cur = redis.call('HMGET', prefix .. 'task:' .. id, 'status', 'stalled')
-  if not cur[1] or TERMINAL[cur[1]] then
-    drop(id)
-  else
-    redis.call('ZADD', running, now, id)
-    if cur[2] ~= 'true' or is_held(id) then
-      redis.call('HDEL', strikes, id)
-    else
-      strike(id)
-    end
-  end
-end
-return pushed
-"""
-)
+# The script's text, read at import: never as blocking I/O on the loop.
+OUTBOX_SWEEP_LUA = source("outbox_sweep.lua")
 
 
 def outbox_key(keys: Keys) -> str:
-    return f"{keys.prefix}outbox"
+    """The outbox hash (``Keys.outbox``)."""
+    return keys.outbox
 
 
-def outbox_at_key(keys: Keys, queue: str) -> str:
-    return f"{keys.prefix}outbox:at:{queue}"
-
-
-def strikes_key(keys: Keys) -> str:
-    return f"{keys.prefix}outbox:strikes"
-
-
-def outbox_running_key(keys: Keys, queue: str) -> str:
-    return f"{keys.prefix}outbox:running:{queue}"
+def sweep_call(
+    keys: Keys,
+    queue: str,
+    now: float,
+    min_age: float,
+    margin: float,
+    confirm: float,
+    limit: int,
+) -> ScriptCall:
+    """``outbox_sweep.lua``'s KEYS and ARGV for ``queue`` (see its header)."""
+    return ScriptCall(
+        [
+            keys.outbox,
+            keys.outbox_times(queue),
+            keys.broker_unacked,
+            keys.outbox_strikes,
+            keys.outbox_running(queue),
+            keys.task_prefix,
+            *keys.broker_queues(queue),
+        ],
+        [repr(now), repr(min_age), repr(margin), repr(confirm), limit],
+    )
 
 
 class OutboxBroker:
@@ -183,9 +101,9 @@ class OutboxBroker:
         try:
             async with asyncio.timeout(self.inner.timeout):
                 async with self.client.pipeline(transaction=False) as pipe:
-                    pipe.hset(outbox_key(self.keys), mapping=copies)  # type: ignore[arg-type]
+                    pipe.hset(self.keys.outbox, mapping=copies)  # type: ignore[arg-type]
                     for queue, members in published_at.items():
-                        pipe.zadd(outbox_at_key(self.keys, queue), members)
+                        pipe.zadd(self.keys.outbox_times(queue), members)
                     for key, values in self.inner.by_list(prepared).items():
                         pipe.lpush(key, *values)
                     await pipe.execute()
@@ -198,12 +116,12 @@ class OutboxBroker:
         announced in the same atomic run that writes their records. The records' Redis is
         this one."""
         entries = [
-            (key, envelope, outbox_at_key(self.keys, msg.queue), snapshot)
+            (key, envelope, self.keys.outbox_times(msg.queue), snapshot)
             for (msg, key, envelope), snapshot in zip(
                 self.inner.envelopes(messages), snapshots, strict=True
             )
         ]
-        return InlinePush(outbox_key(self.keys), time.time(), entries)
+        return InlinePush(self.keys.outbox, time.time(), entries)
 
     async def ping(self) -> None:
         await self.inner.ping()
@@ -229,31 +147,14 @@ async def watch_outbox(
     """Sweep every ``interval`` seconds until cancelled; a Redis error skips one round."""
     script: Any = broker.client.register_script(OUTBOX_SWEEP_LUA)
     keys = broker.keys
-    unacked = f"{broker.inner.prefix}unacked"
     while True:
         raise_if_cancel_swallowed()
         await asyncio.sleep(interval)
         for queue in queues:
+            call = sweep_call(keys, queue, time.time(), interval, margin, interval, limit)
             try:
                 async with asyncio.timeout(max(interval, 3.0)):
-                    pushed = await script(
-                        keys=[
-                            outbox_key(keys),
-                            outbox_at_key(keys, queue),
-                            unacked,
-                            strikes_key(keys),
-                            outbox_running_key(keys, queue),
-                        ],
-                        args=[
-                            keys.prefix,
-                            broker.inner.queue_key(queue, 0),
-                            repr(time.time()),
-                            repr(interval),
-                            repr(margin),
-                            repr(interval),
-                            limit,
-                        ],
-                    )
+                    pushed = await script(keys=call.keys, args=call.args)
             except (RedisError, OSError) as exc:
                 log.debug("outbox sweep of %s skipped: %s", queue, type(exc).__name__)
                 continue

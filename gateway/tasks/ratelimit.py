@@ -5,9 +5,11 @@ own clock, so the limit holds across any number of gateways. It holds ``rate`` t
 second's worth, at least one), refills at ``rate`` per second, and a submit takes one token per
 task. A refused take changes nothing and tells how long until enough tokens are back.
 
-Single submits arriving together are accepted as one group (``gateway.tasks.coalesce``): their take is
-partial, granting as many of the group as there are tokens, so each request gets the answer it
-would have got alone (the first ones in, the rest 429).
+Single submits arriving together are accepted as one group (``gateway.tasks.coalesce``): their
+take is partial, granting as many of the group as there are tokens, so each request gets the
+answer it would have got alone (the first ones in, the rest 429).
+
+The script is ``shared/lua/submit_bucket.lua``; ``bucket_call`` builds its KEYS and ARGV.
 """
 
 from __future__ import annotations
@@ -20,36 +22,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from shared.errors import BrokerUnavailable, RateLimited
+from shared.keys import Keys
+from shared.scripts import ScriptCall, source
 from shared.settings import Settings
 
-# KEYS[1]: the bucket (hash: tokens, ts in microseconds). ARGV: rate per second, capacity, cost,
-# partial (1: take as many whole tokens as there are, up to cost). Returns {taken, wait_ms}:
-# taken is cost or 0 (or, partial, what was granted); wait_ms is how long until the rest.
-TOKEN_BUCKET_LUA = """
-local rate, capacity, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local partial = ARGV[4] == '1'
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local cur = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens, ts = tonumber(cur[1]), tonumber(cur[2])
-if tokens == nil or ts == nil then
-  tokens, ts = capacity, now
-end
-if now > ts then
-  tokens = math.min(capacity, tokens + (now - ts) * rate / 1000000)
-end
-local ttl = math.ceil(capacity / rate * 1000) + 1000
-local take = cost
-if tokens < cost then
-  if not partial then return {0, math.ceil((cost - tokens) / rate * 1000)} end
-  take = math.floor(tokens)
-end
-if take > 0 then
-  redis.call('HSET', KEYS[1], 'tokens', tostring(tokens - take), 'ts', tostring(now))
-  redis.call('PEXPIRE', KEYS[1], ttl)
-end
-return {take, math.max(0, math.ceil((cost - tokens) / rate * 1000))}
-"""
+# The script's text, read at import: never as blocking I/O on the loop.
+TOKEN_BUCKET_LUA = source("submit_bucket.lua")
 
 
 _SCRIPTS: weakref.WeakKeyDictionary[aioredis.Redis, Any] = weakref.WeakKeyDictionary()
@@ -63,8 +41,14 @@ def _bucket_script(client: aioredis.Redis) -> Any:
     return script
 
 
-def bucket_key(settings: Settings, user: str) -> str:
-    return f"{settings.keys.prefix}rate:submit:{user}"
+def bucket_call(
+    keys: Keys, user: str, rate: float, capacity: float, cost: int, *, partial: bool
+) -> ScriptCall:
+    """``submit_bucket.lua``'s KEYS and ARGV (see its header)."""
+    return ScriptCall(
+        [keys.submit_bucket(user)],
+        [repr(rate), repr(capacity), str(cost), "1" if partial else "0"],
+    )
 
 
 def _limited(rate: float, wait_ms: int) -> RateLimited:
@@ -112,11 +96,9 @@ async def _take(
     rate = settings.submit_rate
     capacity = max(1.0, rate)
     script: Any = _bucket_script(client)
+    call = bucket_call(settings.keys, user, rate, capacity, count, partial=partial)
     try:
-        taken, wait_ms = await script(
-            keys=[bucket_key(settings, user)],
-            args=[repr(rate), repr(capacity), str(count), "1" if partial else "0"],
-        )
+        taken, wait_ms = await script(keys=call.keys, args=call.args)
     except (RedisError, OSError) as exc:
         raise BrokerUnavailable(f"task store unreachable: {type(exc).__name__}") from exc
     return int(taken), int(wait_ms)

@@ -1,0 +1,79 @@
+-- transition.lua: one change of a task's record (shared.records.transition_call), atomically:
+-- check, write, bump seq, keep the owner's active/ended sets and the running set, publish.
+--
+-- A terminal record never changes. Mode 'cancel' sets the cancel flag; only a PENDING task
+-- then moves (to the status given). Mode 'progress' applies only to a RUNNING task and never
+-- lowers its percent. Any change clears 'stalled'. Every record, terminal or not, expires
+-- retention_s after its last change.
+--
+-- KEYS[1]  the record (Keys.task(task_id))
+-- KEYS[2]  the running set (Keys.running)
+-- KEYS[3]  the progress channel (Keys.progress_channel)
+-- KEYS[4]  Keys.user_prefix: the owner is read from the record, so its sets are
+--          KEYS[4] .. owner .. ':active' and KEYS[4] .. owner .. ':ended'
+--          (Keys.user_active(owner), Keys.user_ended(owner))
+--
+-- ARGV[1]  task id (its member name in the sets)
+-- ARGV[2]  retention_s
+-- ARGV[3]  mode: 'status', 'progress' or 'cancel'
+-- ARGV[4]  new status, JSON-encoded ('"RUNNING"'), or '' to keep it
+-- ARGV[5]  percent ('' for none)
+-- ARGV[6]  owner check: the owner the record must have, or '' for any
+-- ARGV[7]  only if: comma list of JSON-encoded statuses the record must be in, or ''
+-- ARGV[8]  now (when a terminal task ended: its score in the ended set)
+-- ARGV[9..] field, JSON value, field, JSON value, ...
+--
+-- Returns {code, seq, cancel_flag[, snapshot]}, code (shared.records.TransitionCode):
+--    1 APPLIED           seq moved and the update was published (snapshot included)
+--    0 ALREADY_TERMINAL  the record is terminal; nothing changed
+--    2 SKIPPED           stale progress, or not in an 'only if' status
+--    3 CANCEL_FLAGGED    the cancel flag was set; the task is past PENDING, so it did not move
+--   -1 MISSING           no such record, or not the owner's
+--!include publish.lua
+--!include terminal.lua
+local key, running, channel, user_prefix = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local task_id, retention, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local new_status, percent, owner_check = ARGV[4], ARGV[5], ARGV[6]
+local only_if, now = ARGV[7], tonumber(ARGV[8])
+if redis.call('EXISTS', key) == 0 then return {-1, 0, '0'} end
+local cur = redis.call('HMGET', key, 'status', '_owner', '_pct', '_cancel', 'seq')
+local status, owner = cur[1], cur[2]
+local pct = tonumber(cur[3]) or 0
+local cancel = cur[4] or '0'
+local seq = tonumber(cur[5]) or 0
+if owner_check ~= '' and owner ~= owner_check then return {-1, 0, '0'} end
+if TERMINAL[status] then return {0, seq, cancel} end
+if mode == 'cancel' then
+  redis.call('HSET', key, '_cancel', '1')
+  cancel = '1'
+  if status ~= '"PENDING"' then return {3, seq, cancel} end
+elseif mode == 'progress' then
+  if status ~= '"RUNNING"' then return {2, seq, cancel} end
+  local p = tonumber(percent)
+  if p < pct then return {2, seq, cancel} end
+  redis.call('HSET', key, '_pct', percent)
+end
+if only_if ~= '' then
+  local ok = false
+  for s in string.gmatch(only_if, '[^,]+') do
+    if s == status then ok = true end
+  end
+  if not ok then return {2, seq, cancel} end
+end
+if mode ~= 'progress' and percent ~= '' then redis.call('HSET', key, '_pct', percent) end
+for i = 9, #ARGV, 2 do
+  redis.call('HSET', key, ARGV[i], ARGV[i + 1])
+end
+if new_status ~= '' then redis.call('HSET', key, 'status', new_status) end
+-- The task moved: it is not stalled (any more).
+if redis.call('HGET', key, 'stalled') == 'true' then redis.call('HSET', key, 'stalled', 'false') end
+seq = redis.call('HINCRBY', key, 'seq', 1)
+if new_status ~= '' and TERMINAL[new_status] then
+  redis.call('ZREM', user_prefix .. owner .. ':active', task_id)
+  redis.call('ZADD', user_prefix .. owner .. ':ended', now, task_id)
+  redis.call('ZREM', running, task_id)
+end
+-- Every record, terminal or not, lives retention seconds after its last change.
+redis.call('EXPIRE', key, retention)
+local snap = publish(channel, key, owner)
+return {1, seq, cancel, snap}
