@@ -5,8 +5,8 @@ Each client is its own user (its own token, verified on connect) and holds its c
 its ``heartbeat`` event every 15 s and Engine.IO pings every 20 s, which the clients answer.
 Measured: connections dropped, the fewest heartbeats and pings any client saw, updates
 delivered, client-visible lag, the gateway's event-loop lag (``gateway.process.looplag``) and
-its RSS growth per connection, against a bare aiohttp websocket server (the bare subscriber of P3, with
-the same clients, the same 1,000 updates/s) held for a shorter time.
+its RSS growth per connection, against a bare aiohttp websocket server (the bare subscriber of
+P3, with the same clients, the same 1,000 updates/s) held for a shorter time.
 """
 
 from __future__ import annotations

@@ -22,7 +22,13 @@ from typing import Any
 import orjson
 
 from shared.keys import Keys
-from shared.records import CREATE_LUA, TRANSITION_LUA, new_record_fields, transition_args
+from shared.records import (
+    CREATE_LUA,
+    TRANSITION_LUA,
+    create_call,
+    new_record_fields,
+    transition_call,
+)
 from shared.redis_client import sync_client
 from shared.schema import SCHEMA_VERSION
 from shared.status import TaskStatus
@@ -45,17 +51,20 @@ def prepare_running_tasks(redis_url: str, prefix: str, users: list[str]) -> list
         with client.pipeline(transaction=False) as pipe:
             for tid, user in chunk:
                 fields = new_record_fields(tid, "demo.count", "fast", now)
-                args: list[Any] = [prefix, user, repr(now), 0, 86400]
-                for name, value in fields.items():
-                    args += [name, orjson.dumps(value)]
-                create(keys=[keys.task(tid)], args=args, client=pipe)
+                call = create_call(keys, user, fields, 0, 86400)
+                create(keys=call.keys, args=call.args, client=pipe)
             pipe.execute()
         with client.pipeline(transaction=False) as pipe:
             for tid, _ in chunk:
-                args = transition_args(
-                    keys, 86400, "status", status=TaskStatus.RUNNING, fields={"started_at": now}
+                call = transition_call(
+                    keys,
+                    tid,
+                    86400,
+                    "status",
+                    status=TaskStatus.RUNNING,
+                    fields={"started_at": now},
                 )
-                transition(keys=[keys.task(tid)], args=args, client=pipe)
+                transition(keys=call.keys, args=call.args, client=pipe)
             pipe.execute()
     client.close()
     return tasks
@@ -119,14 +128,15 @@ def _run_sync(conn: Connection, mode: str, redis_url: str, prefix: str, tasks: l
                 tid, owner = tasks[cursor]
                 cursor = (cursor + 1) % len(tasks)
                 if mode == "lua":
-                    args = transition_args(
+                    call = transition_call(
                         keys,
+                        tid,
                         86400,
                         "progress",
                         percent=50.0,
                         fields={"progress": {"percent": 50.0, "message": "step", "data": {"t": t}}},
                     )
-                    transition(keys=[keys.task(tid)], args=args, client=pipe)
+                    transition(keys=call.keys, args=call.args, client=pipe)
                 else:
                     seq += 1
                     msg = {"v": SCHEMA_VERSION, "owner": owner, "snapshot": _snapshot(tid, seq, t)}

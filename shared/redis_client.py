@@ -54,7 +54,7 @@ def async_client(
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=pool_size, timeout=pool_timeout, driver_info=_DRIVER, **kwargs
     )
-    return aioredis.Redis(connection_pool=pool, auto_close_connection_pool=True)
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
 
 
 def sync_client(url: str, **kwargs: Any) -> redis.Redis:

@@ -33,7 +33,7 @@ from gateway.process import gctune
 from gateway.tasks.submission import Submission, build_messages, new_records
 from shared.errors import BrokerUnavailable, RateLimited, TaskgateError
 from shared.keys import new_task_ids
-from shared.records import AsyncRecords, new_record_fields
+from shared.records import AsyncRecords, CreateCode, new_record_fields
 from shared.records_batch import CHUNK, BatchRecords, chunks, pending_common, pending_snapshot
 from shared.schema import Snapshot
 from shared.settings import Settings
@@ -42,10 +42,9 @@ from shared.webhooks import webhook_fields
 
 log = logging.getLogger("taskgate.accept")
 
-# The create scripts' answer for a record that was written.
-CREATED = 1
-# ... and for one refused because the user is at ``TASKGATE_MAX_ACTIVE``.
-AT_QUOTA = -3
+# The create scripts' answers (shared/lua/create.lua, create_batch.lua).
+CREATED = CreateCode.CREATED
+AT_QUOTA = CreateCode.AT_QUOTA
 
 
 def create_error(code: int, payload: bytes, max_active: int) -> TaskgateError:

@@ -38,7 +38,7 @@ from gateway.tasks.submission import (
 from gateway.tasks.waiters import ResultWaiters
 from gateway.tasks.workflows import Workflows
 from shared.errors import BadRequest, BrokerUnavailable, NotFound, TaskgateError
-from shared.records import AsyncRecords, decode_snapshot
+from shared.records import AsyncRecords, TransitionCode, decode_snapshot
 from shared.records_batch import BatchRecords
 from shared.registry import load_task_modules
 from shared.resp import DEFAULT_TIMEOUT_S, Pipeline
@@ -55,8 +55,6 @@ MAX_LIST = 500
 MAX_BATCH = 10_000
 # Items of a keyed batch submitted at once (each takes the single, idempotent path).
 KEYED_IN_FLIGHT = 16
-# The transition script's answer when a cancel reached a task a worker is running.
-CANCEL_RUNNING = 3
 
 # Stands in for an item's answer until the batch is through.
 _PENDING_ITEM = TaskgateError("not processed")
@@ -291,7 +289,7 @@ class TaskService:
         )
         if result.missing:
             raise NotFound("no such task")
-        if result.code == CANCEL_RUNNING and self.control is not None:
+        if result.code == TransitionCode.CANCEL_FLAGGED and self.control is not None:
             self.background.spawn(self.control.revoke(task_id))
         return await self.get(user, task_id)
 

@@ -9,7 +9,7 @@ import pytest
 
 from gateway.broker.outbox import OutboxBroker, outbox_key
 from gateway.broker.redis_broker import RedisBroker
-from gateway.tasks.service import TaskManager
+from gateway.tasks.service import TaskService
 from shared.errors import BrokerUnavailable
 from shared.records import AsyncRecords
 from shared.redis_client import async_client
@@ -27,7 +27,7 @@ async def test_batch_failing_after_a_chunk_ran_leaves_nothing_accepted(tmp_path:
     client = async_client(server.url)
     settings = Settings(redis_url=server.url, key_prefix="oom:", max_active=0, submit_rate=0)
     broker = OutboxBroker(RedisBroker(server.url, settings.keys.broker_prefix), settings.keys)
-    manager = TaskManager(
+    manager = TaskService(
         settings, AsyncRecords(client, settings.keys, settings.retention_s), broker
     )
     bodies = [BODY] * 3000

@@ -16,9 +16,9 @@ from aiohttp.test_utils import TestServer
 from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.appkeys import MANAGER, RECORDS, RELAY
+from gateway.appkeys import RECORDS, RELAY, SERVICE
 from gateway.live.subscriber import Subscriber
-from gateway.tasks import service as manager_module
+from gateway.tasks import waiters as waiters_module
 from shared.records import update_bytes, updates_head
 from shared.redis_client import async_client
 from shared.schema import decode_updates, owner_of
@@ -89,8 +89,8 @@ async def test_relay_leaves_unparsed_the_updates_nobody_here_listens_to(
         assert relay.unheard == 1 and relay.delivered == delivered + 1
         assert away_task not in client.events
 
-        monkeypatch.setattr(manager_module, "RESULT_POLL_S", 60.0)
-        manager = server.app[MANAGER]
+        monkeypatch.setattr(waiters_module, "RESULT_POLL_S", 60.0)
+        manager = server.app[SERVICE]
         waiter = asyncio.create_task(manager.wait_result(away, away_task, 60))
         async with asyncio.timeout(10):
             while not manager.waiting:  # noqa: ASYNC110 (state of another task)

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.broker.outbox import OutboxBroker, outbox_key
 from gateway.broker.redis_broker import RedisBroker, redis_priority
-from gateway.tasks.service import TaskManager
+from gateway.tasks.service import TaskService
 from shared.errors import RateLimited, TaskgateError
 from shared.records import AsyncRecords
 from shared.redis_client import async_client
@@ -25,18 +25,18 @@ BODY = {"task": "demo.count", "input": {"steps": 2}}
 @pytest.fixture(params=["outbox", "plain"])
 async def make_manager(
     request: pytest.FixtureRequest, env: dict[str, str]
-) -> AsyncIterator[Callable[..., Awaitable[TaskManager]]]:
+) -> AsyncIterator[Callable[..., Awaitable[TaskService]]]:
     """Managers as the gateway builds them (``outbox``: the records' Redis is the broker, one
     script accepts) and as with a broker elsewhere (``plain``: records, push, publish)."""
-    made: list[tuple[TaskManager, Any]] = []
+    made: list[tuple[TaskService, Any]] = []
 
-    async def make(**extra: str) -> TaskManager:
+    async def make(**extra: str) -> TaskService:
         settings = fresh(env, **extra)
         client = async_client(settings.require_redis())
         broker: Any = RedisBroker(settings.require_redis(), settings.keys.broker_prefix)
         if request.param == "outbox":
             broker = OutboxBroker(broker, settings.keys)
-        manager = TaskManager(
+        manager = TaskService(
             settings, AsyncRecords(client, settings.keys, settings.retention_s), broker
         )
         made.append((manager, client))
@@ -50,7 +50,7 @@ async def make_manager(
 
 
 async def submit_all(
-    manager: TaskManager, user: str, n: int
+    manager: TaskService, user: str, n: int
 ) -> list[dict[str, Any] | TaskgateError]:
     async def one() -> dict[str, Any] | TaskgateError:
         try:
@@ -61,13 +61,13 @@ async def submit_all(
     return await asyncio.gather(*(one() for _ in range(n)))
 
 
-async def queued(manager: TaskManager) -> int:
+async def queued(manager: TaskService) -> int:
     depths = await manager.broker.queue_depths(["fast"])
     return depths["fast"]
 
 
 async def test_submits_in_flight_are_grouped_and_each_answered(
-    make_manager: Callable[..., Awaitable[TaskManager]],
+    make_manager: Callable[..., Awaitable[TaskService]],
 ) -> None:
     manager = await make_manager(TASKGATE_SUBMIT_RATE="0", TASKGATE_MAX_ACTIVE="0")
     pubsub = manager.records.client.pubsub(ignore_subscribe_messages=True)
@@ -101,7 +101,7 @@ async def test_submits_in_flight_are_grouped_and_each_answered(
 
 
 async def test_group_beyond_the_bucket_gets_429_for_the_rest_only(
-    make_manager: Callable[..., Awaitable[TaskManager]],
+    make_manager: Callable[..., Awaitable[TaskService]],
 ) -> None:
     manager = await make_manager(TASKGATE_SUBMIT_RATE="10", TASKGATE_MAX_ACTIVE="0")
     answers = await submit_all(manager, "bucket", 25)
@@ -115,7 +115,7 @@ async def test_group_beyond_the_bucket_gets_429_for_the_rest_only(
 
 
 async def test_group_beyond_max_active_pushes_nothing_for_the_refused(
-    make_manager: Callable[..., Awaitable[TaskManager]],
+    make_manager: Callable[..., Awaitable[TaskService]],
 ) -> None:
     manager = await make_manager(TASKGATE_SUBMIT_RATE="0", TASKGATE_MAX_ACTIVE="5")
     answers = await submit_all(manager, "quota", 8)
@@ -130,7 +130,7 @@ async def test_group_beyond_max_active_pushes_nothing_for_the_refused(
 
 
 async def test_batch_of_several_chunks_is_accepted_in_order(
-    make_manager: Callable[..., Awaitable[TaskManager]],
+    make_manager: Callable[..., Awaitable[TaskService]],
 ) -> None:
     manager = await make_manager(TASKGATE_SUBMIT_RATE="0", TASKGATE_MAX_ACTIVE="0")
     bodies = [{"task": "demo.count", "input": {"steps": 1 + i % 50}} for i in range(2500)]

@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from blockbuster import blockbuster_ctx
 
-from gateway.tasks.service import TaskManager
+from gateway.inprocess import TaskManager
 from shared.errors import InvalidInput, NotFound, ResultTimeout, UnknownTask
 from shared.settings import Settings
 from tests.support import CeleryWorker, auth

@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
 from gateway.appkeys import RELAY
-from shared.records import CREATE_LUA, SyncRecords, _create_args, new_record_fields
+from shared.records import CREATE_LUA, SyncRecords, create_call, new_record_fields
 from shared.redis_client import sync_client
 from shared.settings import Settings
 from shared.status import TaskStatus
@@ -363,13 +363,8 @@ def test_delivery_rechecks_resolved_addresses(env: dict[str, str]) -> None:
         settings_policy.check_url(url)  # accepted at submit: a name on the allowlist
         fields = new_record_fields(task_id, "demo.count", "fast", time.time(), webhook_fields(url))
         create = client.register_script(CREATE_LUA)
-        assert (
-            create(
-                keys=[settings.keys.task(task_id)],
-                args=_create_args(settings.keys, "someone", fields, 0, 60),
-            )[0]
-            == 1
-        )
+        call = create_call(settings.keys, "someone", fields, 0, 60)
+        assert create(keys=call.keys, args=call.args)[0] == 1
         records.transition(task_id, "status", status=TaskStatus.COMPLETED)
         outcome, retry_in = Delivery(records, settings).attempt(task_id)
         assert (outcome, retry_in) == ("failed", None)
