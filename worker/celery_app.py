@@ -1,111 +1,41 @@
-"""The Celery app: JSON only, late acks, prefetch 1, queues ``fast`` and ``heavy``.
+"""The Celery app of the workers, beat and Flower: ``celery -A worker worker|beat|flower``.
 
-Every Celery setting taskgate relies on is set here, so the workers, beat, Flower and the
-gateway (which only publishes and revokes) read the same configuration. docs/RELIABILITY.md
-says which promise rests on which setting.
+Its configuration comes from ``shared.celery_config`` (the gateway's remote control reads the
+same); this module binds the tasks to it: every registered task, the maintenance tasks, the
+webhook delivery, and the signal handlers that record how a task ended when the task itself
+could not. docs/RELIABILITY.md says which promise rests on which setting.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import sys
 from typing import Any
 
 from celery import Celery
 from celery.exceptions import TimeLimitExceeded
 from celery.signals import task_failure, task_revoked
-from kombu import Queue  # type: ignore[attr-defined]
 
+from shared.celery_config import celery_config
 from shared.errors import ConfigError
 from shared.logging import setup_logging
 from shared.registry import all_tasks, load_task_modules
 from shared.settings import Settings
 from shared.status import TaskStatus
 from worker.maintenance import register_maintenance
-from worker.runner import RecordsPerProcess, finish, hard_time_limit_error, register_celery_task
+from worker.runner import finish, hard_time_limit_error, register_celery_task
+from worker.store import RecordsPerProcess
 from worker.webhooks import register_webhooks
 
 # Terminal writes from the worker's main process (signal handlers) retry only this long: its
 # event loop serves every pool process.
 MAIN_PROCESS_RETRY_S = 5.0
-# kombu's Redis transport consumes priority keys in this order; 10 steps give 0-9 their own list.
-REDIS_PRIORITY_STEPS = list(range(10))
-
-
-def visibility_timeout(settings: Settings) -> int:
-    """Seconds an un-acked message stays with its worker before Redis hands it to another.
-
-    With late acks a message stays un-acked while its task runs, so this must exceed the hard
-    time limit (``Settings.from_env`` refuses otherwise), or a task still running would be
-    delivered twice. It is also how long a task of a worker killed with SIGKILL waits before
-    it is run again. Celery documents it as an int.
-    """
-    return max(1, math.ceil(settings.visibility_timeout))
-
-
-def restore_interval(settings: Settings) -> int:
-    """How often a worker looks for messages whose visibility timeout passed."""
-    return max(1, min(10, visibility_timeout(settings) // 4))
-
-
-def broker_transport_options(settings: Settings) -> dict[str, Any]:
-    if settings.broker_is_amqp:
-        return {"confirm_publish": True}
-    return {
-        "global_keyprefix": settings.keys.broker_prefix,
-        "visibility_timeout": visibility_timeout(settings),
-        # kombu sweeps every interval * throttle seconds (10 * 10 by default); with a throttle
-        # of 1 a lost message is back in its queue within visibility_timeout + interval.
-        "unacked_restore_interval": restore_interval(settings),
-        "unacked_restore_throttle": 1,
-        # The sweep holds a lock in Redis; a worker killed while holding it blocks every other
-        # worker's sweep until the lock expires (300 s by default).
-        "unacked_mutex_expire": min(300, visibility_timeout(settings)),
-        "priority_steps": REDIS_PRIORITY_STEPS,
-        "queue_order_strategy": "priority",
-    }
 
 
 def make_celery(settings: Settings) -> Celery:
     """Build the Celery app for ``settings`` and bind every registered task to it."""
     app = Celery("taskgate", set_as_current=False)
-    app.conf.update(
-        broker_url=settings.effective_broker_url,
-        result_backend=settings.effective_backend_url,
-        broker_transport_options=broker_transport_options(settings),
-        result_backend_transport_options={
-            "global_keyprefix": settings.keys.broker_prefix,
-            "visibility_timeout": visibility_timeout(settings),
-        },
-        # Celery's docs ask for the same visibility timeout in all three places.
-        visibility_timeout=visibility_timeout(settings),
-        broker_connection_retry_on_startup=True,
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        result_accept_content=["json"],
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=settings.prefetch_multiplier,
-        worker_concurrency=settings.worker_concurrency,
-        task_soft_time_limit=settings.soft_time_limit,
-        task_time_limit=settings.time_limit,
-        task_queues=[
-            Queue(  # type: ignore[no-untyped-call]
-                name, routing_key=name, queue_arguments={"x-max-priority": 10}
-            )
-            for name in settings.queues
-        ],
-        task_routes=[{pattern: {"queue": queue}} for pattern, queue in settings.routes],
-        task_default_queue="fast",
-        task_queue_max_priority=10,
-        task_default_priority=0,
-        result_expires=settings.retention_s,
-        worker_send_task_events=True,
-        worker_hijack_root_logger=False,
-        enable_utc=True,
-    )
+    app.conf.update(celery_config(settings))
     load_task_modules(settings.task_modules)
     records = RecordsPerProcess(settings)
     for spec in all_tasks().values():

@@ -11,11 +11,11 @@ drops ids whose record is gone.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from celery import Celery
 
 from shared.records import SyncRecords
+from worker.store import RecordsPerProcess
 
 log = logging.getLogger("taskgate.maintenance")
 
@@ -55,7 +55,7 @@ def sweep(records: SyncRecords, max_keys: int = 100_000) -> dict[str, int]:
     return {"index_sets": seen_sets, "removed": removed}
 
 
-def register_maintenance(app: Celery, records: Any) -> None:
+def register_maintenance(app: Celery, records: RecordsPerProcess) -> None:
     """Bind the maintenance tasks; ``records`` is the worker's per-process records holder."""
 
     @app.task(name=SWEEP_TASK, queue="fast", ignore_result=True)  # type: ignore[untyped-decorator]

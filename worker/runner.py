@@ -16,7 +16,6 @@ What each run does, in order (docs/RELIABILITY.md explains why):
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 import time
@@ -30,13 +29,13 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.errors import InvalidInput, TaskCancelled
-from shared.records import SyncRecords, TransitionResult
-from shared.redis_client import sync_client
+from shared.records import HeartbeatCode, SyncRecords, TransitionResult
 from shared.registry import TaskSpec
 from shared.settings import Settings
 from shared.status import TERMINAL_NAMES, TaskStatus
 from worker import webhooks
 from worker.context import Context
+from worker.store import RecordsPerProcess
 from worker.workflow import settle_workflow
 
 log = logging.getLogger("taskgate.worker")
@@ -50,27 +49,8 @@ TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 FINISH_RETRY_S = 60.0
 # A run is presumed dead after this many missed heartbeats (the gateways' stall check agrees).
 STALE_AFTER_BEATS = 3
-
-
-class RecordsPerProcess:
-    """One Redis client per (forked) process: a client must not cross a fork."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._pid = -1
-        self._records: SyncRecords | None = None
-
-    def get(self) -> SyncRecords:
-        if self._records is None or self._pid != os.getpid():
-            client = sync_client(
-                self.settings.require_redis(),
-                socket_timeout=10,
-                socket_connect_timeout=5,
-                health_check_interval=30,
-            )
-            self._records = SyncRecords(client, self.settings.keys, self.settings.retention_s)
-            self._pid = os.getpid()
-        return self._records
+# A heartbeat that finds the task no longer RUNNING (or its record gone) stops the beating.
+_HEARTBEAT_DONE = (HeartbeatCode.NOT_RUNNING, HeartbeatCode.MISSING)
 
 
 def retrying(fn: Callable[[], T], what: str, deadline_s: float = FINISH_RETRY_S) -> T:
@@ -149,7 +129,7 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             result = self.beat()
-            if result is not None and result.code in (0, -1):
+            if result is not None and result.code in _HEARTBEAT_DONE:
                 return  # the task left RUNNING (or its record is gone): nothing to keep alive
 
     def __enter__(self) -> Heartbeat:

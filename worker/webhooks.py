@@ -18,13 +18,14 @@ import logging
 import socket
 import ssl
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from celery import Celery, Task
 from celery.signals import celeryd_after_setup
 from kombu import Queue  # type: ignore[attr-defined]
 
+from shared.celery_config import task_queue
 from shared.records import SyncAnnotations, SyncRecords
 from shared.settings import Settings
 from shared.status import TERMINAL_NAMES
@@ -39,9 +40,7 @@ from shared.webhooks import (
     sign,
     signing_secret,
 )
-
-if TYPE_CHECKING:
-    from worker.runner import RecordsPerProcess
+from worker.store import RecordsPerProcess
 
 log = logging.getLogger("taskgate.webhooks")
 
@@ -54,10 +53,8 @@ _app: Celery | None = None
 
 
 def webhook_queue() -> Queue:
-    # Same arguments as the task queues: RabbitMQ refuses a redeclaration that differs.
-    return Queue(  # type: ignore[no-untyped-call]
-        WEBHOOK_QUEUE, routing_key=WEBHOOK_QUEUE, queue_arguments={"x-max-priority": 10}
-    )
+    # Declared as the task queues are: RabbitMQ refuses a redeclaration that differs.
+    return task_queue(WEBHOOK_QUEUE)
 
 
 def register_webhooks(app: Celery, records: RecordsPerProcess, settings: Settings) -> None:
@@ -123,7 +120,7 @@ class Delivery:
         snap = self.records.snapshot(task_id)
         if snap is None or snap["status"] not in TERMINAL_NAMES:
             return "task not ended", None
-        lock = f"{self.records.keys.prefix}webhook-lock:{task_id}"
+        lock = self.records.keys.webhook_lock(task_id)
         ttl = int(self.settings.webhook_timeout_s * 3) + 10
         if not self.records.client.set(lock, "1", nx=True, ex=ttl):
             return "another delivery is in progress", None

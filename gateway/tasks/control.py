@@ -3,6 +3,9 @@
 Control messages are broadcasts on the broker with replies gathered for a timeout: blocking by
 nature in kombu, so each call runs in ``asyncio.to_thread`` under a deadline, and inspect answers
 are cached briefly so that a dashboard polling ``/api/workers`` does not flood the workers.
+
+The app behind it has no tasks: it is built from ``shared.celery_config``, the configuration the
+workers read, so its broadcasts travel on their broker under their ``global_keyprefix``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 from celery import Celery
 
+from shared.celery_config import celery_config
 from shared.settings import Settings
 
 log = logging.getLogger("taskgate.control")
@@ -23,6 +27,8 @@ CACHE_S = 2.0
 
 
 class CeleryControl:
+    """Revoke and inspect the workers of ``settings``' broker, off the event loop."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._app: Celery | None = None
@@ -30,10 +36,9 @@ class CeleryControl:
         self._workers: tuple[float, list[dict[str, Any]]] | None = None
 
     async def app(self) -> Celery:
+        """The control app, built in a worker thread on first use."""
         if self._app is None:
-            from worker.celery_app import make_celery
-
-            self._app = await asyncio.to_thread(make_celery, self.settings)
+            self._app = await asyncio.to_thread(control_app, self.settings)
         return self._app
 
     async def revoke(self, task_id: str) -> None:
@@ -51,6 +56,13 @@ class CeleryControl:
             found = await asyncio.wait_for(asyncio.to_thread(_inspect, app), 10)
             self._workers = (time.monotonic(), found)
             return found
+
+
+def control_app(settings: Settings) -> Celery:
+    """A Celery app without tasks on the workers' broker: all that revoke and inspect need."""
+    app = Celery("taskgate", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app
 
 
 def _inspect(app: Celery) -> list[dict[str, Any]]:

@@ -1,0 +1,109 @@
+"""Celery's configuration: JSON only, late acks, prefetch 1, queues ``fast`` and ``heavy``.
+
+Every Celery setting taskgate relies on is built here from ``Settings``, once for every process
+that talks to the workers' broker: the workers, beat and Flower (``worker.celery_app``) and the
+gateway's remote control (``gateway.tasks.control``: revoke, inspect). They must agree: a revoke
+reaches a worker only on the same broker under the same ``global_keyprefix`` (kombu prefixes the
+pidbox keys a broadcast travels on too). docs/RELIABILITY.md says which promise rests on which
+setting.
+
+Neither celery nor kombu is imported when this module is: ``shared`` is imported by both sides,
+and kombu's ``Queue`` objects are built only when a configuration is.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from kombu import Queue  # type: ignore[attr-defined]
+
+# Every queue is declared with this ``x-max-priority``; RabbitMQ refuses a redeclaration with
+# other arguments, so whoever declares a queue (workers, webhooks, the gateway's AMQP publisher)
+# must use the same number.
+MAX_PRIORITY = 10
+DEFAULT_QUEUE = "fast"
+# kombu's Redis transport consumes priority keys in this order; 10 steps give 0-9 their own list.
+REDIS_PRIORITY_STEPS = list(range(MAX_PRIORITY))
+
+
+def visibility_timeout(settings: Settings) -> int:
+    """Seconds an un-acked message stays with its worker before Redis hands it to another.
+
+    With late acks a message stays un-acked while its task runs, so this must exceed the hard
+    time limit (``Settings.from_env`` refuses otherwise), or a task still running would be
+    delivered twice. It is also how long a task of a worker killed with SIGKILL waits before
+    it is run again. Celery documents it as an int.
+    """
+    return max(1, math.ceil(settings.visibility_timeout))
+
+
+def restore_interval(settings: Settings) -> int:
+    """How often a worker looks for messages whose visibility timeout passed."""
+    return max(1, min(10, visibility_timeout(settings) // 4))
+
+
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    """kombu's transport options: publisher confirms on AMQP; prefix and redelivery on Redis."""
+    if settings.broker_is_amqp:
+        return {"confirm_publish": True}
+    return {
+        "global_keyprefix": settings.keys.broker_prefix,
+        "visibility_timeout": visibility_timeout(settings),
+        # kombu sweeps every interval * throttle seconds (10 * 10 by default); with a throttle
+        # of 1 a lost message is back in its queue within visibility_timeout + interval.
+        "unacked_restore_interval": restore_interval(settings),
+        "unacked_restore_throttle": 1,
+        # The sweep holds a lock in Redis; a worker killed while holding it blocks every other
+        # worker's sweep until the lock expires (300 s by default).
+        "unacked_mutex_expire": min(300, visibility_timeout(settings)),
+        "priority_steps": REDIS_PRIORITY_STEPS,
+        "queue_order_strategy": "priority",
+    }
+
+
+def task_queue(name: str) -> Queue:
+    """The kombu queue ``name``, declared as every taskgate queue is (see ``MAX_PRIORITY``)."""
+    from kombu import Queue  # type: ignore[attr-defined]
+
+    return Queue(  # type: ignore[no-untyped-call]
+        name, routing_key=name, queue_arguments={"x-max-priority": MAX_PRIORITY}
+    )
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery's configuration mapping for ``settings`` (for ``app.conf.update``)."""
+    return {
+        "broker_url": settings.effective_broker_url,
+        "result_backend": settings.effective_backend_url,
+        "broker_transport_options": broker_transport_options(settings),
+        "result_backend_transport_options": {
+            "global_keyprefix": settings.keys.broker_prefix,
+            "visibility_timeout": visibility_timeout(settings),
+        },
+        # Celery's docs ask for the same visibility timeout in all three places.
+        "visibility_timeout": visibility_timeout(settings),
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": settings.prefetch_multiplier,
+        "worker_concurrency": settings.worker_concurrency,
+        "task_soft_time_limit": settings.soft_time_limit,
+        "task_time_limit": settings.time_limit,
+        "task_queues": [task_queue(name) for name in settings.queues],
+        "task_routes": [{pattern: {"queue": queue}} for pattern, queue in settings.routes],
+        "task_default_queue": DEFAULT_QUEUE,
+        "task_queue_max_priority": MAX_PRIORITY,
+        "task_default_priority": 0,
+        "result_expires": settings.retention_s,
+        "worker_send_task_events": True,
+        "worker_hijack_root_logger": False,
+        "enable_utc": True,
+    }
