@@ -1,5 +1,1 @@
-"""The ``taskgate`` command and ``taskgate up`` (the embedded stack)."""
-
-from gateway.cli.commands import main
-
-__all__ = ["main"]
+"""The ``taskgate`` command (``commands``) and ``taskgate up``, the embedded stack (``embedded``)."""

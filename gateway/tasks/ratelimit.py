@@ -1,9 +1,11 @@
 """Per-user submit rate (``TASKGATE_SUBMIT_RATE``): a token bucket kept in Redis.
 
 The bucket lives in Redis and one Lua script refills and takes from it atomically, using Redis's
-own clock, so the limit holds across any number of gateways. It holds ``rate`` tokens at most (one
-second's worth, at least one), refills at ``rate`` per second, and a submit takes one token per
-task. A refused take changes nothing and tells how long until enough tokens are back.
+own clock, so the limit holds across any number of gateways. It holds ``TASKGATE_SUBMIT_BURST``
+tokens at most (default: the largest batch the API takes, so any batch within the limits fits a
+full bucket), refills at ``rate`` per second, and a submit takes one token per task. A refused
+take changes nothing and tells how long until enough tokens are back. A request of more tasks
+than the bucket can ever hold is refused with 422 and no ``Retry-After``: retrying cannot help.
 
 Single submits arriving together are accepted as one group (``gateway.tasks.coalesce``): their
 take is partial, granting as many of the group as there are tokens, so each request gets the
@@ -19,12 +21,12 @@ import weakref
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from shared.errors import BrokerUnavailable, RateLimited
+from shared.errors import InvalidInput, RateLimited
 from shared.keys import Keys
 from shared.scripts import ScriptCall, source
 from shared.settings import Settings
+from shared.store_errors import STORE_FAILURES, store_unavailable
 
 # The script's text, read at import: never as blocking I/O on the loop.
 TOKEN_BUCKET_LUA = source("submit_bucket.lua")
@@ -67,12 +69,12 @@ async def take_submit_tokens(
     rate = settings.submit_rate
     if rate <= 0 or count <= 0:
         return
-    capacity = max(1.0, rate)
+    capacity = settings.effective_submit_burst
     if count > capacity:
-        raise RateLimited(
-            f"at most {capacity:g} tasks can be submitted at once at this rate",
-            retry_after=math.ceil(count / rate),
-            details={"rate_per_s": rate, "burst": capacity},
+        raise InvalidInput(
+            f"{count} tasks in one request is more than TASKGATE_SUBMIT_BURST ({capacity:g}) "
+            "allows at once; send them in smaller requests",
+            details={"field": "tasks", "count": count, "burst": capacity, "rate_per_s": rate},
         )
     taken, wait_ms = await _take(client, settings, user, count, partial=False)
     if taken != count:
@@ -94,11 +96,11 @@ async def _take(
     client: aioredis.Redis, settings: Settings, user: str, count: int, *, partial: bool
 ) -> tuple[int, int]:
     rate = settings.submit_rate
-    capacity = max(1.0, rate)
+    capacity = settings.effective_submit_burst
     script: Any = _bucket_script(client)
     call = bucket_call(settings.keys, user, rate, capacity, count, partial=partial)
     try:
         taken, wait_ms = await script(keys=call.keys, args=call.args)
-    except (RedisError, OSError) as exc:
-        raise BrokerUnavailable(f"task store unreachable: {type(exc).__name__}") from exc
+    except STORE_FAILURES as exc:
+        raise store_unavailable(exc) from exc
     return int(taken), int(wait_ms)

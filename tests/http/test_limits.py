@@ -37,7 +37,7 @@ async def start(aiohttp_server: ServerFactory, settings: Settings) -> tuple[Test
 async def test_submit_rate_is_a_bucket_shared_by_gateways(
     env: dict[str, str], aiohttp_server: ServerFactory
 ) -> None:
-    shared_env = isolated_env(env, TASKGATE_SUBMIT_RATE="3")
+    shared_env = isolated_env(env, TASKGATE_SUBMIT_RATE="3", TASKGATE_SUBMIT_BURST="3")
     _, url1 = await start(aiohttp_server, Settings.from_env(shared_env))
     _, url2 = await start(aiohttp_server, Settings.from_env(shared_env))
     alice = user()

@@ -103,7 +103,9 @@ async def test_submits_in_flight_are_grouped_and_each_answered(
 async def test_group_beyond_the_bucket_gets_429_for_the_rest_only(
     make_manager: Callable[..., Awaitable[TaskService]],
 ) -> None:
-    manager = await make_manager(TASKGATE_SUBMIT_RATE="10", TASKGATE_MAX_ACTIVE="0")
+    manager = await make_manager(
+        TASKGATE_SUBMIT_RATE="10", TASKGATE_SUBMIT_BURST="10", TASKGATE_MAX_ACTIVE="0"
+    )
     answers = await submit_all(manager, "bucket", 25)
     accepted = [a for a in answers if isinstance(a, dict)]
     limited = [a for a in answers if isinstance(a, RateLimited)]
