@@ -6,6 +6,7 @@ from aiohttp import web
 
 from gateway.appkeys import SERVICE
 from gateway.http.api import USER, json_response, read_json
+from gateway.tasks.submission import field_error
 from shared.errors import BadRequest, TaskgateError
 
 MAX_WAIT_S = 60.0
@@ -16,9 +17,10 @@ async def submit_batch(request: web.Request) -> web.Response:
     body = await read_json(request)
     if not isinstance(body, dict) or "tasks" not in body or set(body) - BATCH_FIELDS:
         raise BadRequest('body must be {"tasks": [...], "idempotency_key"?: str}')
-    answers = await request.app[SERVICE].submit_many(
-        request[USER], body["tasks"], body.get("idempotency_key")
-    )
+    key = body.get("idempotency_key")
+    if "idempotency_key" in body and not isinstance(key, str):
+        raise field_error("idempotency_key", "must be a string")
+    answers = await request.app[SERVICE].submit_many(request[USER], body["tasks"], key)
     items = [
         a.to_dict() if isinstance(a, TaskgateError) else {"task_id": a["task_id"], "seq": a["seq"]}
         for a in answers
