@@ -12,16 +12,9 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gateway import resources
 from gateway.inprocess_config import ManagerConfig
 from gateway.live.router import UpdateRouter
-from gateway.resources import (
-    maintenance_jobs,
-    make_relay,
-    open_broker,
-    open_records,
-    open_service,
-    running,
-)
 from gateway.tasks.health import system_health
 from gateway.tasks.service import TaskService
 from gateway.tasks.submission import batch_body, field_error
@@ -59,13 +52,15 @@ class TaskManager:
             config = ManagerConfig.from_mapping(config)
         config = config or ManagerConfig.from_env()
         async with contextlib.AsyncExitStack() as stack:
-            records = await stack.enter_async_context(open_records(settings))
-            broker = await stack.enter_async_context(open_broker(settings))
-            service = await stack.enter_async_context(open_service(settings, records, broker))
-            relay = make_relay(settings, UpdateRouter(service))
+            records = await stack.enter_async_context(resources.open_records(settings))
+            broker = await stack.enter_async_context(resources.open_broker(settings))
+            service = await stack.enter_async_context(
+                resources.open_service(settings, records, broker)
+            )
+            relay = resources.make_relay(settings, UpdateRouter(service))
             jobs = [("taskgate-manager-relay", relay.run())]
             await stack.enter_async_context(
-                running(*jobs, *maintenance_jobs(settings, records, broker))
+                resources.running(*jobs, *resources.maintenance_jobs(settings, records, broker))
             )
             return cls(service, config, stack.pop_all(), relay.connected)
         raise AssertionError("unreachable")  # pragma: no cover

@@ -14,12 +14,13 @@ import sys
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import socketio
+from aiohttp.test_utils import TestServer
 
 from gateway.auth import issue_token
 from gateway.cli.embedded import find_redis_server, free_port, stop_group, wait_for_port
@@ -494,6 +495,19 @@ def applied_updates(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             applied.append(event)
             last = event["seq"]
     return applied
+
+
+# The aiohttp_server fixture's type, and the task most tests submit.
+ServerFactory = Callable[..., Awaitable[TestServer]]
+COUNT = {"task": "demo.count", "input": {"steps": 1, "delay": 0}}
+
+
+async def start_gateway(
+    aiohttp_server: ServerFactory, settings: Settings
+) -> tuple[TestServer, str]:
+    """``serve_gateway``, with the base URL (ending in ``/``) beside the server."""
+    server = await serve_gateway(aiohttp_server, settings)
+    return server, str(server.make_url("/"))
 
 
 async def serve_gateway(aiohttp_server: Callable[..., Any], settings: Any) -> Any:

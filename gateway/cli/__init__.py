@@ -1,1 +1,1 @@
-"""The ``taskgate`` command (``commands``) and ``taskgate up``, the embedded stack (``embedded``)."""
+"""The ``taskgate`` command (``commands``) and ``taskgate up``, the embedded stack."""

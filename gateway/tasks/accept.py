@@ -20,7 +20,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import orjson
 from redis.exceptions import RedisError
@@ -56,6 +56,16 @@ def create_error(code: int, payload: bytes, max_active: int) -> TaskgateError:
             details={"active": int(payload)},
         )
     return TaskgateError(f"could not create task record (code {code})")
+
+
+class NewTasks(NamedTuple):
+    """One accept: whose, what, the new ids, what the records share, and when."""
+
+    user: str
+    subs: Sequence[Submission]
+    ids: list[str]
+    common: dict[str, Any]
+    now: float
 
 
 class Background:
@@ -123,19 +133,14 @@ class Acceptor:
         ids = new_task_ids(len(subs))
         # What all records share is sent once; per record only what differs.
         common = pending_common(now)
+        new = NewTasks(user, subs, ids, common, now)
         if isinstance(self.broker, OutboxBroker):
-            return await self._accept_inline(user, subs, ids, common, now)
-        return await self._accept_apart(user, subs, ids, common, now)
+            return await self._accept_inline(new)
+        return await self._accept_apart(new)
 
-    async def _accept_apart(
-        self,
-        user: str,
-        subs: Sequence[Submission],
-        ids: list[str],
-        common: dict[str, Any],
-        now: float,
-    ) -> list[Snapshot | TaskgateError]:
+    async def _accept_apart(self, new: NewTasks) -> list[Snapshot | TaskgateError]:
         """Records, then one broker push, then one publish (a broker apart from the records)."""
+        user, subs, ids, common, now = new
         with gctune.paused():
             records = new_records(subs, ids)
             snaps = [cast(Snapshot, pending_snapshot(common, r)) for r in records]
@@ -167,19 +172,13 @@ class Acceptor:
         self.count([subs[i] for i in accepted])
         return out
 
-    async def _accept_inline(
-        self,
-        user: str,
-        subs: Sequence[Submission],
-        ids: list[str],
-        common: dict[str, Any],
-        now: float,
-    ) -> list[Snapshot | TaskgateError]:
+    async def _accept_inline(self, new: NewTasks) -> list[Snapshot | TaskgateError]:
         """One script run per chunk writes its records, messages, outbox copies and PENDING
         updates. The runs are streamed over one connection (``ScriptRuns``): chunk k+1 is
         built while Redis runs chunk k, and Redis runs them in order (each sees the quota the
         one before left). The first chunk is small, so Redis starts early (``chunks``)."""
         assert isinstance(self.broker, OutboxBroker)
+        user, subs, ids, common, now = new
         max_active = self.settings.max_active
         snaps: list[Snapshot] = []
         parts = list(chunks(len(subs)))

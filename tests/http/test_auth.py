@@ -9,38 +9,29 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
 import socketio
-from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
 from gateway.auth import TokenRules, issue_token
 from shared.errors import ConfigError
 from shared.settings import Secret, Settings
 from tests.support import (
+    COUNT,
     ROOT,
     SECRET,
+    ServerFactory,
     SocketClient,
     isolated_env,
     make_token,
-    serve_gateway,
+    start_gateway,
 )
-
-ServerFactory = Callable[..., Awaitable[TestServer]]
-
-COUNT = {"task": "demo.count", "input": {"steps": 1, "delay": 0}}
 
 
 def user() -> str:
     return f"s-{uuid.uuid4().hex[:8]}"
-
-
-async def start(aiohttp_server: ServerFactory, settings: Settings) -> tuple[TestServer, str]:
-    server = await serve_gateway(aiohttp_server, settings)
-    return server, str(server.make_url("/"))
 
 
 async def test_audience_and_issuer_are_checked_when_configured(
@@ -49,7 +40,7 @@ async def test_audience_and_issuer_are_checked_when_configured(
     settings = Settings.from_env(
         isolated_env(env, TASKGATE_TOKEN_AUDIENCE="taskgate-api", TASKGATE_TOKEN_ISSUER="idp")
     )
-    _, url = await start(aiohttp_server, settings)
+    _, url = await start_gateway(aiohttp_server, settings)
     secret = Secret(SECRET)
     cases = [
         (issue_token(secret, "a"), 401, "token lacks the 'aud' claim"),
@@ -83,7 +74,7 @@ def bearer(token: str) -> dict[str, str]:
 async def test_socket_is_disconnected_when_its_token_expires(
     env: dict[str, str], aiohttp_server: ServerFactory
 ) -> None:
-    _, url = await start(aiohttp_server, Settings.from_env(isolated_env(env)))
+    _, url = await start_gateway(aiohttp_server, Settings.from_env(isolated_env(env)))
     token = issue_token(Secret(SECRET), user(), ttl_s=1)
     expires_at = time.time() + 1
     client = await SocketClient(url, token).connect()
@@ -133,7 +124,7 @@ async def test_secret_never_reaches_the_logs(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     settings = Settings.from_env(isolated_env(env, TASKGATE_LOG_LEVEL="DEBUG"))
-    _, url = await start(aiohttp_server, settings)
+    _, url = await start_gateway(aiohttp_server, settings)
     async with aiohttp.ClientSession() as session:
         for headers in ({}, bearer("x.y.z"), bearer(make_token(user()))):
             async with session.post(url + "api/tasks", json=COUNT, headers=headers):

@@ -4,42 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
 
 import aiohttp
 import redis.asyncio as aioredis
-from aiohttp.test_utils import TestServer
 
 from shared.settings import Settings
 from tests.support import (
+    COUNT,
+    ServerFactory,
     SocketClient,
     auth,
     footprint,
     isolated_env,
     make_token,
-    serve_gateway,
+    start_gateway,
 )
-
-ServerFactory = Callable[..., Awaitable[TestServer]]
-
-COUNT = {"task": "demo.count", "input": {"steps": 1, "delay": 0}}
 
 
 def user() -> str:
     return f"s-{uuid.uuid4().hex[:8]}"
 
 
-async def start(aiohttp_server: ServerFactory, settings: Settings) -> tuple[TestServer, str]:
-    server = await serve_gateway(aiohttp_server, settings)
-    return server, str(server.make_url("/"))
-
-
 async def test_submit_rate_is_a_bucket_shared_by_gateways(
     env: dict[str, str], aiohttp_server: ServerFactory
 ) -> None:
     shared_env = isolated_env(env, TASKGATE_SUBMIT_RATE="3", TASKGATE_SUBMIT_BURST="3")
-    _, url1 = await start(aiohttp_server, Settings.from_env(shared_env))
-    _, url2 = await start(aiohttp_server, Settings.from_env(shared_env))
+    _, url1 = await start_gateway(aiohttp_server, Settings.from_env(shared_env))
+    _, url2 = await start_gateway(aiohttp_server, Settings.from_env(shared_env))
     alice = user()
     async with aiohttp.ClientSession() as session:
         statuses = []
@@ -68,7 +59,7 @@ async def test_max_active_answers_429_and_records_nothing(
     env: dict[str, str], aiohttp_server: ServerFactory
 ) -> None:
     settings = Settings.from_env(isolated_env(env, TASKGATE_MAX_ACTIVE="2"))
-    _, url = await start(aiohttp_server, settings)
+    _, url = await start_gateway(aiohttp_server, settings)
     assert settings.redis_url is not None
     store = aioredis.Redis.from_url(settings.redis_url)
     alice = user()

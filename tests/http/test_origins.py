@@ -5,31 +5,24 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from shared.settings import Settings
 from tests.support import (
+    COUNT,
+    ServerFactory,
     auth,
     isolated_env,
-    serve_gateway,
+    start_gateway,
 )
-
-ServerFactory = Callable[..., Awaitable[TestServer]]
-
-COUNT = {"task": "demo.count", "input": {"steps": 1, "delay": 0}}
 
 
 def user() -> str:
     return f"s-{uuid.uuid4().hex[:8]}"
-
-
-async def start(aiohttp_server: ServerFactory, settings: Settings) -> tuple[TestServer, str]:
-    server = await serve_gateway(aiohttp_server, settings)
-    return server, str(server.make_url("/"))
 
 
 @pytest.fixture
@@ -39,7 +32,7 @@ async def cors_gate(
     settings = Settings.from_env(
         isolated_env(env, CORS_ALLOWED_ORIGINS="https://app.example, https://admin.example")
     )
-    _, url = await start(aiohttp_server, settings)
+    _, url = await start_gateway(aiohttp_server, settings)
     async with aiohttp.ClientSession() as session:
         yield url, session
 

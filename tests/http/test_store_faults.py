@@ -10,18 +10,18 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
-from aiohttp.test_utils import TestServer
 
 from gateway.appkeys import RECORDS
 from shared.settings import Settings
 from tests.support import (
+    COUNT,
     RedisServer,
+    ServerFactory,
     SocketClient,
     auth,
     base_env,
@@ -29,10 +29,8 @@ from tests.support import (
     isolated_env,
     make_token,
     serve_gateway,
+    start_gateway,
 )
-
-ServerFactory = Callable[..., Awaitable[TestServer]]
-COUNT = {"task": "demo.count", "input": {"steps": 1, "delay": 0}}
 
 
 def user() -> str:
@@ -76,8 +74,7 @@ async def test_600_concurrent_reads_wait_for_the_pool_instead_of_failing(
     server = await own_redis(tmp_path)
     try:
         settings = settings_on(server, TASKGATE_REDIS_POOL_SIZE="10", TASKGATE_SUBMIT_RATE="0")
-        gateway = await serve_gateway(aiohttp_server, settings)
-        url = str(gateway.make_url("/"))
+        gateway, url = await start_gateway(aiohttp_server, settings)
         alice, bob = user(), user()
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
@@ -111,8 +108,7 @@ async def test_a_busy_store_past_the_pool_wait_is_503_with_retry_after(
             TASKGATE_REDIS_POOL_TIMEOUT_S="0.2",
             TASKGATE_SUBMIT_RATE="0",
         )
-        gateway = await serve_gateway(aiohttp_server, settings)
-        url = str(gateway.make_url("/"))
+        _, url = await start_gateway(aiohttp_server, settings)
         who = user()
         async with aiohttp.ClientSession() as session:
             tid = await submit(session, url, who)
@@ -138,8 +134,7 @@ async def test_during_an_outage_every_route_and_ack_is_503_store_unavailable(
     server = await own_redis(tmp_path)
     try:
         settings = settings_on(server, TASKGATE_SUBMIT_RATE="0")
-        gateway = await serve_gateway(aiohttp_server, settings)
-        url = str(gateway.make_url("/"))
+        _, url = await start_gateway(aiohttp_server, settings)
         who = user()
         async with aiohttp.ClientSession() as session:
             tid = await submit(session, url, who)
@@ -181,8 +176,7 @@ async def test_a_redis_restart_under_load_costs_at_most_the_requests_in_flight(
     server = await asyncio.to_thread(RedisServer(tmp_path / "redis", appendonly=True).start)
     try:
         settings = settings_on(server, TASKGATE_SUBMIT_RATE="0", TASKGATE_REDIS_POOL_SIZE="20")
-        gateway = await serve_gateway(aiohttp_server, settings)
-        url = str(gateway.make_url("/"))
+        _, url = await start_gateway(aiohttp_server, settings)
         who = user()
         answers: list[tuple[float, int]] = []
         stop = asyncio.Event()
@@ -232,8 +226,7 @@ async def test_an_idempotent_submit_refused_at_quota_leaves_no_claim(
     """Quota full: the keyed submit gets 429; once the quota frees, the same key and body are
     accepted (not 409 "refers to a task that no longer exists")."""
     settings = Settings.from_env(isolated_env(env, TASKGATE_MAX_ACTIVE="1"))
-    gateway = await serve_gateway(aiohttp_server, settings)
-    url = str(gateway.make_url("/"))
+    _, url = await start_gateway(aiohttp_server, settings)
     who = user()
     keyed = {**COUNT, "idempotency_key": "report-42"}
     async with aiohttp.ClientSession() as session:
@@ -255,8 +248,7 @@ async def test_concurrent_identical_keyed_submits_make_one_task(
     env: dict[str, str], aiohttp_server: ServerFactory
 ) -> None:
     settings = Settings.from_env(isolated_env(env, TASKGATE_SUBMIT_RATE="0"))
-    gateway = await serve_gateway(aiohttp_server, settings)
-    url = str(gateway.make_url("/"))
+    _, url = await start_gateway(aiohttp_server, settings)
     who = user()
     keyed = {**COUNT, "idempotency_key": f"k-{uuid.uuid4().hex}"}
     store = aioredis.Redis.from_url(str(settings.redis_url))
@@ -318,8 +310,7 @@ async def test_workflows_take_from_the_same_bucket(
     settings = Settings.from_env(
         isolated_env(env, TASKGATE_SUBMIT_RATE="1", TASKGATE_SUBMIT_BURST="10")
     )
-    gateway = await serve_gateway(aiohttp_server, settings)
-    url = str(gateway.make_url("/"))
+    _, url = await start_gateway(aiohttp_server, settings)
     who = user()
     group = {"group": [COUNT] * 8}
     async with aiohttp.ClientSession() as session:
@@ -340,8 +331,7 @@ async def test_a_keyed_batch_sent_again_creates_nothing_twice(
     env: dict[str, str], aiohttp_server: ServerFactory
 ) -> None:
     settings = Settings.from_env(isolated_env(env, TASKGATE_SUBMIT_RATE="0"))
-    gateway = await serve_gateway(aiohttp_server, settings)
-    url = str(gateway.make_url("/"))
+    _, url = await start_gateway(aiohttp_server, settings)
     who = user()
     body = {"tasks": [COUNT, {"task": "nope"}, COUNT], "idempotency_key": "nightly-7"}
     store = aioredis.Redis.from_url(str(settings.redis_url))
