@@ -11,7 +11,7 @@ What goes on the wire is what Celery itself sends for a task routed to a queue o
 type: Celery turns such a publish into one on the default (nameless) exchange with the queue
 name as routing key (``celery.app.amqp.AMQP.send_task_message``). Queues are declared before
 the first publish to them, with the same arguments the worker's kombu declares
-(``worker.celery_app``: durable, ``x-max-priority`` 10); RabbitMQ refuses a second
+(``shared.celery_config``: durable, ``x-max-priority`` 10); RabbitMQ refuses a second
 declaration whose arguments differ (``PRECONDITION_FAILED``), so the two must stay in step.
 
 taskgate's priority (0-9, 9 most urgent) is RabbitMQ's priority as it is.
@@ -29,12 +29,13 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from gateway.broker.message import TaskMessage
+from shared.celery_config import MAX_PRIORITY
 from shared.errors import BrokerUnavailable
 
 log = logging.getLogger("taskgate.broker")
 
-# Must equal the ``x-max-priority`` of the Celery app's ``task_queues`` (worker/celery_app.py).
-QUEUE_MAX_PRIORITY = 10
+# The ``x-max-priority`` the workers declare their queues with (shared/celery_config.py).
+QUEUE_MAX_PRIORITY = MAX_PRIORITY
 QUEUE_ARGUMENTS: dict[str, Any] = {"x-max-priority": QUEUE_MAX_PRIORITY}
 
 _FAILURES = (
