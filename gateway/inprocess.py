@@ -165,6 +165,8 @@ class TaskManager:
         size = self.config.batch_size
         rate = self.config.rate_limit_requests_per_second
         if self.settings.submit_rate > 0:
+            # A chunk never asks for more than the user's bucket can hold (that would be a 422).
+            size = max(1, min(size, int(self.settings.effective_submit_burst)))
             rate = min(rate, self.settings.submit_rate)
         give_up = loop.time() + self.config.task_timeout_seconds
         for start in range(0, len(tasks), size):

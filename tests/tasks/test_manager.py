@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 from blockbuster import blockbuster_ctx
 
 from gateway.inprocess import TaskManager
-from shared.errors import InvalidInput, NotFound, ResultTimeout, UnknownTask
+from shared.errors import InvalidInput, NotFound, RateLimited, ResultTimeout, UnknownTask
 from shared.settings import Settings
 from tests.support import CeleryWorker, auth
 
@@ -87,6 +87,36 @@ async def test_batch_execute_keeps_order_and_isolates_failures(manager: TaskMana
         "COMPLETED", "unknown_task", "FAILED", "invalid_input", "COMPLETED", "COMPLETED",
     ]  # fmt: skip
     assert [o["result"]["counted"] for o in (out[0], out[4], out[5])] == [1, 2, 3]
+
+
+async def test_batch_execute_beyond_the_submit_bucket_loses_nothing(
+    env: dict[str, str], celery_worker: CeleryWorker
+) -> None:
+    """A bucket of 10 refilled at 10/s, emptied, then 45 items: chunks are cut to the bucket's
+    size, those refused with rate_limited are submitted again after their retry_after, and
+    none is lost."""
+    settings = Settings.from_env(
+        {**env, "TASKGATE_SUBMIT_RATE": "10", "TASKGATE_SUBMIT_BURST": "10"}
+    )
+    mgr = await TaskManager.connect(
+        settings,
+        {"task_timeout_seconds": 30, "batch_size": 20, "rate_limit_requests_per_second": 1000},
+    )
+    try:
+        tasks = [{"task": "demo.count", "input": {"steps": 1, "delay": 0}}] * 45
+        who = ctx()
+        # Empty the bucket first: the batch's first chunk is refused and must be sent again.
+        drained = await mgr.submit_many(who["user_id"], tasks[:10])
+        assert all(not isinstance(a, Exception) for a in drained)
+        with pytest.raises(RateLimited):
+            await mgr.submit_many(who["user_id"], tasks[:10])
+        out = await mgr.batch_execute_tasks(tasks, who)
+        assert [o.get("status") for o in out] == ["COMPLETED"] * 45, [
+            o for o in out if o.get("status") != "COMPLETED"
+        ][:3]
+        assert len({o["task_id"] for o in out}) == 45
+    finally:
+        await mgr.close()
 
 
 async def test_get_task_result_of_someone_else_is_not_found(manager: TaskManager) -> None:
