@@ -7,6 +7,7 @@ restarted), real gateways on real ports, real HTTP and Socket.IO clients.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import uuid
 from collections import Counter
@@ -20,6 +21,7 @@ from gateway.appkeys import RECORDS
 from shared.settings import Settings
 from tests.support import (
     COUNT,
+    GatewayProcess,
     RedisServer,
     ServerFactory,
     SocketClient,
@@ -349,3 +351,50 @@ async def test_a_keyed_batch_sent_again_creates_nothing_twice(
         assert (await footprint(store, settings.key_prefix))["records"] == 2
     finally:
         await store.aclose()
+
+
+async def test_a_keyed_batch_retried_after_the_gateway_died_mid_batch_creates_nothing_twice(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """The gateway is killed (SIGKILL) while it writes a keyed batch of 1,500; the client only
+    sees the connection drop. The same batch sent again to a new gateway answers all 1,500
+    and the store holds 1,500 records, not more."""
+    batch_env = isolated_env(env, TASKGATE_SUBMIT_RATE="0", TASKGATE_MAX_ACTIVE="0")
+    settings = Settings.from_env(batch_env)
+    body = {"tasks": [COUNT] * 1500, "idempotency_key": f"nightly-{uuid.uuid4().hex[:6]}"}
+    store = aioredis.Redis.from_url(str(settings.redis_url))
+    gateway = await asyncio.to_thread(GatewayProcess(batch_env, tmp_path).start)
+    who = user()
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def send(url: str) -> tuple[int, Any]:
+                async with session.post(
+                    f"{url}/api/tasks/batch", json=body, headers=auth(who)
+                ) as resp:
+                    return resp.status, await resp.json()
+
+            sending = asyncio.create_task(send(gateway.url))
+            async with asyncio.timeout(20):
+                while (await footprint(store, settings.key_prefix))["records"] < 100:  # noqa: ASYNC110 (polling another process's writes)
+                    await asyncio.sleep(0.02)
+            await asyncio.to_thread(gateway.stop, signal.SIGKILL)
+            try:
+                await sending
+                raise AssertionError("the batch was answered although its gateway was killed")
+            except aiohttp.ClientError:
+                pass
+            written = (await footprint(store, settings.key_prefix))["records"]
+            assert 100 <= written < 1500, written
+            gateway = await asyncio.to_thread(
+                GatewayProcess(batch_env, tmp_path, port=gateway.port).start
+            )
+            status, answer = await send(gateway.url)
+        assert status == 202
+        ids = [item["task_id"] for item in answer["tasks"]]
+        assert len(set(ids)) == 1500
+        assert (await footprint(store, settings.key_prefix))["records"] == 1500
+        print(f"killed mid-batch after {written} of 1500 records; the retry made the rest")
+    finally:
+        await store.aclose()
+        await asyncio.to_thread(gateway.stop)
