@@ -69,6 +69,8 @@ class Settings:
     submit_burst: int | None = None
     max_active: int = 1000
     redis_pool_size: int = 100
+    # Owner of tasks sent with Celery's own API and no ``taskgate_user`` header (worker.adopt).
+    service_user: str = "service"
     redis_pool_timeout_s: float = 5.0
     retention_s: int = 86400
     key_prefix: str = "taskgate:"
@@ -80,6 +82,8 @@ class Settings:
     token_audience: str | None = None
     token_issuer: str | None = None
     socket_event_rate: float = 20.0
+    # Seconds an Engine.IO connection may stay without a Socket.IO CONNECT; ``0``: no limit.
+    socket_connect_timeout_s: float = 5.0
     queues: tuple[str, ...] = ("fast", "heavy")
     routes: tuple[tuple[str, str], ...] = ()
     beat_schedule: tuple[tuple[str, float], ...] = (("taskgate.sweep", 300.0),)
@@ -191,6 +195,7 @@ class Settings:
                 else None
             ),
             max_active=r.number("TASKGATE_MAX_ACTIVE", 1000, int, low=0),
+            service_user=r.text("TASKGATE_SERVICE_USER") or "service",
             redis_pool_size=r.number("TASKGATE_REDIS_POOL_SIZE", 100, int, low=1, high=10_000),
             redis_pool_timeout_s=r.number(
                 "TASKGATE_REDIS_POOL_TIMEOUT_S", 5.0, float, low=0.01, high=300
@@ -207,6 +212,9 @@ class Settings:
             token_audience=r.text("TASKGATE_TOKEN_AUDIENCE"),
             token_issuer=r.text("TASKGATE_TOKEN_ISSUER"),
             socket_event_rate=r.number("TASKGATE_SOCKET_EVENT_RATE", 20.0, float, low=0),
+            socket_connect_timeout_s=r.number(
+                "TASKGATE_SOCKET_CONNECT_TIMEOUT_S", 5.0, float, low=0, high=3600
+            ),
             **r.queues_and_routes(),
             beat_schedule=r.schedule("TASKGATE_BEAT_SCHEDULE", (("taskgate.sweep", 300.0),)),
             visibility_timeout_s=visibility,

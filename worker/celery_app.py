@@ -9,23 +9,29 @@ could not. docs/RELIABILITY.md says which promise rests on which setting.
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from typing import Any
 
 from celery import Celery
 from celery.exceptions import TimeLimitExceeded
-from celery.signals import task_failure, task_revoked
+from celery.signals import task_failure, task_revoked, task_unknown
+from redis.exceptions import RedisError
 
 from shared.celery_config import celery_config
 from shared.errors import ConfigError
 from shared.logging import setup_logging
+from shared.records import SyncRecords
 from shared.registry import all_tasks, load_task_modules
 from shared.settings import Settings
 from shared.status import TaskStatus
+from worker.adopt import adopt, owner_of
 from worker.maintenance import register_maintenance
 from worker.runner import finish, hard_time_limit_error, register_celery_task
 from worker.store import RecordsPerProcess
 from worker.webhooks import register_webhooks
+
+log = logging.getLogger("taskgate.worker")
 
 # Terminal writes from the worker's main process (signal handlers) retry only this long: its
 # event loop serves every pool process.
@@ -69,7 +75,40 @@ def make_celery(settings: Settings) -> Celery:
                 error=hard_time_limit_error(limit),
             )
 
+    @task_unknown.connect(weak=False)  # type: ignore[untyped-decorator]
+    def _on_unknown(
+        sender: Any = None, message: Any = None, name: Any = None, id: Any = None, **_: Any
+    ) -> None:
+        # Celery rejects a message for a name no worker registered: record it FAILED, so the
+        # sender sees why instead of nothing (or Celery's "SUCCESS, result None").
+        if getattr(sender, "app", None) is not app or not isinstance(id, str):
+            return
+        record_unknown(records.get(), message, str(name), id, settings)
+
     return app
+
+
+def record_unknown(
+    store: SyncRecords, message: Any, name: str, task_id: str, settings: Settings
+) -> None:
+    """End a message for an unregistered task ``FAILED`` ``UnknownTask`` in a record of its own
+    (owner from its ``taskgate_user`` header, else the service user)."""
+    headers = getattr(message, "headers", None) or {}
+    info = getattr(message, "delivery_info", None) or {}
+    queue = info.get("routing_key") or settings.queues[0]
+    owner = owner_of(headers if isinstance(headers, dict) else {}, settings)
+    log.error("message %s names unknown task %r; recorded FAILED for %s", task_id, name, owner)
+    try:
+        adopt(store, task_id, name[:200], str(queue), owner, settings)
+        finish(
+            store,
+            task_id,
+            TaskStatus.FAILED,
+            retry_s=MAIN_PROCESS_RETRY_S,
+            error={"type": "UnknownTask", "message": f"no task named {name[:200]!r} is registered"},
+        )
+    except RedisError:
+        log.exception("could not record unknown task %s", task_id)
 
 
 def _ours(sender: Any, app: Celery) -> bool:

@@ -34,6 +34,7 @@ from shared.registry import TaskSpec
 from shared.settings import Settings
 from shared.status import TERMINAL_NAMES, TaskStatus
 from worker import webhooks
+from worker.adopt import adopt, owner_of, queue_of
 from worker.context import Context
 from worker.store import RecordsPerProcess
 from worker.workflow import settle_workflow
@@ -219,19 +220,31 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
             finish(store, task_id, TaskStatus.FAILED, error=_worker_lost_error(previous))
             return None
         now = time.time()
-        started = retrying(
-            lambda: store.transition(
-                task_id,
-                "status",
-                status=TaskStatus.RUNNING,
-                only_if=_NON_TERMINAL,
-                fields={"started_at": now, "_attempt": previous + 1},
-            ),
-            f"starting {task_id}",
-        )
+
+        def start() -> TransitionResult:
+            return retrying(
+                lambda: store.transition(
+                    task_id,
+                    "status",
+                    status=TaskStatus.RUNNING,
+                    only_if=_NON_TERMINAL,
+                    fields={"started_at": now, "_attempt": previous + 1},
+                ),
+                f"starting {task_id}",
+            )
+
+        started = start()
         if started.missing:
-            log.warning("task %s (%s) has no record (expired?); not running it", task_id,
-                        spec.name)  # fmt: skip
+            # Sent with Celery's own API (send_task, .delay(), a canvas, beat): no record yet.
+            owner = owner_of(self.request, settings)
+            queue = queue_of(self.request, spec.queue)
+            retrying(
+                lambda: adopt(store, task_id, spec.name, queue, owner, settings),
+                f"adopting {task_id}",
+            )
+            started = start()
+        if started.missing:
+            log.warning("task %s (%s): its record vanished; not running it", task_id, spec.name)
             return None
         if started.already_terminal:
             log.info("task %s already ended (cancelled?); not running it", task_id)
