@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from shared.errors import UnknownTask
+from shared.errors import ConfigError, UnknownTask
 from shared.inputs import InputSchema
 
 
@@ -54,6 +54,16 @@ class TaskSpec:
     description: str = ""
     # Other queues a client may choose for this task (``queue`` in the submit body).
     queues: tuple[str, ...] = ()
+    # This task type's own limits, seconds (``None``: CELERY_TASK_SOFT_TIME_LIMIT /
+    # CELERY_TASK_TIME_LIMIT). They travel in each message's ``timelimit`` header, which stock
+    # workers enforce.
+    soft_time_limit: float | None = None
+    time_limit: float | None = None
+
+    @property
+    def timelimit(self) -> tuple[float | None, float | None]:
+        """Celery's ``timelimit`` header: ``(hard, soft)``."""
+        return (self.time_limit, self.soft_time_limit)
 
     def default_queue(self, routes: Sequence[tuple[str, str]] = ()) -> str:
         """The queue routing rules (``TASKGATE_ROUTES``, first match wins) give, else ``queue``."""
@@ -82,15 +92,28 @@ def task(
     queue: str = "fast",
     queues: tuple[str, ...] = (),
     description: str = "",
+    soft_time_limit: float | None = None,
+    time_limit: float | None = None,
 ) -> Callable[[TaskFn], TaskFn]:
-    """Register ``fn`` under ``name``; the function itself is returned unchanged."""
+    """Register ``fn`` under ``name``; the function itself is returned unchanged.
+
+    ``soft_time_limit`` raises ``SoftTimeLimitExceeded`` inside the task (it ends TIMED_OUT);
+    ``time_limit`` kills the process running it. Each must be above 0, and the soft one not
+    above the hard one."""
+    for label, limit in (("soft_time_limit", soft_time_limit), ("time_limit", time_limit)):
+        if limit is not None and (isinstance(limit, bool) or not limit > 0):
+            raise ValueError(f"task {name!r}: {label} must be a number of seconds above 0")
+    if soft_time_limit is not None and time_limit is not None and soft_time_limit > time_limit:
+        raise ValueError(f"task {name!r}: soft_time_limit is above time_limit")
 
     def register(fn: TaskFn) -> TaskFn:
         existing = _REGISTRY.get(name)
         if existing is not None and existing.fn is not fn:
             raise ValueError(f"task name {name!r} is registered twice")
         doc = description or (fn.__doc__ or "").strip()
-        _REGISTRY[name] = TaskSpec(name, fn, schema, queue, doc, queues)
+        _REGISTRY[name] = TaskSpec(
+            name, fn, schema, queue, doc, queues, soft_time_limit, time_limit
+        )
         return fn
 
     return register
@@ -107,6 +130,17 @@ def get_task(name: Any) -> TaskSpec:
 
 def all_tasks() -> dict[str, TaskSpec]:
     return dict(_REGISTRY)
+
+
+def check_time_limits(visibility_timeout: float) -> None:
+    """Every task type's hard limit must be below the broker's visibility timeout, or its
+    message becomes visible again while it may still run (a second run at the same time)."""
+    for spec in _REGISTRY.values():
+        if spec.time_limit is not None and spec.time_limit >= visibility_timeout:
+            raise ConfigError(
+                f"TASKGATE_VISIBILITY_TIMEOUT_S: {visibility_timeout:g}s must exceed the "
+                f"time_limit of task {spec.name} ({spec.time_limit:g}s)"
+            )
 
 
 def load_task_modules(modules: Iterable[str]) -> None:

@@ -22,7 +22,7 @@ from shared.celery_config import celery_config
 from shared.errors import ConfigError
 from shared.logging import setup_logging
 from shared.records import SyncRecords
-from shared.registry import all_tasks, load_task_modules
+from shared.registry import all_tasks, check_time_limits, load_task_modules
 from shared.settings import Settings
 from shared.status import TaskStatus
 from worker.adopt import adopt, owner_of
@@ -43,6 +43,7 @@ def make_celery(settings: Settings) -> Celery:
     app = Celery("taskgate", set_as_current=False)
     app.conf.update(celery_config(settings))
     load_task_modules(settings.task_modules)
+    check_time_limits(settings.visibility_timeout)
     records = RecordsPerProcess(settings)
     for spec in all_tasks().values():
         register_celery_task(app, spec, records)

@@ -194,7 +194,14 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
     """Bind a registry entry to a Celery task of the same name."""
     settings = records.settings
 
-    @app.task(name=spec.name, bind=True, queue=spec.queue)  # type: ignore[untyped-decorator]
+    @app.task(  # type: ignore[untyped-decorator]
+        name=spec.name,
+        bind=True,
+        queue=spec.queue,
+        # Messages sent with Celery's own API carry no timelimit: the task's own apply.
+        soft_time_limit=spec.soft_time_limit,
+        time_limit=spec.time_limit,
+    )
     def run(self: Task, *args: Any, **kwargs: Any) -> Any:
         try:
             return execute(self, *args, **kwargs)
@@ -280,13 +287,14 @@ def _run(
         finish(store, task_id, TaskStatus.CANCELLED)
         return None
     except SoftTimeLimitExceeded:
+        soft_limit = spec.soft_time_limit or settings.soft_time_limit
         finish(
             store,
             task_id,
             TaskStatus.TIMED_OUT,
             error={
                 "type": "TimeLimitExceeded",
-                "message": f"soft time limit ({settings.soft_time_limit:g}s) exceeded",
+                "message": f"soft time limit ({soft_limit:g}s) exceeded",
             },
         )
         raise

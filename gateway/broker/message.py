@@ -64,7 +64,10 @@ def build_task_message(
     root_id: str | None = None,
     group_id: str | None = None,
     group_index: int | None = None,
+    timelimit: tuple[float | None, float | None] = (None, None),
 ) -> TaskMessage:
+    """A protocol-2 message; ``timelimit`` is Celery's ``(hard, soft)`` in seconds (``None``:
+    the worker's default)."""
     args = args or []
     kwargs = kwargs or {}
     headers: dict[str, Any] = {
@@ -77,7 +80,7 @@ def build_task_message(
         "group": group_id,
         "group_index": group_index,
         "retries": 0,
-        "timelimit": [None, None],
+        "timelimit": list(timelimit),
         "root_id": root_id or task_id,
         "parent_id": parent_id,
         "argsrepr": repr(args)[:1024],

@@ -19,7 +19,6 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from gateway.broker.message import build_task_message
 from gateway.broker.redis_broker import Broker
 from gateway.process import gctune
 from gateway.tasks.accept import Acceptor, Background
@@ -31,6 +30,7 @@ from gateway.tasks.ratelimit import grant_submit_tokens, take_submit_tokens
 from gateway.tasks.submission import (
     IDEMPOTENCY_KEY_MAX,
     Submission,
+    build_message,
     field_error,
     parse_submission,
     valid_task_id,
@@ -40,7 +40,7 @@ from gateway.tasks.workflows import Workflows
 from shared.errors import BadRequest, BrokerUnavailable, NotFound, TaskgateError
 from shared.records import AsyncRecords, TransitionCode, decode_snapshot
 from shared.records_batch import BatchRecords
-from shared.registry import load_task_modules
+from shared.registry import check_time_limits, load_task_modules
 from shared.resp import DEFAULT_TIMEOUT_S, Pipeline
 from shared.schema import Snapshot
 from shared.settings import Settings
@@ -71,6 +71,7 @@ class TaskService:
         control: CeleryControl | None = None,
     ) -> None:
         load_task_modules(settings.task_modules)
+        check_time_limits(settings.visibility_timeout)
         self.settings = settings
         self.records = records
         self.broker = broker
@@ -130,9 +131,7 @@ class TaskService:
             except BaseException:
                 await self.idempotency.release(user, key, task_id)
                 raise
-            message = build_task_message(
-                task_id, sub.spec.name, sub.queue, kwargs=sub.input, priority=sub.priority
-            )
+            message = build_message(sub, task_id)
             try:
                 await self.broker.publish([message])
             except BaseException:

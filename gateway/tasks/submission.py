@@ -95,12 +95,22 @@ def valid_task_id(task_id: object) -> TypeGuard[str]:
     return isinstance(task_id, str) and _TASK_ID.match(task_id) is not None
 
 
+def build_message(sub: Submission, task_id: str, **extra: Any) -> TaskMessage:
+    """The Celery message of one submission, with the task type's own time limits."""
+    return build_task_message(
+        task_id,
+        sub.spec.name,
+        sub.queue,
+        kwargs=sub.input,
+        priority=sub.priority,
+        timelimit=sub.spec.timelimit,
+        **extra,
+    )
+
+
 def build_messages(subs: Sequence[Submission], ids: Sequence[str]) -> list[TaskMessage]:
     """The Celery message of each submission, with its task id."""
-    return [
-        build_task_message(tid, sub.spec.name, sub.queue, kwargs=sub.input, priority=sub.priority)
-        for sub, tid in zip(subs, ids, strict=True)
-    ]
+    return [build_message(sub, tid) for sub, tid in zip(subs, ids, strict=True)]
 
 
 def new_records(subs: Sequence[Submission], ids: Sequence[str]) -> list[dict[str, Any]]:

@@ -29,12 +29,12 @@ from typing import Any, cast
 import orjson
 from redis.exceptions import RedisError
 
-from gateway.broker.message import TaskMessage, build_task_message
+from gateway.broker.message import TaskMessage
 from gateway.broker.redis_broker import redis_priority
 from gateway.tasks.accept import CREATED, Acceptor, create_error
 from gateway.tasks.backend import ResultBackend
 from gateway.tasks.ratelimit import take_submit_tokens
-from gateway.tasks.submission import Submission, field_error, parse_submission
+from gateway.tasks.submission import Submission, build_message, field_error, parse_submission
 from shared.errors import BrokerUnavailable, NotFound, TaskgateError
 from shared.records import AsyncRecords
 from shared.records_batch import pending_common, pending_snapshot
@@ -124,6 +124,8 @@ class Workflows:
                 "queue": sub.queue,
                 "priority": self._priority(sub.priority),
                 "root_id": wid,
+                "time_limit": sub.spec.time_limit,
+                "soft_time_limit": sub.spec.soft_time_limit,
             },
             "subtask_type": None,
             "immutable": False,
@@ -134,10 +136,7 @@ class Workflows:
         steps, ids = plan.steps, plan.ids
 
         def message(sub: Submission, task_id: str, **extra: Any) -> TaskMessage:
-            return build_task_message(
-                task_id, sub.spec.name, sub.queue, kwargs=sub.input, priority=sub.priority,
-                root_id=wid, **extra,
-            )  # fmt: skip
+            return build_message(sub, task_id, root_id=wid, **extra)
 
         if plan.kind == "group":
             return [

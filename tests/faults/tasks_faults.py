@@ -60,3 +60,18 @@ def stubborn(ctx: TaskContext, seconds: float) -> dict[str, Any]:
         except SoftTimeLimitExceeded:
             ctx.progress(50.0, "ignoring the soft time limit")
     return {"slept": seconds}
+
+
+@task(
+    "faults.quick_limit",
+    queue="fast",
+    schema=InputSchema({"seconds": Field("float", high=60)}),
+    soft_time_limit=1,
+    time_limit=2,
+)
+def quick_limit(ctx: TaskContext, seconds: float) -> dict[str, Any]:
+    """demo.sleep with limits of its own (1 s soft, 2 s hard), far below the workers' 6 s / 8 s."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.05)
+    return {"slept": seconds}

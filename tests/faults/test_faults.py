@@ -378,6 +378,22 @@ async def test_soft_and_hard_time_limits_end_tasks_timed_out(
         assert stack.record(snap["task_id"])["status"] == '"TIMED_OUT"'
 
 
+async def test_a_task_types_own_time_limit_travels_in_its_message_and_holds(
+    stack: Stack, worker: CeleryWorker, gw: TestServer, sockets: Connect
+) -> None:
+    """faults.quick_limit declares soft_time_limit=1 (the workers' own is 6 s): the stock
+    worker stops it by the limit its message carried, well before the workers' default."""
+    name = user()
+    client = await sockets(base(gw), name)
+    body = {"task": "faults.quick_limit", "input": {"seconds": 30}}
+    snap = (await submit(base(gw), name, body))[1]
+    final = await client.wait_terminal(snap["task_id"], timeout=20)
+    assert final["status"] == "TIMED_OUT", final
+    assert "soft time limit (1s)" in final["error"]["message"]
+    # Stopped by its own limit: the run lasted less than the workers' soft limit (6 s).
+    assert final["finished_at"] - final["started_at"] < 6.0, final
+
+
 # ---- 5. Heartbeat -----------------------------------------------------------------------------
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from typing import Any
 
 from gateway.broker.message import build_task_message
 from gateway.broker.redis_broker import RedisBroker, redis_priority
+from shared.inputs import InputSchema
 from shared.settings import Settings
 from tests.support import offline_env
 from worker.celery_app import make_celery
@@ -42,3 +44,23 @@ def test_redis_envelope_is_what_kombu_pushes() -> None:
     # Priority 9 (most urgent) lands on kombu's first list, the plain queue key.
     assert broker.queue_key("fast", redis_priority(9)) == f"{settings.keys.broker_prefix}fast"
     assert broker.queue_key("fast", redis_priority(0)).endswith("fast\x06\x169")
+
+
+def test_a_task_types_own_limits_travel_in_the_timelimit_header() -> None:
+    from gateway.tasks.submission import Submission, build_message
+    from shared.registry import TaskSpec
+
+    def limited(ctx: Any) -> None:
+        return None
+
+    # Built, not registered: the registry of this test process stays as the task modules left it.
+    spec = TaskSpec("unit.limited", limited, InputSchema({}), soft_time_limit=3, time_limit=5)
+    assert build_message(Submission(spec, {}, "fast", 0, None), "t-1").headers["timelimit"] == [
+        5,
+        3,
+    ]
+    plain = TaskSpec("unit.plain", limited, InputSchema({}))
+    assert build_message(Submission(plain, {}, "fast", 0, None), "t-2").headers["timelimit"] == [
+        None,
+        None,
+    ]
