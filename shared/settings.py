@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from shared.beat import BeatEntry, parse_schedule
 from shared.errors import ConfigError
 from shared.keys import Keys
 
@@ -86,7 +87,7 @@ class Settings:
     socket_connect_timeout_s: float = 5.0
     queues: tuple[str, ...] = ("fast", "heavy")
     routes: tuple[tuple[str, str], ...] = ()
-    beat_schedule: tuple[tuple[str, float], ...] = (("taskgate.sweep", 300.0),)
+    beat_schedule: tuple[BeatEntry, ...] = (BeatEntry("taskgate.sweep", every_s=300.0),)
     # Reliability (docs/RELIABILITY.md). ``None``: the hard time limit plus VISIBILITY_MARGIN_S.
     visibility_timeout_s: float | None = None
     max_attempts: int = 3
@@ -216,7 +217,9 @@ class Settings:
                 "TASKGATE_SOCKET_CONNECT_TIMEOUT_S", 5.0, float, low=0, high=3600
             ),
             **r.queues_and_routes(),
-            beat_schedule=r.schedule("TASKGATE_BEAT_SCHEDULE", (("taskgate.sweep", 300.0),)),
+            beat_schedule=r.schedule(
+                "TASKGATE_BEAT_SCHEDULE", (BeatEntry("taskgate.sweep", every_s=300.0),)
+            ),
             visibility_timeout_s=visibility,
             max_attempts=r.number("TASKGATE_MAX_ATTEMPTS", 3, int, low=1, high=100),
             task_heartbeat_s=r.number("TASKGATE_TASK_HEARTBEAT_S", 5.0, float, low=0.1, high=3600),
@@ -314,26 +317,12 @@ class _Reader:
             routes.append((pattern.strip(), queue.strip()))
         return {"queues": queues, "routes": tuple(routes)}
 
-    def schedule(
-        self, name: str, default: tuple[tuple[str, float], ...]
-    ) -> tuple[tuple[str, float], ...]:
-        """``task=seconds,task=seconds``; ``off`` for none."""
+    def schedule(self, name: str, default: tuple[BeatEntry, ...]) -> tuple[BeatEntry, ...]:
+        """See ``shared.beat``; ``off`` for none."""
         value = self._raw(name)
         if value is None:
             return default
-        if value.lower() == "off":
-            return ()
-        out = []
-        for rule in self.csv(name):
-            task, sep, every = rule.partition("=")
-            try:
-                seconds = float(every)
-            except ValueError:
-                seconds = -1.0
-            if not sep or not task.strip() or not 1 <= seconds <= 7 * 86400:
-                raise ConfigError(f"{name}: {rule!r} must be task=seconds (1 to 604800)")
-            out.append((task.strip(), seconds))
-        return tuple(out)
+        return parse_schedule(value, name)
 
     def key_prefix(self, name: str, default: str) -> str:
         value = self._raw(name)

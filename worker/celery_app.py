@@ -15,9 +15,11 @@ from typing import Any
 
 from celery import Celery
 from celery.exceptions import TimeLimitExceeded
+from celery.schedules import crontab
 from celery.signals import task_failure, task_revoked, task_unknown
 from redis.exceptions import RedisError
 
+from shared.beat import BeatEntry, unknown_names
 from shared.celery_config import celery_config
 from shared.errors import ConfigError
 from shared.logging import setup_logging
@@ -49,10 +51,10 @@ def make_celery(settings: Settings) -> Celery:
         register_celery_task(app, spec, records)
     register_maintenance(app, records)
     register_webhooks(app, records, settings)
-    app.conf.beat_schedule = {
-        f"{task} every {every:g}s": {"task": task, "schedule": every}
-        for task, every in settings.beat_schedule
-    }
+    unknown = unknown_names(settings.beat_schedule, set(app.tasks))
+    if unknown:
+        raise ConfigError(f"TASKGATE_BEAT_SCHEDULE: no task named {unknown[0]!r} is registered")
+    app.conf.beat_schedule = {entry.label: beat_entry(entry) for entry in settings.beat_schedule}
 
     @task_revoked.connect(weak=False)  # type: ignore[untyped-decorator]
     def _on_revoked(request: Any = None, **_: Any) -> None:
@@ -87,6 +89,21 @@ def make_celery(settings: Settings) -> Celery:
         record_unknown(records.get(), message, str(name), id, settings)
 
     return app
+
+
+def beat_entry(entry: BeatEntry) -> dict[str, Any]:
+    """Celery's ``beat_schedule`` entry for one of ours."""
+    schedule: Any = entry.every_s
+    if entry.crontab is not None:
+        minute, hour, day_of_month, month_of_year, day_of_week = entry.crontab
+        schedule = crontab(
+            minute=minute,
+            hour=hour,
+            day_of_month=day_of_month,
+            month_of_year=month_of_year,
+            day_of_week=day_of_week,
+        )
+    return {"task": entry.task, "schedule": schedule, "kwargs": dict(entry.input)}
 
 
 def record_unknown(
@@ -157,4 +174,8 @@ def default_app() -> Celery:
     setup_logging(settings.log_level)
     if not settings.broker_is_amqp:
         _survive_broker_restart()
-    return make_celery(settings)
+    try:
+        return make_celery(settings)
+    except ConfigError as exc:  # a task module's limits, a beat entry naming no task
+        sys.stderr.write(f"taskgate: {exc}\n")
+        raise SystemExit(2) from None

@@ -67,3 +67,32 @@ def test_manager_config_from_dict_and_env() -> None:
         ManagerConfig.from_env({"CELERY_BATCH_SIZE": "many"})
     with pytest.raises(ConfigError, match="unknown key"):
         ManagerConfig.from_mapping({"batchsize": 3})
+
+
+def test_beat_entries_take_intervals_crontabs_and_input() -> None:
+    value = (
+        'demo.count=2:{"steps": 3, "delay": 0}, taskgate.sweep=300, '
+        'demo.sleep=crontab(*/5 1,2 * * mon-fri):{"seconds": 1}'
+    )
+    entries = Settings.from_env({"TASKGATE_BEAT_SCHEDULE": value}).beat_schedule
+    assert [(e.task, e.every_s, e.crontab, e.input) for e in entries] == [
+        ("demo.count", 2.0, None, {"steps": 3, "delay": 0}),
+        ("taskgate.sweep", 300.0, None, {}),
+        ("demo.sleep", None, ("*/5", "1,2", "*", "*", "mon-fri"), {"seconds": 1}),
+    ]
+    for bad in ("demo.count=crontab(1 2 3)", "demo.count=2:[1]", "demo.count=2:{nope", "=2"):
+        with pytest.raises(ConfigError, match="TASKGATE_BEAT_SCHEDULE"):
+            Settings.from_env({"TASKGATE_BEAT_SCHEDULE": bad})
+
+
+def test_a_beat_entry_for_an_unknown_task_refuses_to_start() -> None:
+    from worker.celery_app import make_celery
+
+    settings = Settings.from_env(offline_env(TASKGATE_BEAT_SCHEDULE="reports.nightly=60"))
+    with pytest.raises(ConfigError, match=r"'reports\.nightly'"):
+        make_celery(settings)
+    crontab_app = make_celery(
+        Settings.from_env(offline_env(TASKGATE_BEAT_SCHEDULE="demo.count=crontab(0 3 * * *)"))
+    )
+    (entry,) = crontab_app.conf.beat_schedule.values()
+    assert entry["task"] == "demo.count" and entry["schedule"].hour == {3}

@@ -3,6 +3,7 @@ real worker runs it: index entries of expired records go, live ones stay."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -62,3 +63,69 @@ def test_beat_runs_the_sweep_on_schedule(
         beat.wait(10)
         log.close()
         client.delete(keys.task(live_id), keys.user_tasks(ghost))
+
+
+def _beat(env: dict[str, str], tmp_path: Path, schedule: str) -> subprocess.Popen[bytes]:
+    log = open(tmp_path / "beat-user.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker",
+            "beat",
+            "--loglevel",
+            "INFO",
+            "-s",
+            str(tmp_path / "schedule-user"),
+            "--pidfile",
+            str(tmp_path / "beat-user.pid"),
+        ],
+        env={**env, "TASKGATE_BEAT_SCHEDULE": schedule},
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    return proc
+
+
+def test_beat_runs_a_user_task_with_its_input_as_recorded_tasks_of_the_service_user(
+    env: dict[str, str], celery_worker: CeleryWorker, tmp_path: Path
+) -> None:
+    settings = Settings.from_env(env)
+    client = redis.Redis.from_url(settings.require_redis())
+    service = settings.keys.user_tasks(settings.service_user)
+    before = set(client.zrange(service, 0, -1))
+    beat = _beat(env, tmp_path, 'demo.count=1:{"steps": 2, "delay": 0}')
+
+    def completed_runs() -> list[dict[str, bytes]]:
+        runs = []
+        for tid in set(client.zrange(service, 0, -1)) - before:
+            record = client.hgetall(settings.keys.task(tid.decode()))
+            if record.get(b"task") == b'"demo.count"' and record.get(b"status") == b'"COMPLETED"':
+                runs.append(record)
+        return runs
+
+    try:
+        wait_until(lambda: len(completed_runs()) >= 2, timeout=30)
+        for record in completed_runs():
+            assert json.loads(record[b"result"]) == {"counted": 2}
+    finally:
+        beat.terminate()
+        beat.wait(10)
+
+
+def test_beat_refuses_to_start_with_an_entry_for_an_unknown_task(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    beat = _beat(env, tmp_path, "reports.nightly=crontab(0 3 * * *)")
+    try:
+        assert beat.wait(60) != 0
+    finally:
+        if beat.poll() is None:
+            beat.kill()
+            beat.wait(5)
+    out = (tmp_path / "beat-user.log").read_text()
+    assert "TASKGATE_BEAT_SCHEDULE: no task named 'reports.nightly' is registered" in out
