@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from aiohttp import web
@@ -19,6 +20,8 @@ from shared.logging import setup_logging
 from shared.settings import Secret, Settings
 
 DEMO_USER = "demo"
+# `up` stopped because a child kept failing (ConfigError is 2, Ctrl-C 130).
+EXIT_GAVE_UP = 1
 
 
 def _install_uvloop() -> None:
@@ -29,8 +32,13 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def serve(settings: Settings, banner: str | None = None) -> None:
-    """Run the gateway until SIGINT or SIGTERM."""
+async def serve(
+    settings: Settings,
+    banner: str | None = None,
+    stop_on: Callable[[Callable[[], None]], None] | None = None,
+) -> None:
+    """Run the gateway until SIGINT or SIGTERM, or until the function handed to ``stop_on``
+    is called (from any thread: ``up``'s supervisor calls it when it gives up)."""
     from gateway.app import create_app
     from gateway.process import gctune
 
@@ -52,6 +60,13 @@ async def serve(settings: Settings, banner: str | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if stop_on is not None:
+
+        def stop_soon() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop already closed: nothing to stop
+                loop.call_soon_threadsafe(stop.set)
+
+        stop_on(stop_soon)
     try:
         await stop.wait()
     finally:
@@ -79,7 +94,9 @@ def cmd_up(_: argparse.Namespace) -> int:
     setup_logging(settings.log_level)
     data_dir = Path(settings.data_dir)
     # Ctrl-C reaches only this process; the children (own process groups) are stopped in order.
-    with embedded(dict(os.environ), data_dir) as env:
+    # A second `up` on this data folder is refused here, before it writes anything there.
+    with embedded(dict(os.environ), data_dir) as stack:
+        env = stack.env
         settings = Settings.from_env(env)
         secret = settings.require_secret()
         token = issue_token(secret, DEMO_USER, rules=TokenRules.from_settings(settings))
@@ -96,7 +113,11 @@ def cmd_up(_: argparse.Namespace) -> int:
         )
         os.environ.update({k: env[k] for k in ("TASKGATE_REDIS_URL", "TASKGATE_SECRET")})
         _install_uvloop()
-        asyncio.run(serve(settings, banner))
+        asyncio.run(serve(settings, banner, stop_on=stack.supervisor.on_give_up))
+        failure = stack.supervisor.failure
+    if failure is not None:
+        print(f"taskgate: {failure}; stopped everything (logs in {data_dir}/)", file=sys.stderr)
+        return EXIT_GAVE_UP
     print("taskgate stopped.", flush=True)
     return 0
 

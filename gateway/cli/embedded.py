@@ -1,7 +1,9 @@
 """``taskgate up``: a private redis-server, one Celery worker per queue, and the gateway.
 
-Each child runs in its own process group, so a stop reaches every process it forked (Celery's
-pool processes included) and nothing is left behind.
+The data folder is locked first (``datalock``: one ``up`` per folder), then the children are
+started under a ``Supervisor`` that restarts any that dies. Each child runs in its own process
+group, so a stop reaches every process it forked (Celery's pool processes included) and
+nothing is left behind.
 """
 
 from __future__ import annotations
@@ -10,18 +12,31 @@ import contextlib
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.cli.datalock import hold_data_dir
+from gateway.cli.supervisor import ChildSpec, Supervisor, stop_group
 from shared.errors import ConfigError
 
+__all__ = [
+    "SECRET_FILE",
+    "Stack",
+    "embedded",
+    "find_redis_server",
+    "free_port",
+    "make_run_secret",
+    "stop_group",
+    "wait_for_port",
+]
+
 SECRET_FILE = "secret"
+QUEUES = ("fast", "heavy")
 
 
 def find_redis_server() -> str:
@@ -68,63 +83,9 @@ def make_run_secret(data_dir: Path) -> str:
     return value
 
 
-@dataclass
-class Processes:
-    """Children started by ``taskgate up``, stopped in reverse order."""
-
-    children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
-
-    def start(
-        self, name: str, argv: list[str], env: Mapping[str, str], log: Path | None = None
-    ) -> subprocess.Popen[bytes]:
-        out = open(log, "ab") if log is not None else None  # noqa: SIM115
-        proc = subprocess.Popen(
-            argv,
-            env=dict(env),
-            stdout=out,
-            stderr=subprocess.STDOUT if out else None,
-            start_new_session=True,
-        )
-        if out is not None:
-            out.close()
-        self.children.append((name, proc))
-        return proc
-
-    def stop(self, grace: float = 15.0) -> None:
-        for _name, proc in reversed(self.children):
-            # The leader only: Celery's main process stops its own pool.
-            stop_group(proc, grace, whole_group=False)
-        self.children.clear()
-
-
-def stop_group(
-    proc: subprocess.Popen[bytes],
-    grace: float = 15.0,
-    sig: int = signal.SIGTERM,
-    *,
-    whole_group: bool = True,
-) -> None:
-    """Stop a child started in its own process group: ``sig`` to the group (or to its leader
-    only), up to ``grace`` seconds to exit, then SIGKILL to whatever is left of the group."""
-    try:
-        pgid = os.getpgid(proc.pid)
-    except ProcessLookupError:
-        pgid = proc.pid  # the leader is gone; its group id was its pid
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        if whole_group:
-            os.killpg(pgid, sig)
-        else:
-            os.kill(proc.pid, sig)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(grace)
-    # Whatever is left of the group (pool processes, a stuck parent) goes now.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
-
-
-def start_redis(procs: Processes, data_dir: Path) -> str:
+def start_redis(supervisor: Supervisor, data_dir: Path) -> str:
+    """redis-server on a free port, append-only files in ``data_dir/redis``; a restart by the
+    supervisor comes back on the same port and files."""
     redis_dir = data_dir / "redis"
     redis_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -139,31 +100,54 @@ def start_redis(procs: Processes, data_dir: Path) -> str:
         "--protected-mode", "yes",
         "--daemonize", "no",
     ]  # fmt: skip
-    proc = procs.start("redis", argv, os.environ, data_dir / "redis.log")
-    wait_for_port(port, 10, proc)
+    supervisor.start(
+        ChildSpec(
+            "redis",
+            argv,
+            dict(os.environ),
+            data_dir / "redis.log",
+            ready=lambda proc: wait_for_port(port, 10, proc),
+        )
+    )
     return f"redis://127.0.0.1:{port}/0"
 
 
-def start_workers(procs: Processes, env: Mapping[str, str], data_dir: Path) -> None:
-    for queue in ("fast", "heavy"):
+def start_workers(supervisor: Supervisor, env: Mapping[str, str], data_dir: Path) -> None:
+    for queue in QUEUES:
         argv = [
             sys.executable, "-m", "celery", "-A", "worker", "worker",
             "-Q", queue, "-n", f"{queue}@%h", "--loglevel", "INFO",
         ]  # fmt: skip
-        procs.start(f"worker-{queue}", argv, env, data_dir / f"worker-{queue}.log")
+        supervisor.start(
+            ChildSpec(f"worker-{queue}", argv, dict(env), data_dir / f"worker-{queue}.log")
+        )
+
+
+@dataclass(frozen=True)
+class Stack:
+    """What ``embedded`` started: the environment the gateway should use, and the supervisor
+    of the children (its ``failure`` says why it gave up, if it did)."""
+
+    env: dict[str, str]
+    supervisor: Supervisor
 
 
 @contextlib.contextmanager
-def embedded(env: dict[str, str], data_dir: Path) -> Iterator[dict[str, str]]:
-    """Start what ``up`` needs; yield the environment the gateway should use; stop it all."""
-    procs = Processes()
-    try:
-        child_env = dict(env)
-        if not child_env.get("TASKGATE_REDIS_URL"):
-            child_env["TASKGATE_REDIS_URL"] = start_redis(procs, data_dir)
-        if not child_env.get("TASKGATE_SECRET"):
-            child_env["TASKGATE_SECRET"] = make_run_secret(data_dir)
-        start_workers(procs, child_env, data_dir)
-        yield child_env
-    finally:
-        procs.stop()
+def embedded(env: dict[str, str], data_dir: Path) -> Iterator[Stack]:
+    """Lock ``data_dir``, start what ``up`` needs under a supervisor, yield it; stop it all.
+
+    The lock comes first: a second ``up`` on the same folder is refused (``ConfigError``)
+    before it writes the secret or starts a redis-server on the running one's files."""
+    with hold_data_dir(data_dir):
+        supervisor = Supervisor()
+        try:
+            child_env = dict(env)
+            if not child_env.get("TASKGATE_REDIS_URL"):
+                child_env["TASKGATE_REDIS_URL"] = start_redis(supervisor, data_dir)
+            if not child_env.get("TASKGATE_SECRET"):
+                child_env["TASKGATE_SECRET"] = make_run_secret(data_dir)
+            start_workers(supervisor, child_env, data_dir)
+            supervisor.watch()
+            yield Stack(child_env, supervisor)
+        finally:
+            supervisor.stop()

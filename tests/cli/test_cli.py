@@ -2,90 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from gateway.cli.embedded import free_port
-from tests.support import ROOT, wait_until
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKGATE_", "CELERY_"))}
-    env.update(extra)
-    return env
-
-
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli.commands", *args],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-
-
-def http(method: str, url: str, token: str, body: Any = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    req.add_header("Authorization", f"Bearer {token}")
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
-def descendants(pid: int) -> set[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
-    kids = {int(p) for p in out.stdout.split()}
-    for kid in list(kids):
-        kids |= descendants(kid)
-    return kids
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is gone for our purposes, but only its parent can reap it.
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split()[2] != "Z"
-
-
-class Up:
-    def __init__(self, data_dir: Path, port: int) -> None:
-        self.log = data_dir.parent / f"up-{time.monotonic_ns()}.log"
-        self.out = open(self.log, "wb")  # noqa: SIM115
-        env = clean_env(TASKGATE_DATA_DIR=str(data_dir), TASKGATE_PORT=str(port))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli.commands", "up"], env=env, cwd=ROOT,
-            stdout=self.out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        self.base = f"http://127.0.0.1:{port}"
-        wait_until(lambda: b"Ctrl-C stops everything" in self.log.read_bytes(), timeout=60)
-        match = re.search(rb"demo token:\s+(\S+)", self.log.read_bytes())
-        assert match
-        self.token = match.group(1).decode()
-
-    def interrupt(self) -> set[int]:
-        """Ctrl-C; returns every process of the tree as it was just before."""
-        tree = descendants(self.proc.pid)
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(60)
-        self.out.close()
-        return tree
+from tests.cli.upstack import Up, alive, clean_env, http, run_cli
+from tests.support import wait_until
 
 
 @pytest.mark.timeout(240)
