@@ -17,7 +17,8 @@
     ├── BrokerUnavailable          broker_unavailable 503  nothing was accepted
     │   └── StoreUnavailable       store_unavailable  503  Redis down, restarting or busy;
     │                                                      ``retry_after`` seconds
-    └── TaskCancelled              (worker side: raised inside a task to stop it cooperatively)
+    ├── TaskCancelled              (worker side: raised inside a task to stop it cooperatively)
+    └── RetryRequested             (worker side: ``ctx.retry()``, to run the task again)
 
 Every error renders to ``{"error": {"code", "message", "details"?}}``.
 """
@@ -128,3 +129,14 @@ class TaskCancelled(TaskgateError):
     """Raised inside a running task (by ``ctx.progress`` or ``ctx.raise_if_cancelled``)."""
 
     code = "cancelled"
+
+
+class RetryRequested(TaskgateError):
+    """Raised by ``ctx.retry(countdown=, exc=)``: run the task again, if its policy allows."""
+
+    code = "retry"
+
+    def __init__(self, countdown: float | None = None, exc: BaseException | None = None) -> None:
+        super().__init__(str(exc) if exc is not None else "retry requested")
+        self.countdown = countdown
+        self.exc = exc

@@ -38,11 +38,41 @@ class TaskContext(Protocol):
         """Report progress (0-100); raises ``TaskCancelled`` once a cancel was asked."""
 
     @property
+    def attempt(self) -> int:
+        """Which attempt this run is, from 1 (retries add one each)."""
+
+    def retry(self, countdown: float | None = None, exc: BaseException | None = None) -> None:
+        """Ask to run the task again (after ``countdown`` seconds, else the task's backoff);
+        ``exc`` is the error recorded if no retry is left. Does not return."""
+
+    @property
     def cancelled(self) -> bool:
         """True once a cancel was asked, for tasks that stop on their own terms."""
 
 
 TaskFn = Callable[..., Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """When a task is run again: it raised one of ``retry_for`` (or called ``ctx.retry``), and
+    it has had fewer than ``max_retries`` retries. The n-th retry waits ``countdown`` if given,
+    else (``backoff``) ``backoff_s * 2**n`` capped at ``backoff_max_s``, drawn uniformly from 0
+    to that with ``jitter`` (as Celery's ``retry_backoff``), else ``backoff_s``."""
+
+    retry_for: tuple[type[BaseException], ...] = ()
+    max_retries: int = 3
+    backoff: bool = True
+    backoff_s: float = 1.0
+    backoff_max_s: float = 600.0
+    jitter: bool = True
+
+    def delay(self, retries: int, draw: Callable[[float, float], float]) -> float:
+        """Seconds before retry number ``retries + 1`` (``draw``: ``random.uniform``)."""
+        if not self.backoff:
+            return self.backoff_s
+        top = min(self.backoff_max_s, self.backoff_s * (2**retries))
+        return draw(0.0, top) if self.jitter else top
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +89,8 @@ class TaskSpec:
     # workers enforce.
     soft_time_limit: float | None = None
     time_limit: float | None = None
+    # Retries (see ``RetryPolicy``): the exception types that retry the task, and how.
+    retry: RetryPolicy | None = None
 
     @property
     def timelimit(self) -> tuple[float | None, float | None]:
@@ -94,6 +126,11 @@ def task(
     description: str = "",
     soft_time_limit: float | None = None,
     time_limit: float | None = None,
+    retry_for: tuple[type[BaseException], ...] = (),
+    max_retries: int | None = None,
+    retry_backoff: bool | float = True,
+    retry_backoff_max: float = 600.0,
+    retry_jitter: bool = True,
 ) -> Callable[[TaskFn], TaskFn]:
     """Register ``fn`` under ``name``; the function itself is returned unchanged.
 
@@ -105,6 +142,20 @@ def task(
             raise ValueError(f"task {name!r}: {label} must be a number of seconds above 0")
     if soft_time_limit is not None and time_limit is not None and soft_time_limit > time_limit:
         raise ValueError(f"task {name!r}: soft_time_limit is above time_limit")
+    if max_retries is not None and (isinstance(max_retries, bool) or not 0 <= max_retries <= 100):
+        raise ValueError(f"task {name!r}: max_retries must be from 0 to 100")
+    policy = None
+    if retry_for or max_retries is not None:
+        # retry_backoff: True for 1 s doubling, a number for that first delay (as in Celery).
+        first = 1.0 if retry_backoff is True else float(retry_backoff or 1.0)
+        policy = RetryPolicy(
+            tuple(retry_for),
+            3 if max_retries is None else max_retries,
+            backoff=bool(retry_backoff),
+            backoff_s=first,
+            backoff_max_s=float(retry_backoff_max),
+            jitter=retry_jitter,
+        )
 
     def register(fn: TaskFn) -> TaskFn:
         existing = _REGISTRY.get(name)
@@ -112,7 +163,7 @@ def task(
             raise ValueError(f"task name {name!r} is registered twice")
         doc = description or (fn.__doc__ or "").strip()
         _REGISTRY[name] = TaskSpec(
-            name, fn, schema, queue, doc, queues, soft_time_limit, time_limit
+            name, fn, schema, queue, doc, queues, soft_time_limit, time_limit, policy
         )
         return fn
 

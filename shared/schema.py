@@ -53,6 +53,10 @@ class Snapshot(TypedDict):
     workflow_id: str | None
     # Completion webhook delivery (shared.webhooks); null when the task has no callback_url.
     webhook: WebhookInfo | None
+    # The attempt running or next (1-based; null before the first run), and when a RETRYING
+    # task runs again (null otherwise).
+    attempt: int | None
+    next_attempt_at: float | None
 
 
 class Update(TypedDict):
@@ -78,6 +82,8 @@ SNAPSHOT_FIELDS: tuple[str, ...] = (
     "stalled",
     "workflow_id",
     "webhook",
+    "attempt",
+    "next_attempt_at",
 )
 
 

@@ -1,4 +1,4 @@
-"""The context a running task receives: ``ctx.progress()`` and ``ctx.cancelled``."""
+"""The context a running task receives: ``ctx.progress()``, ``ctx.cancelled``, ``ctx.retry()``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.errors import TaskCancelled
+from shared.errors import RetryRequested, TaskCancelled
 from shared.records import SyncRecords
 
 log = logging.getLogger("taskgate.worker")
@@ -26,8 +26,9 @@ _CANCEL_POLL_S = 0.25
 class Context:
     """Bound to one run of one task; reports through atomic record transitions."""
 
-    def __init__(self, task_id: str, records: SyncRecords) -> None:
+    def __init__(self, task_id: str, records: SyncRecords, attempt: int = 1) -> None:
         self.task_id = task_id
+        self.attempt = attempt
         # The previous step's result in a chain, the header results in a chord's body.
         self.parent_result: Any = None
         self._records = records
@@ -68,6 +69,11 @@ class Context:
                 self._cancel = self._records.cancel_requested(self.task_id)
             self._cancel_checked = time.monotonic()
         return self._cancel
+
+    def retry(self, countdown: float | None = None, exc: BaseException | None = None) -> None:
+        """Run the task again after ``countdown`` seconds (else its backoff), if it has retries
+        left; otherwise it ends FAILED with ``exc`` (or "retry requested")."""
+        raise RetryRequested(countdown, exc)
 
     def raise_if_cancelled(self) -> None:
         if self.cancelled:

@@ -121,3 +121,24 @@ def primes(ctx: TaskContext, limit: int) -> dict[str, Any]:
         low = high
         ctx.progress(100.0 * low / limit, f"sieved {low:,} of {limit:,}", primes=found)
     return {"limit": limit, "primes": found}
+
+
+class FlakyError(Exception):
+    """The retryable error ``demo.flaky`` raises on its first attempts."""
+
+
+@task(
+    "demo.flaky",
+    queue="fast",
+    schema=InputSchema({"fail_times": Field("int", default=2, low=0, high=10)}),
+    retry_for=(FlakyError,),
+    max_retries=5,
+    retry_backoff=0.5,
+    retry_backoff_max=2.0,
+)
+def flaky(ctx: TaskContext, fail_times: int) -> dict[str, Any]:
+    """Fails with a retryable error on its first ``fail_times`` attempts, then succeeds."""
+    ctx.progress(50.0, f"attempt {ctx.attempt}")
+    if ctx.attempt <= fail_times:
+        raise FlakyError(f"attempt {ctx.attempt} of {fail_times + 1} fails on purpose")
+    return {"attempts": ctx.attempt}

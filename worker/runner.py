@@ -28,9 +28,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.errors import InvalidInput, TaskCancelled
+from shared.errors import InvalidInput, RetryRequested, TaskCancelled
 from shared.records import HeartbeatCode, SyncRecords, TransitionResult
-from shared.registry import TaskSpec
+from shared.registry import RetryPolicy, TaskSpec
 from shared.settings import Settings
 from shared.status import TERMINAL_NAMES, TaskStatus
 from worker import webhooks
@@ -143,19 +143,21 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
 
-def _heartbeat_age(store: SyncRecords, task_id: str) -> tuple[str | None, float | None]:
-    """The record's status and how long ago (by the Redis clock) its run last beat."""
-    status, hb = store.client.hmget(store.keys.task(task_id), ["status", "_hb"])
+def _heartbeat_age(store: SyncRecords, task_id: str) -> tuple[str | None, float | None, int | None]:
+    """The record's status, how long ago (by the Redis clock) its run last beat, and the
+    attempt it is at."""
+    status, hb, attempt = store.client.hmget(store.keys.task(task_id), ["status", "_hb", "attempt"])
     if status is None:
-        return None, None
+        return None, None, None
     text = status.decode() if isinstance(status, bytes) else str(status)
+    at = int(attempt) if attempt not in (None, b"null", "null") else None
     if hb is None:
-        return text, None
+        return text, None, at
     secs, micros = store.client.time()
-    return text, secs + micros / 1e6 - float(hb)
+    return text, secs + micros / 1e6 - float(hb), at
 
 
-def _wait_for_live_run(store: SyncRecords, task_id: str, interval: float) -> bool:
+def _wait_for_live_run(store: SyncRecords, task_id: str, interval: float, attempt: int) -> bool:
     """Wait while another run of this task is alive; False if that run ended the task.
 
     On a lost broker connection kombu hands un-acked messages back at once, so a task still
@@ -165,13 +167,18 @@ def _wait_for_live_run(store: SyncRecords, task_id: str, interval: float) -> boo
     ``STALE_AFTER_BEATS`` heartbeats.
     """
     limit = STALE_AFTER_BEATS * interval
-    status, age = retrying(lambda: _heartbeat_age(store, task_id), f"reading {task_id}")
+    status, age, at = retrying(lambda: _heartbeat_age(store, task_id), f"reading {task_id}")
+    if at is not None and at > attempt:
+        # This delivery's attempt already ended in a retry (its ack was lost with its worker):
+        # the retry's own message runs the next attempt.
+        log.info("task %s: attempt %d already retried; not running it again", task_id, attempt)
+        return False
     if status != '"RUNNING"' or age is None or age >= limit:
         return True
     log.warning("task %s is running elsewhere (heartbeat %.1fs ago); waiting", task_id, age)
     while True:
         time.sleep(interval)
-        status, age = retrying(lambda: _heartbeat_age(store, task_id), f"reading {task_id}")
+        status, age, _ = retrying(lambda: _heartbeat_age(store, task_id), f"reading {task_id}")
         if status is None or status.strip('"') in TERMINAL_NAMES:
             log.info("task %s ended in its other run; not running it again", task_id)
             return False
@@ -216,7 +223,9 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
         except InvalidInput as exc:
             finish(store, task_id, TaskStatus.FAILED, error=_error(exc))
             return None
-        if not _wait_for_live_run(store, task_id, settings.task_heartbeat_s):
+        # Retries (Celery's own, ``Task.retry``) count in the message; the first run is 1.
+        attempt = int(self.request.retries or 0) + 1
+        if not _wait_for_live_run(store, task_id, settings.task_heartbeat_s, attempt):
             return None
         # Runs are counted before they start: a run that kills its process cannot count itself
         # afterwards, and task_reject_on_worker_lost hands its message straight back.
@@ -235,7 +244,12 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
                     "status",
                     status=TaskStatus.RUNNING,
                     only_if=_NON_TERMINAL,
-                    fields={"started_at": now, "_attempt": previous + 1},
+                    fields={
+                        "started_at": now,
+                        "_attempt": previous + 1,
+                        "attempt": attempt,
+                        "next_attempt_at": None,
+                    },
                 ),
                 f"starting {task_id}",
             )
@@ -262,27 +276,29 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
         if previous:
             log.warning("task %s (%s): run %d (an earlier run was lost)", task_id, spec.name,
                         previous + 1)  # fmt: skip
-        ctx = Context(task_id, store)
+        ctx = Context(task_id, store, attempt)
         # In a chain or a chord's body, Celery passes the previous result(s) first.
         ctx.parent_result = args[0] if args else None
         if started.cancel_requested:
             finish(store, task_id, TaskStatus.CANCELLED)
             return None
         with Heartbeat(store, task_id, settings.task_heartbeat_s):
-            return _run(spec, ctx, store, task_id, args, data, settings)
+            return _run(self, spec, ctx, store, task_id, data, settings)
 
 
 def _run(
+    task: Task,
     spec: TaskSpec,
     ctx: Context,
     store: SyncRecords,
     task_id: str,
-    args: tuple[Any, ...],
     data: dict[str, Any],
     settings: Settings,
 ) -> Any:
     try:
         result = spec.fn(ctx, **data)
+    except RetryRequested as asked:
+        return _retry_or_fail(task, spec, ctx, store, asked.exc or asked, asked.countdown)
     except TaskCancelled:
         finish(store, task_id, TaskStatus.CANCELLED)
         return None
@@ -299,6 +315,8 @@ def _run(
         )
         raise
     except Exception as exc:
+        if spec.retry is not None and isinstance(exc, spec.retry.retry_for):
+            return _retry_or_fail(task, spec, ctx, store, exc, None)
         finish(store, task_id, TaskStatus.FAILED, error=_error(exc))
         raise
     if ctx.cancelled:
@@ -318,6 +336,73 @@ def _run(
         )
         raise
     return result
+
+
+def _retry_or_fail(
+    task: Task,
+    spec: TaskSpec,
+    ctx: Context,
+    store: SyncRecords,
+    exc: BaseException,
+    countdown: float | None,
+) -> Any:
+    """Another attempt if the task's policy has one left: the record goes RETRYING (with the
+    next attempt's number and time, the error so far, percent back to 0) and Celery's own
+    ``Task.retry`` publishes the message again with that countdown. Else FAILED with ``exc``.
+
+    ``Task.retry`` raises ``Retry``: the worker acks this delivery only after the new message is
+    on the broker (late acks), so a worker killed during the backoff loses nothing, and only one
+    attempt runs at a time (the next one is not due before this one returned)."""
+    policy = spec.retry or RetryPolicy(max_retries=0)
+    retries = ctx.attempt - 1
+    if retries >= policy.max_retries:
+        log.warning("task %s (%s): no retry left after %d attempts", ctx.task_id, spec.name,
+                    ctx.attempt)  # fmt: skip
+        finish(store, ctx.task_id, TaskStatus.FAILED, error=_error(exc))
+        raise exc
+    wait = policy.delay(retries, random.uniform) if countdown is None else max(0.0, countdown)
+    due = time.time() + wait
+    # The next attempt's message goes out first, then the record says RETRYING. A worker killed
+    # after both: this delivery comes back, sees the record at the next attempt and skips
+    # (``_wait_for_live_run``). Killed in between (a few ms): this attempt runs again and asks
+    # for its retry again; of the two next-attempt messages the later finds the task ended and
+    # does nothing. Either way no attempt is lost and none runs beside another.
+    signal = task.retry(
+        countdown=wait,
+        max_retries=policy.max_retries,
+        exc=exc if isinstance(exc, Exception) else None,
+        throw=False,
+    )
+    moved = retrying(
+        lambda: store.transition(
+            ctx.task_id,
+            "status",
+            status=TaskStatus.RETRYING,
+            percent=0.0,
+            only_if=(TaskStatus.RUNNING,),
+            fields={
+                "attempt": ctx.attempt + 1,
+                "next_attempt_at": due,
+                "error": _error(exc),
+                "progress": {
+                    "percent": 0.0,
+                    "message": f"retrying in {wait:.1f}s (attempt {ctx.attempt + 1} of "
+                    f"{policy.max_retries + 1})",
+                    "data": {},
+                },
+                # The worker-lost count is per attempt: a retry is not a lost run.
+                "_attempt": 0,
+            },
+        ),
+        f"recording the retry of {ctx.task_id}",
+    )
+    if not moved.applied:
+        # Cancelled (or ended) meanwhile: the retry's message finds the record terminal and
+        # does not run.
+        return None
+    log.info("task %s (%s) failed (%s); attempt %d in %.1fs", ctx.task_id, spec.name,
+             type(exc).__name__, ctx.attempt + 1, wait)  # fmt: skip
+    raise signal
 
 
 def hard_time_limit_error(limit: object) -> dict[str, str]:

@@ -344,14 +344,18 @@ def _probe(name: str, summary: str) -> OperationFn:
         }
         responses: dict[str, Schema] = {"200": json_body(status, "OK")}
         if name == "readyz":
-            responses["503"] = json_body(status, "Redis or the broker is unreachable")
+            responses["503"] = json_body(
+                status, "Redis or the broker is unreachable, or a queue has no live worker"
+            )
         return {"summary": summary, "operationId": name, "security": [], "responses": responses}
 
     return describe
 
 
 operation("GET", "/healthz")(_probe("healthz", "Liveness"))
-operation("GET", "/readyz")(_probe("readyz", "Readiness: Redis and the broker reachable"))
+operation("GET", "/readyz")(
+    _probe("readyz", "Readiness: Redis and the broker reachable, a live worker per queue")
+)
 
 
 @operation("GET", "/metrics")
@@ -441,6 +445,8 @@ def snapshot_schema() -> Schema:
             "created_at": {"type": "number"},
             "started_at": nullable_number,
             "finished_at": nullable_number,
+            "attempt": {"type": ["integer", "null"], "minimum": 1},
+            "next_attempt_at": nullable_number,
         },
         "required": ["task_id", "task", "queue", "status", "seq", "progress", "created_at"],
     }

@@ -11,7 +11,7 @@
 -- Defines: SNAPSHOT_FIELDS, snapshot(key) -> the JSON object text.
 local SNAPSHOT_FIELDS = {
   'task_id', 'task', 'queue', 'status', 'seq', 'progress', 'result', 'error', 'created_at',
-  'started_at', 'finished_at', 'stalled', 'workflow_id', 'webhook',
+  'started_at', 'finished_at', 'stalled', 'workflow_id', 'webhook', 'attempt', 'next_attempt_at',
 }
 local function snapshot(key)
   local vals = redis.call('HMGET', key, unpack(SNAPSHOT_FIELDS))

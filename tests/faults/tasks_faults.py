@@ -75,3 +75,19 @@ def quick_limit(ctx: TaskContext, seconds: float) -> dict[str, Any]:
     while time.monotonic() < end:
         time.sleep(0.05)
     return {"slept": seconds}
+
+
+@task(
+    "faults.retry_later",
+    queue="fast",
+    schema=InputSchema(
+        {"countdown": Field("float", default=3, low=0, high=60), "path": Field("str", default="")}
+    ),
+    max_retries=2,
+)
+def retry_later(ctx: TaskContext, countdown: float, path: str) -> dict[str, Any]:
+    """Asks for a retry (``ctx.retry``) on its first attempt, then succeeds; notes each run."""
+    _note(path, f"run {ctx.task_id} attempt {ctx.attempt} {os.getpid()}")
+    if ctx.attempt == 1:
+        ctx.retry(countdown=countdown)
+    return {"attempts": ctx.attempt}

@@ -332,6 +332,29 @@ async def test_killed_worker_task_is_delivered_again_and_stalled_meanwhile(
     assert stack.record(task_id)["_attempt"] == "2"
 
 
+async def test_a_retry_survives_a_worker_killed_during_its_backoff(
+    stack: Stack, worker: CeleryWorker, gw: TestServer, sockets: Connect, tmp_path: Path
+) -> None:
+    """ctx.retry(countdown=3) on the first attempt; the worker holding the retry's message is
+    killed during the wait. The message comes back (visibility timeout) and the second attempt
+    runs once, on the new worker: COMPLETED with attempts 2."""
+    name, runs = user(), tmp_path / "runs"
+    client = await sockets(base(gw), name)
+    body = {"task": "faults.retry_later", "input": {"countdown": 3, "path": str(runs)}}
+    task_id = (await submit(base(gw), name, body))[1]["task_id"]
+    events = client.events[task_id]
+    await client.wait_for(lambda: any(e["status"] == "RETRYING" for e in events), 15)
+    await asyncio.to_thread(stack.stop_worker, signal.SIGKILL)
+    await asyncio.to_thread(stack.start_worker)
+    final = await client.wait_terminal(task_id, timeout=40)
+    assert final["status"] == "COMPLETED" and final["result"] == {"attempts": 2}, final
+    lines = runs.read_text().splitlines()
+    assert [line.split()[3] for line in lines] == ["1", "2"], lines
+    await asyncio.sleep(0.5)
+    check_stream(events)
+    assert len(terminal_events(events)) == 1
+
+
 # ---- 3. Poison tasks stop ---------------------------------------------------------------------
 
 
