@@ -19,6 +19,7 @@ from gateway.broker.redis_broker import Broker, RedisBroker
 from gateway.live.relay import Relay
 from gateway.live.router import UpdateRouter
 from gateway.tasks.control import CeleryControl
+from gateway.tasks.delayed import watch_delayed
 from gateway.tasks.service import TaskService
 from gateway.tasks.stalls import watch_stalls
 from shared.records import AsyncRecords
@@ -101,9 +102,10 @@ async def running(*jobs: tuple[str, Coroutine[Any, Any, None]]) -> AsyncIterator
 def maintenance_jobs(
     settings: Settings, records: AsyncRecords, broker: Broker
 ) -> list[tuple[str, Coroutine[Any, Any, None]]]:
-    """The stall watch and, with the outbox, its sweep."""
+    """The stall watch, the delayed tasks' mover and, with the outbox, its sweep."""
     jobs: list[tuple[str, Coroutine[Any, Any, None]]] = [
-        ("taskgate-stalls", watch_stalls(records, settings.task_heartbeat_s))
+        ("taskgate-stalls", watch_stalls(records, settings.task_heartbeat_s)),
+        ("taskgate-delayed", watch_delayed(records.client, settings.keys, records, broker)),
     ]
     if isinstance(broker, OutboxBroker):
         sweep = max(1.0, min(10.0, settings.visibility_timeout / 4))

@@ -108,6 +108,22 @@ class Keys:
         """Hash: kombu's un-acked messages (delivery tag -> message)."""
         return f"{self.broker_prefix}unacked"
 
+    @property
+    def delayed(self) -> str:
+        """Sorted set: ids of tasks submitted with ``countdown`` or ``eta``, scored by when
+        they are due (``gateway.tasks.delayed``)."""
+        return f"{self.prefix}delayed"
+
+    @property
+    def delayed_messages(self) -> str:
+        """Hash: task id -> the Celery message a delayed task is published with when due."""
+        return f"{self.prefix}delayed:messages"
+
+    @property
+    def delayed_lock(self) -> str:
+        """String: held by the one gateway moving due delayed messages to the broker."""
+        return f"{self.prefix}delayed:lock"
+
     def chord_meta(self, group_id: str) -> str:
         """What Celery's Redis backend puts before a chord's counter keys (``.c``, ``.s``)."""
         return f"{self.broker_prefix}celery-taskset-meta-{group_id}"

@@ -57,6 +57,8 @@ class Snapshot(TypedDict):
     # task runs again (null otherwise).
     attempt: int | None
     next_attempt_at: float | None
+    # When a task submitted with ``countdown`` or ``eta`` is due (null for the others).
+    eta: float | None
 
 
 class Update(TypedDict):
@@ -84,6 +86,7 @@ SNAPSHOT_FIELDS: tuple[str, ...] = (
     "webhook",
     "attempt",
     "next_attempt_at",
+    "eta",
 )
 
 

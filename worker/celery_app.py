@@ -57,10 +57,18 @@ def make_celery(settings: Settings) -> Celery:
     app.conf.beat_schedule = {entry.label: beat_entry(entry) for entry in settings.beat_schedule}
 
     @task_revoked.connect(weak=False)  # type: ignore[untyped-decorator]
-    def _on_revoked(request: Any = None, **_: Any) -> None:
+    def _on_revoked(request: Any = None, expired: bool = False, **_: Any) -> None:
         task_id = getattr(request, "id", None)
         if task_id:
-            finish(records.get(), task_id, TaskStatus.CANCELLED, retry_s=MAIN_PROCESS_RETRY_S)
+            # A message whose ``expires`` passed before a worker took it ends Expired.
+            error = {"type": "Expired", "message": "expired before it started"} if expired else None
+            finish(
+                records.get(),
+                task_id,
+                TaskStatus.CANCELLED,
+                retry_s=MAIN_PROCESS_RETRY_S,
+                error=error,
+            )
 
     @task_failure.connect(weak=False)  # type: ignore[untyped-decorator]
     def _on_failure(

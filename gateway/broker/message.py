@@ -65,6 +65,7 @@ def build_task_message(
     group_id: str | None = None,
     group_index: int | None = None,
     timelimit: tuple[float | None, float | None] = (None, None),
+    expires: str | None = None,
 ) -> TaskMessage:
     """A protocol-2 message; ``timelimit`` is Celery's ``(hard, soft)`` in seconds (``None``:
     the worker's default)."""
@@ -76,7 +77,7 @@ def build_task_message(
         "id": task_id,
         "shadow": None,
         "eta": None,
-        "expires": None,
+        "expires": expires,
         "group": group_id,
         "group_index": group_index,
         "retries": 0,

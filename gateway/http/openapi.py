@@ -447,6 +447,7 @@ def snapshot_schema() -> Schema:
             "finished_at": nullable_number,
             "attempt": {"type": ["integer", "null"], "minimum": 1},
             "next_attempt_at": nullable_number,
+            "eta": nullable_number,
         },
         "required": ["task_id", "task", "queue", "status", "seq", "progress", "created_at"],
     }

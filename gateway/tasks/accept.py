@@ -30,6 +30,7 @@ from gateway.broker.message import TaskMessage
 from gateway.broker.outbox import OutboxBroker
 from gateway.broker.redis_broker import Broker
 from gateway.process import gctune
+from gateway.tasks.delayed import DelayedQueue, delays
 from gateway.tasks.submission import Submission, build_messages, new_records
 from shared.errors import BrokerUnavailable, RateLimited, TaskgateError
 from shared.keys import new_task_ids
@@ -116,9 +117,10 @@ class Acceptor:
 
     async def create_one(self, user: str, sub: Submission, task_id: str) -> bytes:
         """Write one PENDING record (the idempotent path); its snapshot, JSON-encoded."""
-        fields = new_record_fields(
-            task_id, sub.spec.name, sub.queue, time.time(), webhook_fields(sub.callback_url)
-        )
+        extra = webhook_fields(sub.callback_url) or {}
+        if sub.due_at is not None:
+            extra["eta"] = sub.due_at
+        fields = new_record_fields(task_id, sub.spec.name, sub.queue, time.time(), extra or None)
         code, payload = await self.records.create(user, fields, self.settings.max_active)
         if code != CREATED:
             raise create_error(code, payload, self.settings.max_active)
@@ -133,12 +135,37 @@ class Acceptor:
         ids = new_task_ids(len(subs))
         # What all records share is sent once; per record only what differs.
         common = pending_common(now)
+        later = [i for i, sub in enumerate(subs) if sub.due_at is not None]
+        if later:
+            return await self._accept_with_delayed(NewTasks(user, subs, ids, common, now), later)
         new = NewTasks(user, subs, ids, common, now)
         if isinstance(self.broker, OutboxBroker):
             return await self._accept_inline(new)
-        return await self._accept_apart(new)
+        return await self._accept_apart(new, self.broker)
 
-    async def _accept_apart(self, new: NewTasks) -> list[Snapshot | TaskgateError]:
+    def delayed_queue(self, subs: Sequence[Submission], ids: Sequence[str]) -> DelayedQueue:
+        """Where the messages of delayed submissions wait until due (``tasks.delayed``)."""
+        return DelayedQueue(self.records.client, self.settings.keys, delays(subs, ids))
+
+    async def _accept_with_delayed(
+        self, new: NewTasks, later: list[int]
+    ) -> list[Snapshot | TaskgateError]:
+        """The delayed submissions' records are written and their messages held until due;
+        the others go as usual. Answers in the submissions' order."""
+        user, subs, ids, common, now = new
+        now_idx = [i for i in range(len(subs)) if i not in set(later)]
+        out: list[Snapshot | TaskgateError | None] = [None] * len(subs)
+        held = NewTasks(user, [subs[i] for i in later], [ids[i] for i in later], common, now)
+        answers = await self._accept_apart(held, self.delayed_queue(held.subs, held.ids))
+        for i, answer in zip(later, answers, strict=True):
+            out[i] = answer
+        if now_idx:
+            rest = await self.accept(user, [subs[i] for i in now_idx])
+            for i, answer in zip(now_idx, rest, strict=True):
+                out[i] = answer
+        return [a for a in out if a is not None]
+
+    async def _accept_apart(self, new: NewTasks, broker: Broker) -> list[Snapshot | TaskgateError]:
         """Records, then one broker push, then one publish (a broker apart from the records)."""
         user, subs, ids, common, now = new
         with gctune.paused():
@@ -158,7 +185,7 @@ class Acceptor:
         out, accepted = self._answers(codes, snaps)
         if accepted:
             try:
-                await self.broker.publish([messages[i] for i in accepted])
+                await broker.publish([messages[i] for i in accepted])
             except (BrokerUnavailable, RedisError) as exc:
                 with contextlib.suppress(RedisError):
                     await self.records.discard_many(user, [ids[i] for i in accepted])

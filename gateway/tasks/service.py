@@ -132,8 +132,11 @@ class TaskService:
                 await self.idempotency.release(user, key, task_id)
                 raise
             message = build_message(sub, task_id)
+            broker = self.broker
+            if sub.due_at is not None:
+                broker = self.acceptor.delayed_queue([sub], [task_id])
             try:
-                await self.broker.publish([message])
+                await broker.publish([message])
             except BaseException:
                 await self.acceptor.discard(user, task_id)
                 await self.idempotency.release(user, key, task_id)

@@ -7,8 +7,10 @@ here, so one body is accepted or refused the same way everywhere.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeGuard
 
 from gateway.broker.message import TaskMessage, build_task_message
@@ -17,7 +19,21 @@ from shared.errors import InvalidInput
 from shared.registry import TaskSpec, get_task
 from shared.webhooks import WebhookPolicy, WebhookRefused, webhook_fields
 
-SUBMIT_FIELDS = frozenset({"task", "input", "queue", "priority", "idempotency_key", "callback_url"})
+SUBMIT_FIELDS = frozenset(
+    {
+        "task",
+        "input",
+        "queue",
+        "priority",
+        "idempotency_key",
+        "callback_url",
+        "countdown",
+        "eta",
+        "expires",
+    }
+)
+# The longest delay or expiry a submit may ask for.
+MAX_DELAY_S = 30 * 86400
 IDEMPOTENCY_KEY_MAX = 200
 _TASK_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -30,6 +46,10 @@ class Submission:
     priority: int
     idempotency_key: str | None
     callback_url: str | None = None
+    # When a delayed task is due (``countdown``, ``eta``), and when it expires (``expires``),
+    # as Unix times; ``None``: now, never.
+    due_at: float | None = None
+    expires_at: float | None = None
 
 
 def field_error(field: str, reason: str) -> InvalidInput:
@@ -81,7 +101,68 @@ def parse_submission(
             (webhooks or WebhookPolicy()).check_url(callback)
         except WebhookRefused as exc:
             raise field_error("callback_url", str(exc)) from None
-    return Submission(spec, data, queue, priority, key, callback)
+    due_at, expires_at = parse_timing(body)
+    return Submission(spec, data, queue, priority, key, callback, due_at, expires_at)
+
+
+def parse_timing(
+    body: dict[str, Any], now: float | None = None
+) -> tuple[float | None, float | None]:
+    """``countdown`` (seconds) or ``eta`` (ISO-8601), and ``expires`` (seconds or ISO-8601):
+    the due and expiry times, or ``InvalidInput`` naming the field."""
+    now = time.time() if now is None else now
+    due_at: float | None = None
+    if "countdown" in body and "eta" in body:
+        raise field_error("eta", "cannot be given together with countdown")
+    if "countdown" in body:
+        countdown = body["countdown"]
+        if (
+            isinstance(countdown, bool)
+            or not isinstance(countdown, int | float)
+            or not 0 <= countdown <= MAX_DELAY_S
+        ):
+            raise field_error("countdown", f"must be a number of seconds from 0 to {MAX_DELAY_S}")
+        due_at = now + float(countdown)
+    elif "eta" in body:
+        due_at = _instant(body["eta"], "eta", now)
+    expires_at: float | None = None
+    if "expires" in body:
+        raw = body["expires"]
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            if not 0 < raw <= MAX_DELAY_S:
+                raise field_error(
+                    "expires", f"must be seconds from 0 to {MAX_DELAY_S}, or an ISO-8601 time"
+                )
+            expires_at = now + float(raw)
+        else:
+            expires_at = _instant(raw, "expires", now)
+        if expires_at <= (due_at or now):
+            raise field_error("expires", "is not after the time the task is due")
+    if due_at is not None and due_at <= now:
+        due_at = None  # due already: sent at once
+    return due_at, expires_at
+
+
+def _instant(raw: Any, field: str, now: float) -> float:
+    """An ISO-8601 time (a naive one is UTC) as a Unix time, at most ``MAX_DELAY_S`` ahead."""
+    wrong = field_error(field, "must be an ISO-8601 time, such as 2030-01-01T12:00:00Z")
+    if not isinstance(raw, str) or len(raw) > 64:
+        raise wrong
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        raise wrong from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    at = moment.timestamp()
+    if at > now + MAX_DELAY_S:
+        raise field_error(field, f"must be at most {MAX_DELAY_S} seconds ahead")
+    return at
+
+
+def iso(at: float) -> str:
+    """A Unix time as the ISO-8601 text Celery's headers carry."""
+    return datetime.fromtimestamp(at, UTC).isoformat()
 
 
 def batch_body(item: Any) -> Any:
@@ -104,6 +185,7 @@ def build_message(sub: Submission, task_id: str, **extra: Any) -> TaskMessage:
         kwargs=sub.input,
         priority=sub.priority,
         timelimit=sub.spec.timelimit,
+        expires=iso(sub.expires_at) if sub.expires_at is not None else None,
         **extra,
     )
 
@@ -114,13 +196,18 @@ def build_messages(subs: Sequence[Submission], ids: Sequence[str]) -> list[TaskM
 
 
 def new_records(subs: Sequence[Submission], ids: Sequence[str]) -> list[dict[str, Any]]:
-    """What differs between new records: id, task, queue and webhook."""
-    return [
-        {
+    """What differs between new records: id, task, queue and webhook (and, when any of them
+    is delayed, when each is due: every record of a run has the same fields)."""
+    delayed = any(s.due_at is not None for s in subs)
+    out = []
+    for s, tid in zip(subs, ids, strict=True):
+        record = {
             "task_id": tid,
             "task": s.spec.name,
             "queue": s.queue,
             "webhook": (webhook_fields(s.callback_url) or {"webhook": None})["webhook"],
         }
-        for s, tid in zip(subs, ids, strict=True)
-    ]
+        if delayed:
+            record["eta"] = s.due_at
+        out.append(record)
+    return out

@@ -46,6 +46,8 @@ log = logging.getLogger("taskgate.workflows")
 
 MAX_STEPS = 100
 KINDS = ("chain", "group", "chord")
+# Options a single submit takes that a step does not (a step's timing is its workflow's).
+STEP_REFUSED = frozenset({"idempotency_key", "callback_url", "countdown", "eta", "expires"})
 _SEVERITY = ("FAILED", "TIMED_OUT", "CANCELLED")
 
 
@@ -71,8 +73,8 @@ def parse_workflow(body: Any, routes: Any = ()) -> tuple[str, list[Submission]]:
     steps = []
     for i, step in enumerate(raw_steps):
         where = f"{path}.body" if kind == "chord" and i == len(raw_steps) - 1 else f"{path}[{i}]"
-        if isinstance(step, dict) and ({"idempotency_key", "callback_url"} & set(step)):
-            raise field_error(where, "steps take no idempotency_key or callback_url")
+        if isinstance(step, dict) and (STEP_REFUSED & set(step)):
+            raise field_error(where, f"steps take no {', '.join(sorted(STEP_REFUSED))}")
         try:
             steps.append(parse_submission(step, routes))
         except TaskgateError as exc:

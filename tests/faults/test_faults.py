@@ -355,6 +355,29 @@ async def test_a_retry_survives_a_worker_killed_during_its_backoff(
     assert len(terminal_events(events)) == 1
 
 
+async def test_a_delay_longer_than_the_visibility_timeout_runs_exactly_once(
+    stack: Stack, worker: CeleryWorker, gw: TestServer, sockets: Connect, tmp_path: Path
+) -> None:
+    """countdown 13 s with a 10 s visibility timeout: with Celery's own countdown the worker
+    would hold the message un-acked past the timeout and Redis would hand it out again
+    (celery#2599). Held in Redis until due instead, the task runs once."""
+    name, runs = user(), tmp_path / "runs"
+    assert stack.settings.visibility_timeout == 10
+    client = await sockets(base(gw), name)
+    body = {
+        "task": "faults.steps",
+        "input": {"steps": 2, "delay": 0.05, "path": str(runs)},
+        "countdown": 13,
+    }
+    snap = (await submit(base(gw), name, body))[1]
+    final = await client.wait_terminal(snap["task_id"], timeout=40)
+    assert final["status"] == "COMPLETED"
+    assert final["started_at"] >= snap["eta"] - 0.05
+    await asyncio.sleep(stack.settings.visibility_timeout + 1)  # time for a second delivery
+    assert len(runs.read_text().splitlines()) == 1
+    check_stream(client.events[snap["task_id"]])
+
+
 # ---- 3. Poison tasks stop ---------------------------------------------------------------------
 
 

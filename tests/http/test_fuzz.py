@@ -119,15 +119,18 @@ class Store:
     def __init__(self, settings: Settings) -> None:
         assert settings.redis_url is not None
         self.client = redis.Redis.from_url(settings.redis_url)
-        self.prefix = settings.key_prefix
+        self.keys = settings.keys
 
     def footprint(self, user: str) -> tuple[int, int]:
-        records = int(self.client.zcard(f"{self.prefix}user:{user}:tasks"))
-        messages = 0
-        for key in self.client.scan_iter(match=f"{self.prefix}broker:*", count=1000):
+        """Records, and messages: on the broker's lists or held until due (a delayed submit's),
+        counted by task id, so one moving from the hold to the broker counts once."""
+        records = int(self.client.zcard(self.keys.user_tasks(user)))
+        ids = {m.decode() for m in self.client.zrange(self.keys.delayed, 0, -1)}
+        for key in self.client.scan_iter(match=f"{self.keys.broker_prefix}*", count=1000):
             if self.client.type(key) == b"list":
-                messages += int(self.client.llen(key))
-        return records, messages
+                for raw in self.client.lrange(key, 0, -1):
+                    ids.add(json.loads(raw)["headers"]["id"])
+        return records, len(ids)
 
 
 @pytest.fixture

@@ -150,14 +150,14 @@ HTTP_CASES: list[HttpCase] = [
     submit({"task": "", "input": {}}, code="unknown_task", id="task-empty-name"),
     submit({"task": ["demo.count"]}, code="unknown_task", id="task-name-not-string"),
     submit({"input": {"steps": 1}}, id="task-missing", field_name="task"),
-    # Options beyond the contract's
+    # Options beyond the contract's, and the contract's timing options out of their range
     *[
         submit({**COUNT, opt: value}, id=f"option-{opt}", field_name=opt)
         for opt, value in [
             ("exchange", "amq.direct"), ("routing_key", "heavy"), ("eta", "2030-01-01T00:00:00"),
-            ("countdown", 5), ("link", {"task": "os.system"}), ("link_error", []),
+            ("countdown", -5), ("link", {"task": "os.system"}), ("link_error", []),
             ("serializer", "pickle"), ("headers", {"lang": "py"}), ("task_id", str(uuid.uuid4())),
-            ("id", str(uuid.uuid4())), ("expires", 1), ("retries", 9),
+            ("id", str(uuid.uuid4())), ("expires", "soon"), ("retries", 9),
         ]
     ],
     submit({"task": "demo.primes", "input": {"limit": 10}, "queue": "fast"},
