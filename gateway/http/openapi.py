@@ -19,7 +19,7 @@ from aiohttp import web
 from gateway.appkeys import SETTINGS
 from gateway.broker.redis_broker import MAX_PRIORITY
 from gateway.tasks.service import MAX_BATCH
-from gateway.tasks.submission import IDEMPOTENCY_KEY_MAX
+from gateway.tasks.submission import IDEMPOTENCY_KEY_MAX, MAX_DELAY_S
 from shared.registry import TaskSpec, all_tasks
 from shared.settings import Settings
 from shared.status import TaskStatus
@@ -400,6 +400,25 @@ def submit_body_schema(ctx: Context) -> Schema:
                         "maxLength": MAX_URL_LENGTH,
                         "description": "http(s) URL called when the task ends; its host must "
                         "be on the gateway's webhook allowlist",
+                    },
+                    "countdown": {
+                        "type": "number",
+                        "minimum": 0,
+                        "maximum": MAX_DELAY_S,
+                        "description": "seconds before the task is due (not with eta)",
+                    },
+                    "eta": {
+                        "type": "string",
+                        "format": "date-time",
+                        "description": "when the task is due, ISO-8601 (not with countdown)",
+                    },
+                    "expires": {
+                        "oneOf": [
+                            {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DELAY_S},
+                            {"type": "string", "format": "date-time"},
+                        ],
+                        "description": "seconds from now, or an ISO-8601 time, after which "
+                        "a task not yet started ends CANCELLED (Expired)",
                     },
                 },
                 "required": ["task"],
