@@ -104,6 +104,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_priority": 0,
         "result_expires": settings.retention_s,
         "worker_send_task_events": True,
+        # Producers using Celery's own API (send_task, .delay()) announce what they send, so
+        # Flower shows it as sent.
+        "task_send_sent_event": True,
+        "worker_max_tasks_per_child": settings.max_tasks_per_child,
+        "worker_max_memory_per_child": settings.max_memory_per_child_kib,
         "worker_hijack_root_logger": False,
         "enable_utc": True,
     }

@@ -64,6 +64,9 @@ class Settings:
     time_limit: float = 600.0
     worker_concurrency: int | None = None
     prefetch_multiplier: int = 1
+    # Recycle a pool process after so many tasks / above so much resident memory (KiB).
+    max_tasks_per_child: int | None = None
+    max_memory_per_child_kib: int | None = None
     submit_rate: float = 50.0
     # Tokens the submit bucket holds when full: the most one user may submit at once (a batch,
     # a workflow). ``None``: MAX_BATCH_DEFAULT, the largest batch the API takes.
@@ -189,6 +192,16 @@ class Settings:
                 r.number("CELERY_WORKER_CONCURRENCY", 1, int, low=1) if concurrency_raw else None
             ),
             prefetch_multiplier=r.number("CELERY_WORKER_PREFETCH_MULTIPLIER", 1, int, low=1),
+            max_tasks_per_child=(
+                r.number("CELERY_WORKER_MAX_TASKS_PER_CHILD", 1, int, low=1)
+                if r.present("CELERY_WORKER_MAX_TASKS_PER_CHILD")
+                else None
+            ),
+            max_memory_per_child_kib=(
+                r.number("CELERY_WORKER_MAX_MEMORY_PER_CHILD", 1, int, low=1024)
+                if r.present("CELERY_WORKER_MAX_MEMORY_PER_CHILD")
+                else None
+            ),
             submit_rate=r.number("TASKGATE_SUBMIT_RATE", 50.0, float, low=0),
             submit_burst=(
                 r.number("TASKGATE_SUBMIT_BURST", SUBMIT_BURST_DEFAULT, int, low=1)

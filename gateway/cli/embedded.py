@@ -113,14 +113,30 @@ def start_redis(supervisor: Supervisor, data_dir: Path) -> str:
 
 
 def start_workers(supervisor: Supervisor, env: Mapping[str, str], data_dir: Path) -> None:
+    """One worker per queue; ``CELERY_FAST_WORKER_CONCURRENCY`` / ``CELERY_HEAVY_WORKER_
+    CONCURRENCY`` (a positive integer) set each one's pool size, else Celery's default."""
     for queue in QUEUES:
         argv = [
             sys.executable, "-m", "celery", "-A", "worker", "worker",
             "-Q", queue, "-n", f"{queue}@%h", "--loglevel", "INFO",
         ]  # fmt: skip
+        concurrency = queue_concurrency(env, queue)
+        if concurrency is not None:
+            argv += ["--concurrency", str(concurrency)]
         supervisor.start(
             ChildSpec(f"worker-{queue}", argv, dict(env), data_dir / f"worker-{queue}.log")
         )
+
+
+def queue_concurrency(env: Mapping[str, str], queue: str) -> int | None:
+    """``CELERY_<QUEUE>_WORKER_CONCURRENCY`` for ``taskgate up``'s worker of ``queue``."""
+    name = f"CELERY_{queue.upper()}_WORKER_CONCURRENCY"
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= 1024:
+        raise ConfigError(f"{name}: {raw!r} must be a whole number from 1 to 1024")
+    return int(raw)
 
 
 @dataclass(frozen=True)
@@ -138,6 +154,8 @@ def embedded(env: dict[str, str], data_dir: Path) -> Iterator[Stack]:
 
     The lock comes first: a second ``up`` on the same folder is refused (``ConfigError``)
     before it writes the secret or starts a redis-server on the running one's files."""
+    for queue in QUEUES:
+        queue_concurrency(env, queue)  # a bad value fails before anything starts
     with hold_data_dir(data_dir):
         supervisor = Supervisor()
         try:

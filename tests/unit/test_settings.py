@@ -96,3 +96,23 @@ def test_a_beat_entry_for_an_unknown_task_refuses_to_start() -> None:
     )
     (entry,) = crontab_app.conf.beat_schedule.values()
     assert entry["task"] == "demo.count" and entry["schedule"].hour == {3}
+
+
+def test_worker_recycling_and_per_queue_concurrency_settings() -> None:
+    from gateway.cli.embedded import queue_concurrency
+    from shared.celery_config import celery_config
+
+    env = offline_env(
+        CELERY_WORKER_MAX_TASKS_PER_CHILD="200", CELERY_WORKER_MAX_MEMORY_PER_CHILD="512000"
+    )
+    conf = celery_config(Settings.from_env(env))
+    assert conf["worker_max_tasks_per_child"] == 200
+    assert conf["worker_max_memory_per_child"] == 512000
+    assert conf["task_send_sent_event"] is True
+    assert celery_config(Settings.from_env(offline_env()))["worker_max_tasks_per_child"] is None
+    assert queue_concurrency({"CELERY_HEAVY_WORKER_CONCURRENCY": "1"}, "heavy") == 1
+    assert queue_concurrency({}, "fast") is None
+    with pytest.raises(ConfigError, match="CELERY_FAST_WORKER_CONCURRENCY"):
+        queue_concurrency({"CELERY_FAST_WORKER_CONCURRENCY": "many"}, "fast")
+    with pytest.raises(ConfigError, match="CELERY_WORKER_MAX_TASKS_PER_CHILD"):
+        Settings.from_env(offline_env(CELERY_WORKER_MAX_TASKS_PER_CHILD="0"))
