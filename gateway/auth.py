@@ -2,8 +2,10 @@
 
 The algorithm is pinned: the header must say ``HS256`` before the signature is even looked at,
 so ``alg: none``, RS256/HS512 confusions and the like are refused with a message that says so.
-``aud`` and ``iss`` are checked when ``TASKGATE_TOKEN_AUDIENCE`` / ``TASKGATE_TOKEN_ISSUER`` are
-set. A small leeway absorbs clock skew between whoever issues tokens and the gateway.
+``sub`` must be text that encodes to UTF-8 (no lone surrogates), at most ``MAX_USER_LEN``
+characters. ``aud`` and ``iss`` are checked when ``TASKGATE_TOKEN_AUDIENCE`` /
+``TASKGATE_TOKEN_ISSUER`` are set. A small leeway absorbs clock skew between whoever issues
+tokens and the gateway.
 """
 
 from __future__ import annotations
@@ -101,6 +103,12 @@ def verify_token(secret: Secret, token: object, rules: TokenRules = NO_RULES) ->
     sub = claims["sub"]
     if not isinstance(sub, str) or not sub or len(sub) > MAX_USER_LEN:
         raise AuthError("token 'sub' must be a non-empty string of at most 128 characters")
+    try:
+        # JSON text may escape a lone surrogate ("\ud800"); such a str cannot be encoded, so
+        # it would fail wherever the user id is written (a Redis key, a log line) as a 500.
+        sub.encode("utf-8")
+    except UnicodeEncodeError:
+        raise AuthError("token 'sub' must be valid UTF-8 text (no lone surrogates)") from None
     exp = claims["exp"]
     if isinstance(exp, bool) or not isinstance(exp, (int, float)):
         raise AuthError("token 'exp' must be a number")

@@ -1,5 +1,8 @@
 """Socket.IO events: auth on connect, one room per user, ``submit``/``cancel``/``watch`` with acks.
 
+Any other event sent with an ack id is answered ``{"error": {"code": "unknown_event"}}``
+(python-socketio alone would drop it and leave the caller waiting).
+
 A connection is closed once its token expires (``exp`` plus the verifier's leeway). The packet
 guard in front of python-socketio is ``gateway.sockets.guard``.
 """
@@ -25,6 +28,9 @@ from shared.store_errors import store_unavailable
 
 log = logging.getLogger("taskgate.sockets")
 
+# The events a client may send (the contract's Socket.IO section).
+EVENTS = ("submit", "cancel", "watch")
+
 
 def _error(exc: Exception) -> dict[str, Any]:
     """The ack for a failed event: the error's own, the store's 503, or (a bug) internal."""
@@ -40,7 +46,9 @@ def register_socket_handlers(
     sio: socketio.AsyncServer, service: TaskService, secret: Secret, fanout: Fanout
 ) -> SocketGuard:
     rules = TokenRules.from_settings(service.settings)
-    guard = SocketGuard(sio, service.settings.socket_event_rate)
+    guard = SocketGuard(
+        sio, service.settings.socket_event_rate, service.settings.socket_connect_timeout_s
+    )
     guard.install()
     expiry_timers: dict[str, asyncio.TimerHandle] = {}
     closing: set[asyncio.Task[None]] = set()
@@ -115,5 +123,17 @@ def register_socket_handlers(
             return _error(exc)
         await send_snapshots(sid, snaps)
         return {"ok": True, "sent": len(snaps)}
+
+    @sio.on("*")  # type: ignore[untyped-decorator]
+    async def unknown_event(event: Any, sid: str, *_: Any) -> dict[str, Any]:
+        # Sent as the ack when the packet has an ack id, dropped by python-socketio otherwise.
+        shown = event[:64] if isinstance(event, str) else type(event).__name__
+        return {
+            "error": {
+                "code": "unknown_event",
+                "message": f"unknown event {shown!r}",
+                "details": {"events": list(EVENTS)},
+            }
+        }
 
     return guard
