@@ -44,6 +44,7 @@ from gateway.resources import (
     running,
 )
 from gateway.sockets import jsonlib
+from gateway.sockets.guard import check_internals
 from gateway.sockets.handlers import register_socket_handlers
 from shared.registry import load_task_modules
 from shared.settings import Settings
@@ -83,6 +84,8 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
         # The contract's transport; long-polling would be a second parser to harden.
         transports=["websocket"],
     )
+    # The packet guard relies on python-socketio's internals: checked here, at creation.
+    check_internals(sio)
     sio.attach(app)
     app[SIO] = sio
     app[FANOUT] = Fanout(sio)
