@@ -13,7 +13,8 @@ Every record expires ``retention_s`` after its last change, whatever its status;
 task's heartbeat counts as a change, so only abandoned records expire unfinished.
 
 Every change is one script run (``transition.lua``): check, write, bump ``seq``, maintain the
-user's active/ended sets, publish the update, all atomically. Workers use ``SyncRecords``
+user's active/ended sets, publish the update, all atomically; a task that ends leaves the
+outbox (``gateway.broker.outbox``) in the same run. Workers use ``SyncRecords``
 (redis-py), the gateway ``AsyncRecords`` (redis.asyncio); both run the same scripts with the same
 arguments. The scripts live in ``shared/lua/`` (``shared.scripts``); each has a ``*_call``
 function here that builds its KEYS and ARGV in the order of its header, and its return codes
@@ -125,7 +126,15 @@ def transition_call(
 ) -> ScriptCall:
     """``transition.lua``'s KEYS and ARGV (see its header)."""
     call = ScriptCall(
-        [keys.task(task_id), keys.running, keys.progress_channel, keys.user_prefix],
+        [
+            keys.task(task_id),
+            keys.running,
+            keys.progress_channel,
+            keys.user_prefix,
+            keys.outbox,
+            keys.outbox_strikes,
+            *outbox_index_prefixes(keys),
+        ],
         [
             task_id,
             retention_s,
@@ -141,6 +150,12 @@ def transition_call(
         call.args.append(name)
         call.args.append(_enc(value))
     return call
+
+
+def outbox_index_prefixes(keys: Keys) -> tuple[str, str]:
+    """What ``Keys.outbox_times(queue)`` and ``Keys.outbox_running(queue)`` put before the
+    queue: ``transition.lua`` reads a task's queue from its record and joins them with it."""
+    return keys.outbox_times(""), keys.outbox_running("")
 
 
 def _transition_result(raw: Sequence[Any]) -> TransitionResult:

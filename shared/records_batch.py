@@ -6,8 +6,10 @@ messages, keeps the outbox copies and publishes their PENDING updates; otherwise
 publishes the updates once the broker took the messages. The updates are built here, from what
 was written, not read back. The per-record rules are those of ``create.lua``: a record that
 exists is not overwritten, and the user's ``max_active`` quota is checked (here once for the
-chunk, then counted down). The script is ``shared/lua/create_batch.lua``; its header gives the
-KEYS and ARGV that ``BatchRecords.create_args`` builds, and its codes are ``CreateCode``.
+chunk, then counted down) by the same rule (``quota.lua``: ids of records gone are dropped
+before a refusal, and the user's indexes are trimmed to the retention). The script is
+``shared/lua/create_batch.lua``; its header gives the KEYS and ARGV that
+``BatchRecords.create_args`` builds, and its codes are ``CreateCode``.
 """
 
 from __future__ import annotations
@@ -153,6 +155,7 @@ class BatchRecords:
                 keys.task_prefix,
                 keys.progress_channel,
                 outbox,
+                keys.user_ended(owner),
             ],
             [owner, repr(created), max_active, self.retention_s],
         )

@@ -20,6 +20,11 @@ before the un-acked entry). So a started task marked stalled (no heartbeat: its 
 whose message is not un-acked either has its copy pushed back the same way. If the message was
 in fact still queued (a backlog), the task gets a second copy.
 
+A task's copy leaves the outbox when the task ends, in the step that ends it
+(``shared/lua/transition.lua``), so the outbox holds about as many copies as there are tasks
+not ended (``size``, the ``taskgate_outbox_size`` gauge). The sweep drops the copies of tasks
+that ended by another path (a record that expired, or was taken back after a refused batch).
+
 A copy pushed back by mistake is harmless: a worker never runs a task whose record ended, and
 waits while another run of it is alive (``worker.runner``).
 
@@ -122,6 +127,11 @@ class OutboxBroker:
             )
         ]
         return InlinePush(self.keys.outbox, time.time(), entries)
+
+    async def size(self) -> int:
+        """How many copies the outbox holds (one ``HLEN``); Redis errors are the caller's."""
+        async with asyncio.timeout(self.inner.timeout):
+            return int(await self.client.hlen(self.keys.outbox))
 
     async def ping(self) -> None:
         await self.inner.ping()

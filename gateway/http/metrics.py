@@ -1,18 +1,22 @@
 """Prometheus metrics in the text exposition format (``GET /metrics``), with no extra library.
 
-Counters live in this process; gauges (queue depths, connected sockets, relay state) are read at
-scrape time. Labels are bounded: routes by their pattern, tasks by registered name.
+Counters live in this process; gauges (queue depths, the outbox's size, connected sockets, relay
+state) are read at scrape time. Labels are bounded: routes by their pattern, tasks by registered
+name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from gateway.appkeys import BROKER, FANOUT, RELAY, SERVICE, SETTINGS, SIO
+from gateway.broker.outbox import OutboxBroker
 from gateway.process import gctune
 from gateway.tasks.coalesce import PIECES
 
@@ -44,6 +48,10 @@ _HELP = {
     ),
     "taskgate_gc_collections_total": ("counter", "Garbage collections, by generation"),
     "taskgate_queue_depth": ("gauge", "Messages waiting in each broker queue"),
+    "taskgate_outbox_size": (
+        "gauge",
+        "Message copies in the outbox (about the tasks not ended; Redis broker only)",
+    ),
     "taskgate_uptime_seconds": ("gauge", "Seconds since this gateway started"),
 }
 
@@ -132,4 +140,9 @@ async def metrics_handler(request: web.Request) -> web.Response:
             gauges["taskgate_queue_depth"][(("queue", queue),)] = depth
     except Exception:
         pass
+    broker = app[BROKER]
+    if isinstance(broker, OutboxBroker):
+        # Redis failing: a scrape without the gauge, never a 500.
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            gauges["taskgate_outbox_size"][()] = await broker.size()
     return web.Response(text=render(app[METRICS], gauges), content_type="text/plain")

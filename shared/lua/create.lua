@@ -1,9 +1,10 @@
 -- create.lua: a new PENDING record (seq 1), indexed in its owner's sets, unless the id exists
 -- or the owner is at max_active (shared.records.create_call).
 --
--- _pct and _cancel start absent (their readers take that as 0). Ids of the active set whose
--- record expired unfinished are dropped before a refusal. The owner's tasks and ended sets
--- lose the ids older than retention_s (beat's taskgate.sweep does the rest).
+-- _pct and _cancel start absent (their readers take that as 0). The quota rule and the trim
+-- of the owner's indexes are quota.lua's, shared with create_batch.lua: ids of the active set
+-- whose record is gone (expired unfinished) are dropped before a refusal; the owner's tasks and
+-- ended sets lose the ids older than retention_s (beat's taskgate.sweep does the rest).
 --
 -- KEYS[1]  the record (Keys.task(task_id))
 -- KEYS[2]  the owner's tasks (Keys.user_tasks(owner))
@@ -23,23 +24,15 @@
 --   -2 EXISTS     the id exists; payload ''
 --   -3 AT_QUOTA   the owner has max_active tasks not ended; payload: how many
 --!include snapshot_json.lua
+--!include quota.lua
 local key, tasks_key, active_key, ended_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local task_prefix = KEYS[5]
 local task_id, owner, created = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local max_active, retention = tonumber(ARGV[4]), tonumber(ARGV[5])
 if redis.call('EXISTS', key) == 1 then return {-2, ''} end
 if max_active > 0 then
-  local n = redis.call('ZCARD', active_key)
-  if n >= max_active then
-    -- A record that never ended expires too; drop such ids before refusing.
-    for _, id in ipairs(redis.call('ZRANGE', active_key, 0, -1)) do
-      if redis.call('EXISTS', task_prefix .. id) == 0 then
-        redis.call('ZREM', active_key, id)
-      end
-    end
-    n = redis.call('ZCARD', active_key)
-    if n >= max_active then return {-3, tostring(n)} end
-  end
+  local room = active_room(active_key, task_prefix, max_active, 1)
+  if room <= 0 then return {-3, tostring(max_active - room)} end
 end
 for i = 6, #ARGV, 2 do
   redis.call('HSET', key, ARGV[i], ARGV[i + 1])
@@ -49,7 +42,5 @@ redis.call('HSET', key, '_owner', owner, 'seq', 1)
 redis.call('EXPIRE', key, retention)
 redis.call('ZADD', tasks_key, created, task_id)
 redis.call('ZADD', active_key, created, task_id)
--- Ids of expired records leave the index through beat's taskgate.sweep; bound it here too.
-redis.call('ZREMRANGEBYSCORE', tasks_key, '-inf', created - retention)
-redis.call('ZREMRANGEBYSCORE', ended_key, '-inf', created - retention)
+trim_indexes(tasks_key, ended_key, created, retention)
 return {1, snapshot(key)}

@@ -1,7 +1,10 @@
 -- create_batch.lua: up to CHUNK new PENDING records of one owner in one run
 -- (shared.records_batch.BatchRecords.create_args), by create.lua's rules: a record that
 -- exists is not overwritten, and the owner's max_active quota is checked (here once for the
--- run, then counted down).
+-- run, then counted down). The quota rule and the trim are quota.lua's, as in create.lua: when
+-- the run wants more room than the active set leaves, the ids whose record is gone (expired
+-- unfinished) are dropped first; a run that created a record trims the owner's tasks and
+-- ended sets of the ids older than retention_s.
 --
 -- With the broker part (the Redis broker on the records' Redis), each created record's
 -- message is pushed, its outbox copy kept and its PENDING snapshot published (one message for
@@ -18,7 +21,8 @@
 -- KEYS[3]  Keys.task_prefix: a record is KEYS[3] .. its task id
 -- KEYS[4]  the progress channel (Keys.progress_channel; used with the broker part)
 -- KEYS[5]  the outbox hash (Keys.outbox; used with the broker part)
--- KEYS[6..] the broker lists (Keys.broker_queues) and outbox time indexes (Keys.outbox_times)
+-- KEYS[6]  the owner's ended tasks (Keys.user_ended(owner))
+-- KEYS[7..] the broker lists (Keys.broker_queues) and outbox time indexes (Keys.outbox_times)
 --          the records' broker parts name, each once; a record names them by index
 --
 -- ARGV[1]  owner
@@ -35,8 +39,9 @@
 --
 -- Returns one code per record (shared.records.CreateCode): 1 CREATED, -2 EXISTS (the id
 -- exists), -3 AT_QUOTA (over max_active).
+--!include quota.lua
 local tasks_key, active_key, task_prefix = KEYS[1], KEYS[2], KEYS[3]
-local channel, outbox = KEYS[4], KEYS[5]
+local channel, outbox, ended_key = KEYS[4], KEYS[5], KEYS[6]
 local owner, created = ARGV[1], tonumber(ARGV[2])
 local max_active, retention, nc = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local hs = {'_owner', owner, 'seq', 1}
@@ -58,7 +63,9 @@ at = at + (inline and 3 or 1)
 local per = 1 + nv + (inline and 4 or 0)
 local copies, pushes, lists, stamps, pending = {}, {}, {}, {}, {}
 local room = 0
-if max_active > 0 then room = max_active - redis.call('ZCARD', active_key) end
+if max_active > 0 then
+  room = active_room(active_key, task_prefix, max_active, (#ARGV - at + 1) / per)
+end
 local codes = {}
 local r = 0
 local members = {}
@@ -107,5 +114,6 @@ end
 if #members > 0 then
   redis.call('ZADD', tasks_key, unpack(members))
   redis.call('ZADD', active_key, unpack(members))
+  trim_indexes(tasks_key, ended_key, created, retention)
 end
 return codes

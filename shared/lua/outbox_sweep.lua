@@ -7,7 +7,10 @@
 --    consuming end of its list. A task that started moves to the running index, its copy kept.
 -- 2. A started task marked stalled whose message is not un-acked either has its copy pushed
 --    back the same way (kombu's visibility timeout put it back, and a worker lost it again).
--- A task that ended, or whose record is gone, leaves the outbox.
+-- A task that ended, or whose record is gone, leaves the outbox. transition.lua already takes
+-- out a task's copy when it ends; this is the safety net for tasks that ended by another path
+-- (a record that expired, or was taken back) and for the publish-time entry of a task cancelled
+-- while PENDING (kept until its queue drained past it).
 --
 -- KEYS[1]  the outbox hash (Keys.outbox): id -> list key, newline, envelope
 -- KEYS[2]  the queue's publish-time index (Keys.outbox_times(queue))

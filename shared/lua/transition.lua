@@ -6,12 +6,25 @@
 -- lowers its percent. Any change clears 'stalled'. Every record, terminal or not, expires
 -- retention_s after its last change.
 --
+-- A task that ends leaves the outbox in the same step (gateway.broker.outbox): its copy, its
+-- strikes and its started-task entry go. Its publish-time entry goes too, unless it ended
+-- while PENDING (cancelled in its queue): its message may still wait there, and the sweep reads
+-- the publish time of the message at a queue's tail as how far the queue drained (an unknown
+-- tail stops the sweep of PENDING copies); the sweep drops that entry once the queue drained
+-- past it. The queue is the record's 'queue' field. outbox_sweep.lua stays the safety net for
+-- copies whose task ended by another path (its record expired or was taken back).
+--
 -- KEYS[1]  the record (Keys.task(task_id))
 -- KEYS[2]  the running set (Keys.running)
 -- KEYS[3]  the progress channel (Keys.progress_channel)
 -- KEYS[4]  Keys.user_prefix: the owner is read from the record, so its sets are
 --          KEYS[4] .. owner .. ':active' and KEYS[4] .. owner .. ':ended'
 --          (Keys.user_active(owner), Keys.user_ended(owner))
+-- KEYS[5]  the outbox hash (Keys.outbox)
+-- KEYS[6]  the outbox strikes hash (Keys.outbox_strikes)
+-- KEYS[7]  the outbox publish-time indexes' prefix: the queue is read from the record, so its
+--          index is KEYS[7] .. queue (Keys.outbox_times(queue))
+-- KEYS[8]  the outbox started-task indexes' prefix: KEYS[8] .. queue (Keys.outbox_running(queue))
 --
 -- ARGV[1]  task id (its member name in the sets)
 -- ARGV[2]  retention_s
@@ -32,6 +45,7 @@
 --!include publish.lua
 --!include terminal.lua
 local key, running, channel, user_prefix = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local outbox, strikes, times_prefix, started_prefix = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local task_id, retention, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local new_status, percent, owner_check = ARGV[4], ARGV[5], ARGV[6]
 local only_if, now = ARGV[7], tonumber(ARGV[8])
@@ -72,6 +86,15 @@ if new_status ~= '' and TERMINAL[new_status] then
   redis.call('ZREM', user_prefix .. owner .. ':active', task_id)
   redis.call('ZADD', user_prefix .. owner .. ':ended', now, task_id)
   redis.call('ZREM', running, task_id)
+  redis.call('HDEL', outbox, task_id)
+  redis.call('HDEL', strikes, task_id)
+  local raw = redis.call('HGET', key, 'queue')
+  local ok, queue = false, nil
+  if raw then ok, queue = pcall(cjson.decode, raw) end
+  if ok and type(queue) == 'string' then
+    redis.call('ZREM', started_prefix .. queue, task_id)
+    if status ~= '"PENDING"' then redis.call('ZREM', times_prefix .. queue, task_id) end
+  end
 end
 -- Every record, terminal or not, lives retention seconds after its last change.
 redis.call('EXPIRE', key, retention)

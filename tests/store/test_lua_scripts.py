@@ -4,7 +4,6 @@ ARGV its Python wrapper builds: its return code and the keys it wrote."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from importlib.resources import files
 from typing import Any
 from uuid import uuid4
@@ -38,7 +37,7 @@ from shared.records_batch import (
     pending_snapshot,
     publish_many_call,
 )
-from shared.redis_client import async_client, sync_client
+from shared.redis_client import async_client
 from shared.resp import Pipeline
 from shared.schema import SCHEMA_VERSION, SNAPSHOT_FIELDS
 from shared.scripts import INCLUDE, ScriptCall, source
@@ -47,21 +46,6 @@ from tests.support import RedisServer
 
 RETENTION = 600
 OWNER = "ann"
-
-
-@pytest.fixture
-def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    c = sync_client(redis_server.url)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def keys(client: redis.Redis) -> Iterator[Keys]:
-    k = Keys(prefix=f"t-{uuid4().hex[:8]}:")
-    yield k
-    for name in client.scan_iter(match=f"{k.prefix}*"):
-        client.delete(name)
 
 
 def run(client: redis.Redis, name: str, call: ScriptCall) -> Any:
@@ -357,8 +341,8 @@ async def test_create_batch_with_the_broker_part_pushes_copies_and_announces(
     ]
     inline = InlinePush(keys.outbox, now, entries)
     call = batch.create_args(OWNER, common, rows, now, 0, inline)
-    # Each list and index once in KEYS, after the five fixed ones.
-    assert call.keys[5:] == [lists[0], keys.outbox_times("fast"), lists[3]]
+    # Each list and index once in KEYS, after the six fixed ones.
+    assert call.keys[6:] == [lists[0], keys.outbox_times("fast"), lists[3]]
     pubsub = subscribe(client, keys.progress_channel)
     try:
         async with batch.runs(1) as runs:
