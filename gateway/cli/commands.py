@@ -137,6 +137,14 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_purge(args: argparse.Namespace) -> int:
+    from gateway.cli.purge import purge
+
+    removed, ended = purge(Settings.from_env(), args.queue)
+    print(f"purged {removed} messages from {args.queue}; {ended} tasks ended CANCELLED (Purged)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="taskgate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -145,8 +153,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     tok = sub.add_parser("token", help="print a token for USER")
     tok.add_argument("user")
     tok.add_argument("--ttl", type=float, default=24 * 3600, help="seconds (default a day)")
+    pur = sub.add_parser("purge", help="remove QUEUE's waiting messages; their tasks end CANCELLED")
+    pur.add_argument("queue")
     args = parser.parse_args(argv)
-    handler = {"up": cmd_up, "gateway": cmd_gateway, "token": cmd_token}[args.command]
+    handlers = {"up": cmd_up, "gateway": cmd_gateway, "token": cmd_token, "purge": cmd_purge}
+    handler = handlers[args.command]
     try:
         return handler(args)
     except ConfigError as exc:
