@@ -103,7 +103,14 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
     async def service_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_service(settings, app[RECORDS], app[BROKER]) as service:
             app[SERVICE] = service
-            register_socket_handlers(sio, service, secret, app[FANOUT])
+            metrics = app[METRICS]
+            register_socket_handlers(
+                sio,
+                service,
+                secret,
+                app[FANOUT],
+                on_bug=lambda: metrics.inc("taskgate_internal_errors_total", where="socketio"),
+            )
             yield
 
     async def live_ctx(app: web.Application) -> AsyncIterator[None]:

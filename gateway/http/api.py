@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 
 from gateway.appkeys import SERVICE, SETTINGS
 from gateway.auth import VerifiedTokens, bearer
+from gateway.http.metrics import METRICS
 from shared.errors import AuthError, BadRequest, PayloadTooLarge, RequestTimeout, TaskgateError
 from shared.store_errors import store_unavailable
 
@@ -73,6 +74,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception:
         # A bug, not bad input; the client still gets JSON and never a traceback.
         log.exception("unhandled error on %s %s", request.method, request.path)
+        request.app[METRICS].inc("taskgate_internal_errors_total", where="http")
         return json_response(
             {"error": {"code": "internal", "message": "internal error"}}, status=500
         )

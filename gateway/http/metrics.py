@@ -53,6 +53,10 @@ _HELP = {
         "Message copies in the outbox (about the tasks not ended; Redis broker only)",
     ),
     "taskgate_uptime_seconds": ("gauge", "Seconds since this gateway started"),
+    "taskgate_internal_errors_total": (
+        "counter",
+        "Unhandled errors (bugs, each logged with its traceback): HTTP 500s and internal acks",
+    ),
 }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import socketio
@@ -32,19 +33,26 @@ log = logging.getLogger("taskgate.sockets")
 EVENTS = ("submit", "cancel", "watch")
 
 
-def _error(exc: Exception) -> dict[str, Any]:
+def _error(exc: Exception, on_bug: Callable[[], None] | None = None) -> dict[str, Any]:
     """The ack for a failed event: the error's own, the store's 503, or (a bug) internal."""
     if isinstance(exc, TaskgateError):
         return exc.to_dict()
     if isinstance(exc, RedisError):
         return store_unavailable(exc).to_dict()
     log.exception("socket event failed")
+    if on_bug is not None:
+        on_bug()
     return {"error": {"code": "internal", "message": "internal error"}}
 
 
 def register_socket_handlers(
-    sio: socketio.AsyncServer, service: TaskService, secret: Secret, fanout: Fanout
+    sio: socketio.AsyncServer,
+    service: TaskService,
+    secret: Secret,
+    fanout: Fanout,
+    on_bug: Callable[[], None] | None = None,
 ) -> SocketGuard:
+    """The events, on ``sio``; ``on_bug`` is called for each unhandled error (a metric)."""
     rules = TokenRules.from_settings(service.settings)
     guard = SocketGuard(
         sio, service.settings.socket_event_rate, service.settings.socket_connect_timeout_s
@@ -103,7 +111,7 @@ def register_socket_handlers(
         try:
             return await service.submit_any(await user_of(sid), data)
         except Exception as exc:
-            return _error(exc)
+            return _error(exc, on_bug)
 
     @sio.event  # type: ignore[untyped-decorator]
     async def cancel(sid: str, data: Any = None, *_: Any) -> dict[str, Any]:
@@ -111,7 +119,7 @@ def register_socket_handlers(
             task_id = data.get("task_id") if isinstance(data, dict) else ""
             await service.cancel(await user_of(sid), task_id)
         except Exception as exc:
-            return _error(exc)
+            return _error(exc, on_bug)
         return {"ok": True}
 
     @sio.event  # type: ignore[untyped-decorator]
@@ -120,7 +128,7 @@ def register_socket_handlers(
             wanted = data.get("tasks") if isinstance(data, dict) else None
             snaps = await service.watch(await user_of(sid), wanted)
         except Exception as exc:
-            return _error(exc)
+            return _error(exc, on_bug)
         await send_snapshots(sid, snaps)
         return {"ok": True, "sent": len(snaps)}
 
