@@ -421,8 +421,9 @@ def isolated_env(env: Mapping[str, str], **overrides: str) -> dict[str, str]:
 
 async def footprint(client: Any, prefix: str) -> dict[str, int]:
     """How many task records there are under ``prefix`` and how many messages wait on its
-    broker queues (every list under ``<prefix>broker:``). ``client`` is a redis.asyncio client
-    made before blockbuster is on (a new connection reads package metadata from disk)."""
+    broker queues (every list under ``<prefix>broker:``) or in the hold of delayed tasks.
+    ``client`` is a redis.asyncio client made before blockbuster is on (a new connection reads
+    package metadata from disk)."""
     records = 0
     async for _ in client.scan_iter(match=f"{prefix}task:*", count=1000):
         records += 1
@@ -430,6 +431,8 @@ async def footprint(client: Any, prefix: str) -> dict[str, int]:
     async for key in client.scan_iter(match=f"{prefix}broker:*", count=1000):
         if await client.type(key) == b"list":
             messages += int(await client.llen(key))
+    # A delayed submit's message waits in taskgate's hold until due (gateway.tasks.delayed).
+    messages += int(await client.zcard(f"{prefix}delayed"))
     return {"records": records, "broker_messages": messages}
 
 
