@@ -167,6 +167,9 @@ async def watch_delayed(
             log.warning("delayed tasks not moved: %s", exc)
         except STORE_FAILURES as exc:
             log.warning("delayed tasks not moved: %s", type(exc).__name__)
+        except Exception:
+            # A bug must not stop the mover: delayed tasks would never be published.
+            log.exception("delayed tasks not moved")
         raise_if_cancel_swallowed()
         await asyncio.sleep(interval)
 
