@@ -5,7 +5,8 @@ of ``TASKGATE_REDIS_POOL_SIZE`` connections, where a caller past the pool's size
 ``TASKGATE_REDIS_POOL_TIMEOUT_S`` (then redis-py raises ``ConnectionError``, which
 ``shared.store_errors`` turns into a 503 with ``Retry-After``). Idle connections are checked
 before reuse (``health_check_interval``) and a command that fails on a broken connection is
-retried once on a fresh one, so a Redis restart costs at most the requests in flight.
+retried once on a fresh one, so a Redis restart costs at most the requests in flight (a command
+that timed out is not retried: Redis may have run it).
 
 redis-py looks up its own version in package metadata (a walk of ``sys.path``, blocking file
 I/O) each time it opens a connection, unless it is told the version. It is looked up once here,
@@ -23,7 +24,6 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.utils import get_lib_version
 
 _DRIVER = DriverInfo(name="redis-py", lib_version=get_lib_version())  # type: ignore[no-untyped-call]
@@ -50,7 +50,9 @@ def async_client(
     up to ``pool_timeout`` seconds; health-checked, one retry on a connection error."""
     kwargs.setdefault("health_check_interval", HEALTH_CHECK_S)
     kwargs.setdefault("retry", _retry_once())
-    kwargs.setdefault("retry_on_error", [RedisConnectionError, RedisTimeoutError])
+    # Only a connection that failed is retried: after a timeout Redis may have run the command
+    # (a script, a SET NX, a push), and running it again is not safe.
+    kwargs.setdefault("retry_on_error", [RedisConnectionError])
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=pool_size, timeout=pool_timeout, driver_info=_DRIVER, **kwargs
     )

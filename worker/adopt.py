@@ -20,6 +20,8 @@ from shared.settings import Settings
 log = logging.getLogger("taskgate.worker")
 
 HEADER_USER = "taskgate_user"
+# Set on every message the gateway publishes (its record is written first): never adopted.
+RECORDED_HEADER = "taskgate_record"
 MAX_OWNER_LEN = 256
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import time
 from typing import Any
 
 from celery import Celery
@@ -54,21 +55,40 @@ def make_celery(settings: Settings) -> Celery:
     unknown = unknown_names(settings.beat_schedule, set(app.tasks))
     if unknown:
         raise ConfigError(f"TASKGATE_BEAT_SCHEDULE: no task named {unknown[0]!r} is registered")
-    app.conf.beat_schedule = {entry.label: beat_entry(entry) for entry in settings.beat_schedule}
+    schedule: dict[str, Any] = {}
+    for entry in settings.beat_schedule:
+        label = entry.label + (f" {entry.input}" if entry.input else "")
+        if label in schedule:
+            raise ConfigError(f"TASKGATE_BEAT_SCHEDULE: {label!r} is listed twice")
+        try:
+            schedule[label] = beat_entry(entry)
+        except ValueError as exc:
+            raise ConfigError(f"TASKGATE_BEAT_SCHEDULE: {entry.label}: {exc}") from None
+    app.conf.beat_schedule = schedule
 
     @task_revoked.connect(weak=False)  # type: ignore[untyped-decorator]
     def _on_revoked(request: Any = None, expired: bool = False, **_: Any) -> None:
         task_id = getattr(request, "id", None)
-        if task_id:
-            # A message whose ``expires`` passed before a worker took it ends Expired.
-            error = {"type": "Expired", "message": "expired before it started"} if expired else None
-            finish(
-                records.get(),
-                task_id,
-                TaskStatus.CANCELLED,
-                retry_s=MAIN_PROCESS_RETRY_S,
-                error=error,
-            )
+        if not task_id:
+            return
+        if expired:
+            # A message whose ``expires`` passed before a worker took it ends Expired, unless
+            # its task is running elsewhere (a redelivered copy): then that run decides.
+            try:
+                records.get().transition(
+                    task_id,
+                    "status",
+                    status=TaskStatus.CANCELLED,
+                    only_if=(TaskStatus.PENDING, TaskStatus.RETRYING),
+                    fields={
+                        "finished_at": time.time(),
+                        "error": {"type": "Expired", "message": "expired before it started"},
+                    },
+                )
+            except RedisError:
+                log.exception("could not record the expiry of %s", task_id)
+            return
+        finish(records.get(), task_id, TaskStatus.CANCELLED, retry_s=MAIN_PROCESS_RETRY_S)
 
     @task_failure.connect(weak=False)  # type: ignore[untyped-decorator]
     def _on_failure(

@@ -23,18 +23,19 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from celery import Celery, Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared.celery_config import visibility_timeout
 from shared.errors import InvalidInput, RetryRequested, TaskCancelled
 from shared.records import HeartbeatCode, SyncRecords, TransitionResult
 from shared.registry import RetryPolicy, TaskSpec
 from shared.settings import Settings
 from shared.status import TERMINAL_NAMES, TaskStatus
 from worker import webhooks
-from worker.adopt import adopt, owner_of, queue_of
+from worker.adopt import RECORDED_HEADER, adopt, header, owner_of, queue_of
 from worker.context import Context
 from worker.store import RecordsPerProcess
 from worker.workflow import settle_workflow
@@ -255,7 +256,7 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
             )
 
         started = start()
-        if started.missing:
+        if started.missing and not header(self.request, RECORDED_HEADER):
             # Sent with Celery's own API (send_task, .delay(), a canvas, beat): no record yet.
             owner = owner_of(self.request, settings)
             queue = queue_of(self.request, spec.queue)
@@ -265,7 +266,8 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
             )
             started = start()
         if started.missing:
-            log.warning("task %s (%s): its record vanished; not running it", task_id, spec.name)
+            log.warning("task %s (%s) has no record (discarded or expired); not running it",
+                        task_id, spec.name)  # fmt: skip
             return None
         if started.already_terminal:
             log.info("task %s already ended (cancelled?); not running it", task_id)
@@ -298,7 +300,7 @@ def _run(
     try:
         result = spec.fn(ctx, **data)
     except RetryRequested as asked:
-        return _retry_or_fail(task, spec, ctx, store, asked.exc or asked, asked.countdown)
+        return _retry_or_fail(task, spec, settings, ctx, store, asked.exc or asked, asked.countdown)
     except TaskCancelled:
         finish(store, task_id, TaskStatus.CANCELLED)
         return None
@@ -316,7 +318,7 @@ def _run(
         raise
     except Exception as exc:
         if spec.retry is not None and isinstance(exc, spec.retry.retry_for):
-            return _retry_or_fail(task, spec, ctx, store, exc, None)
+            return _retry_or_fail(task, spec, settings, ctx, store, exc, None)
         finish(store, task_id, TaskStatus.FAILED, error=_error(exc))
         raise
     if ctx.cancelled:
@@ -341,6 +343,7 @@ def _run(
 def _retry_or_fail(
     task: Task,
     spec: TaskSpec,
+    settings: Settings,
     ctx: Context,
     store: SyncRecords,
     exc: BaseException,
@@ -361,18 +364,31 @@ def _retry_or_fail(
         finish(store, ctx.task_id, TaskStatus.FAILED, error=_error(exc))
         raise exc
     wait = policy.delay(retries, random.uniform) if countdown is None else max(0.0, countdown)
+    # A worker holds a retry's message un-acked until it is due; past the visibility timeout
+    # Redis would hand it to a second worker (celery#2599), so the wait stays below it.
+    longest = max(0.0, visibility_timeout(settings) - settings.time_limit)
+    if wait > longest:
+        log.warning("task %s: retry in %.0fs capped to %.0fs (visibility timeout)", ctx.task_id,
+                    wait, longest)  # fmt: skip
+        wait = longest
     due = time.time() + wait
     # The next attempt's message goes out first, then the record says RETRYING. A worker killed
     # after both: this delivery comes back, sees the record at the next attempt and skips
     # (``_wait_for_live_run``). Killed in between (a few ms): this attempt runs again and asks
     # for its retry again; of the two next-attempt messages the later finds the task ended and
     # does nothing. Either way no attempt is lost and none runs beside another.
-    signal = task.retry(
-        countdown=wait,
-        max_retries=policy.max_retries,
-        exc=exc if isinstance(exc, Exception) else None,
-        throw=False,
-    )
+    try:
+        signal = task.retry(
+            countdown=wait,
+            max_retries=policy.max_retries,
+            exc=exc if isinstance(exc, Exception) else None,
+            throw=False,
+        )
+    except Reject:
+        # The next attempt's message could not be published: this one fails for good rather
+        # than stay RUNNING with no message.
+        finish(store, ctx.task_id, TaskStatus.FAILED, error=_error(exc))
+        raise
     moved = retrying(
         lambda: store.transition(
             ctx.task_id,

@@ -91,6 +91,9 @@ def build_task_message(
         "replaced_task_nesting": 0,
         "stamped_headers": None,
         "stamps": {},
+        # Written by taskgate with its record first: a worker never adopts such a message
+        # without one (its record was discarded after a refused publish, or expired).
+        "taskgate_record": True,
     }
     body = orjson.dumps([args, kwargs, embed or _EMBED])
     return TaskMessage(task_id, task, queue, priority, headers, body)

@@ -3,9 +3,11 @@
 ``celery purge`` alone deletes the messages from the broker but not taskgate's records, so each
 task stays PENDING, and with the outbox (docs/RELIABILITY.md) a message whose record is not
 ended counts as lost in flight and is published again: the purge is undone. Here each purged
-message's record ends CANCELLED with ``error.type`` ``Purged`` first (ending a record drops its
-outbox copy in the same step), then the messages go; tasks held until due (``countdown``) for
-that queue are purged as well. Redis broker only.
+message's record ends CANCELLED with ``error.type`` ``Purged`` (ending a record drops its
+outbox copy in the same step). The messages are taken off the queue first, atomically, then
+the records are ended; a purge stopped in between leaves those tasks PENDING without a message
+(run it again, or cancel them). Tasks held until due (``countdown``) for that queue are purged
+as well. Redis broker only.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ def purge(settings: Settings, queue: str) -> tuple[int, int]:
                 task_id,
                 "status",
                 status=TaskStatus.CANCELLED,
+                # A restored copy of a running task does not end the run.
+                only_if=(TaskStatus.PENDING, TaskStatus.RETRYING),
                 fields={"finished_at": time.time(), "error": PURGED},
             )
             ended += int(result.applied)

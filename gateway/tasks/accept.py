@@ -32,7 +32,7 @@ from gateway.broker.redis_broker import Broker
 from gateway.process import gctune
 from gateway.tasks.delayed import DelayedQueue, delays
 from gateway.tasks.submission import Submission, build_messages, new_records
-from shared.errors import BrokerUnavailable, RateLimited, TaskgateError
+from shared.errors import BrokerUnavailable, RateLimited, StoreUnavailable, TaskgateError
 from shared.keys import new_task_ids
 from shared.records import AsyncRecords, CreateCode, new_record_fields
 from shared.records_batch import CHUNK, BatchRecords, chunks, pending_common, pending_snapshot
@@ -56,7 +56,8 @@ def create_error(code: int, payload: bytes, max_active: int) -> TaskgateError:
             retry_after=1.0,
             details={"active": int(payload)},
         )
-    return TaskgateError(f"could not create task record (code {code})")
+    # EXISTS: the id was taken, which only a create retried after a lost reply can meet.
+    return StoreUnavailable(f"task store did not confirm the create (code {code}); retry")
 
 
 class NewTasks(NamedTuple):
@@ -153,17 +154,35 @@ class Acceptor:
         """The delayed submissions' records are written and their messages held until due;
         the others go as usual. Answers in the submissions' order."""
         user, subs, ids, common, now = new
-        now_idx = [i for i in range(len(subs)) if i not in set(later)]
+        held_set = set(later)
+        now_idx = [i for i in range(len(subs)) if i not in held_set]
         out: list[Snapshot | TaskgateError | None] = [None] * len(subs)
         held = NewTasks(user, [subs[i] for i in later], [ids[i] for i in later], common, now)
         answers = await self._accept_apart(held, self.delayed_queue(held.subs, held.ids))
         for i, answer in zip(later, answers, strict=True):
             out[i] = answer
         if now_idx:
-            rest = await self.accept(user, [subs[i] for i in now_idx])
+            try:
+                rest = await self.accept(user, [subs[i] for i in now_idx])
+            except BrokerUnavailable:
+                # The whole call answers 503: take the held part back too (it never reached
+                # the broker), so nothing of it is accepted.
+                await self._take_back_held(user, held.ids)
+                raise
             for i, answer in zip(now_idx, rest, strict=True):
                 out[i] = answer
         return [a for a in out if a is not None]
+
+    async def _take_back_held(self, user: str, ids: Sequence[str]) -> None:
+        keys = self.settings.keys
+        try:
+            async with self.records.client.pipeline(transaction=True) as pipe:
+                pipe.zrem(keys.delayed, *ids)
+                pipe.hdel(keys.delayed_messages, *ids)
+                await pipe.execute()
+            await self.records.discard_many(user, list(ids))
+        except RedisError:
+            log.exception("could not take back %d delayed tasks of a refused accept", len(ids))
 
     async def _accept_apart(self, new: NewTasks, broker: Broker) -> list[Snapshot | TaskgateError]:
         """Records, then one broker push, then one publish (a broker apart from the records)."""

@@ -31,6 +31,7 @@ from gateway.tasks.submission import (
     IDEMPOTENCY_KEY_MAX,
     Submission,
     build_message,
+    check_delay,
     field_error,
     parse_submission,
     valid_task_id,
@@ -110,7 +111,10 @@ class TaskService:
         """Accept one task: record first, then the broker. 503 leaves nothing accepted.
 
         Submits in flight together are accepted as one group (``gateway.tasks.coalesce``)."""
-        sub = parse_submission(body, self.settings.routes, self.webhook_policy)
+        sub = check_delay(
+            parse_submission(body, self.settings.routes, self.webhook_policy),
+            self.settings.retention_s,
+        )
         if sub.idempotency_key is not None:
             return await self._submit_idempotent(user, body, sub)
         return await self.submit_groups.submit(user, sub)
@@ -196,7 +200,10 @@ class TaskService:
                 if idempotency_key is not None and isinstance(body, dict):
                     body = {"idempotency_key": f"{idempotency_key}#{i}", **body}
                 try:
-                    sub = parse_submission(body, self.settings.routes, self.webhook_policy)
+                    sub = check_delay(
+                        parse_submission(body, self.settings.routes, self.webhook_policy),
+                        self.settings.retention_s,
+                    )
                 except TaskgateError as exc:
                     out.append(exc)
                     continue

@@ -136,11 +136,25 @@ def parse_timing(
             expires_at = now + float(raw)
         else:
             expires_at = _instant(raw, "expires", now)
-        if expires_at <= (due_at or now):
+        if expires_at <= max(due_at or now, now):
             raise field_error("expires", "is not after the time the task is due")
     if due_at is not None and due_at <= now:
         due_at = None  # due already: sent at once
     return due_at, expires_at
+
+
+def check_delay(sub: Submission, retention_s: int, now: float | None = None) -> Submission:
+    """A delay must end well inside the record's lifetime (``TASKGATE_RETENTION_S``, counted
+    from its creation): at most half of it, or the record could expire before its task ran."""
+    if sub.due_at is None:
+        return sub
+    longest = min(MAX_DELAY_S, retention_s / 2)
+    if sub.due_at - (time.time() if now is None else now) > longest:
+        raise field_error(
+            "countdown",
+            f"delays are limited to {longest:g} seconds (half of TASKGATE_RETENTION_S)",
+        )
+    return sub
 
 
 def _instant(raw: Any, field: str, now: float) -> float:

@@ -22,7 +22,10 @@ def test_headers_and_body_match_celery_as_task_v2() -> None:
     kwargs = {"steps": 3, "delay": 0.1}
     theirs = app.amqp.as_task_v2(task_id, "demo.count", args=(), kwargs=kwargs)
     ours = build_task_message(task_id, "demo.count", "fast", kwargs=kwargs)
-    assert set(ours.headers) == set(theirs.headers)
+    # Celery's headers exactly, plus taskgate's own mark (a worker never adopts such a message
+    # without its record: worker/adopt.py).
+    assert set(ours.headers) == set(theirs.headers) | {"taskgate_record"}
+    assert ours.headers["taskgate_record"] is True
     for key in ("lang", "task", "id", "root_id", "parent_id", "retries", "eta", "expires"):
         assert ours.headers[key] == theirs.headers[key], key
     assert json.loads(ours.body) == json.loads(json.dumps(theirs.body))
