@@ -136,10 +136,13 @@ class Acceptor:
         ids = new_task_ids(len(subs))
         # What all records share is sent once; per record only what differs.
         common = pending_common(now)
+        new = NewTasks(user, subs, ids, common, now)
         later = [i for i, sub in enumerate(subs) if sub.due_at is not None]
         if later:
-            return await self._accept_with_delayed(NewTasks(user, subs, ids, common, now), later)
-        new = NewTasks(user, subs, ids, common, now)
+            return await self._accept_with_delayed(new, later)
+        return await self._accept_now(new)
+
+    async def _accept_now(self, new: NewTasks) -> list[Snapshot | TaskgateError]:
         if isinstance(self.broker, OutboxBroker):
             return await self._accept_inline(new)
         return await self._accept_apart(new, self.broker)
@@ -154,35 +157,28 @@ class Acceptor:
         """The delayed submissions' records are written and their messages held until due;
         the others go as usual. Answers in the submissions' order."""
         user, subs, ids, common, now = new
+
+        def part(idx: list[int]) -> NewTasks:
+            return NewTasks(user, [subs[i] for i in idx], [ids[i] for i in idx], common, now)
+
         held_set = set(later)
         now_idx = [i for i in range(len(subs)) if i not in held_set]
-        out: list[Snapshot | TaskgateError | None] = [None] * len(subs)
-        held = NewTasks(user, [subs[i] for i in later], [ids[i] for i in later], common, now)
-        answers = await self._accept_apart(held, self.delayed_queue(held.subs, held.ids))
-        for i, answer in zip(later, answers, strict=True):
-            out[i] = answer
+        held = part(later)
+        queue = self.delayed_queue(held.subs, held.ids)
+        answers = dict(zip(later, await self._accept_apart(held, queue), strict=True))
         if now_idx:
             try:
-                rest = await self.accept(user, [subs[i] for i in now_idx])
+                answers.update(zip(now_idx, await self._accept_now(part(now_idx)), strict=True))
             except BrokerUnavailable:
                 # The whole call answers 503: take the held part back too (it never reached
                 # the broker), so nothing of it is accepted.
-                await self._take_back_held(user, held.ids)
+                try:
+                    await queue.take_back(held.ids)
+                    await self.records.discard_many(user, held.ids)
+                except RedisError:
+                    log.exception("could not take back %d delayed tasks", len(held.ids))
                 raise
-            for i, answer in zip(now_idx, rest, strict=True):
-                out[i] = answer
-        return [a for a in out if a is not None]
-
-    async def _take_back_held(self, user: str, ids: Sequence[str]) -> None:
-        keys = self.settings.keys
-        try:
-            async with self.records.client.pipeline(transaction=True) as pipe:
-                pipe.zrem(keys.delayed, *ids)
-                pipe.hdel(keys.delayed_messages, *ids)
-                await pipe.execute()
-            await self.records.discard_many(user, list(ids))
-        except RedisError:
-            log.exception("could not take back %d delayed tasks of a refused accept", len(ids))
+        return [answers[i] for i in range(len(subs))]
 
     async def _accept_apart(self, new: NewTasks, broker: Broker) -> list[Snapshot | TaskgateError]:
         """Records, then one broker push, then one publish (a broker apart from the records)."""

@@ -86,6 +86,10 @@ class DelayedQueue:
         except STORE_FAILURES as exc:
             raise BrokerUnavailable(f"task store unreachable: {type(exc).__name__}") from exc
 
+    async def take_back(self, task_ids: Sequence[str]) -> None:
+        """Remove held messages again (their accept was refused as a whole)."""
+        await _release(self.client, self.keys, task_ids)
+
     async def ping(self) -> None:
         await self.client.ping()
 
@@ -94,6 +98,14 @@ class DelayedQueue:
 
     async def close(self) -> None:
         return None
+
+
+async def _release(client: aioredis.Redis, keys: Keys, task_ids: Sequence[str]) -> None:
+    """Take ``task_ids`` out of the hold (published, expired, or taken back)."""
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.zrem(keys.delayed, *task_ids)
+        pipe.hdel(keys.delayed_messages, *task_ids)
+        await pipe.execute()
 
 
 async def move_due(
@@ -120,10 +132,7 @@ async def move_due(
             messages.append(message)
         if messages:
             await broker.publish(messages)
-        async with client.pipeline(transaction=True) as pipe:
-            pipe.zrem(keys.delayed, *ids)
-            pipe.hdel(keys.delayed_messages, *ids)
-            await pipe.execute()
+        await _release(client, keys, ids)
         return len(messages)
     finally:
         await client.delete(keys.delayed_lock)

@@ -16,19 +16,11 @@ from shared.settings import Settings
 from tests.support import ROOT, CeleryWorker, wait_until
 
 
-def test_beat_runs_the_sweep_on_schedule(
-    env: dict[str, str], celery_worker: CeleryWorker, tmp_path: Path
-) -> None:
-    settings = Settings.from_env(env)
-    keys = settings.keys
-    client = redis.Redis.from_url(settings.require_redis())
-    ghost = f"ghost-{uuid.uuid4().hex[:6]}"
-    live_id = str(uuid.uuid4())
-    client.zadd(keys.user_tasks(ghost), {"expired-task-id": time.time(), live_id: time.time()})
-    client.zadd(keys.user_ended(ghost), {"expired-task-id": time.time()})
-    client.hset(keys.task(live_id), mapping={"_owner": ghost, "status": '"COMPLETED"'})
+def _beat(env: dict[str, str], tmp_path: Path, schedule: str) -> subprocess.Popen[bytes]:
+    """``celery -A worker beat`` with ``TASKGATE_BEAT_SCHEDULE=schedule``, its log in
+    ``tmp_path/beat.log``."""
     log = open(tmp_path / "beat.log", "wb")  # noqa: SIM115
-    beat = subprocess.Popen(
+    proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -43,11 +35,27 @@ def test_beat_runs_the_sweep_on_schedule(
             "--pidfile",
             str(tmp_path / "beat.pid"),
         ],
-        env={**env, "TASKGATE_BEAT_SCHEDULE": "taskgate.sweep=1"},
+        env={**env, "TASKGATE_BEAT_SCHEDULE": schedule},
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    log.close()
+    return proc
+
+
+def test_beat_runs_the_sweep_on_schedule(
+    env: dict[str, str], celery_worker: CeleryWorker, tmp_path: Path
+) -> None:
+    settings = Settings.from_env(env)
+    keys = settings.keys
+    client = redis.Redis.from_url(settings.require_redis())
+    ghost = f"ghost-{uuid.uuid4().hex[:6]}"
+    live_id = str(uuid.uuid4())
+    client.zadd(keys.user_tasks(ghost), {"expired-task-id": time.time(), live_id: time.time()})
+    client.zadd(keys.user_ended(ghost), {"expired-task-id": time.time()})
+    client.hset(keys.task(live_id), mapping={"_owner": ghost, "status": '"COMPLETED"'})
+    beat = _beat(env, tmp_path, "taskgate.sweep=1")
     try:
         wait_until(
             lambda: (
@@ -61,34 +69,7 @@ def test_beat_runs_the_sweep_on_schedule(
     finally:
         beat.terminate()
         beat.wait(10)
-        log.close()
         client.delete(keys.task(live_id), keys.user_tasks(ghost))
-
-
-def _beat(env: dict[str, str], tmp_path: Path, schedule: str) -> subprocess.Popen[bytes]:
-    log = open(tmp_path / "beat-user.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker",
-            "beat",
-            "--loglevel",
-            "INFO",
-            "-s",
-            str(tmp_path / "schedule-user"),
-            "--pidfile",
-            str(tmp_path / "beat-user.pid"),
-        ],
-        env={**env, "TASKGATE_BEAT_SCHEDULE": schedule},
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    log.close()
-    return proc
 
 
 def test_beat_runs_a_user_task_with_its_input_as_recorded_tasks_of_the_service_user(
@@ -127,5 +108,5 @@ def test_beat_refuses_to_start_with_an_entry_for_an_unknown_task(
         if beat.poll() is None:
             beat.kill()
             beat.wait(5)
-    out = (tmp_path / "beat-user.log").read_text()
+    out = (tmp_path / "beat.log").read_text()
     assert "TASKGATE_BEAT_SCHEDULE: no task named 'reports.nightly' is registered" in out
