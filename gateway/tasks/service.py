@@ -29,9 +29,9 @@ from gateway.tasks.idempotency import Idempotency
 from gateway.tasks.ratelimit import grant_submit_tokens, take_submit_tokens
 from gateway.tasks.submission import (
     IDEMPOTENCY_KEY_MAX,
+    MAX_DELAY_S,
     Submission,
     build_message,
-    check_delay,
     field_error,
     parse_submission,
     valid_task_id,
@@ -111,13 +111,20 @@ class TaskService:
         """Accept one task: record first, then the broker. 503 leaves nothing accepted.
 
         Submits in flight together are accepted as one group (``gateway.tasks.coalesce``)."""
-        sub = check_delay(
-            parse_submission(body, self.settings.routes, self.webhook_policy),
-            self.settings.retention_s,
-        )
+        sub = self._parse(body)
         if sub.idempotency_key is not None:
             return await self._submit_idempotent(user, body, sub)
         return await self.submit_groups.submit(user, sub)
+
+    def _parse(self, body: Any) -> Submission:
+        """A submit body checked for this deployment: its routes, webhook policy, and delays
+        of at most half the records' retention (a record outlives its task's wait)."""
+        return parse_submission(
+            body,
+            self.settings.routes,
+            self.webhook_policy,
+            max_delay_s=min(MAX_DELAY_S, self.settings.retention_s / 2),
+        )
 
     async def _submit_idempotent(self, user: str, body: Any, sub: Submission) -> Snapshot:
         assert sub.idempotency_key is not None
@@ -200,10 +207,7 @@ class TaskService:
                 if idempotency_key is not None and isinstance(body, dict):
                     body = {"idempotency_key": f"{idempotency_key}#{i}", **body}
                 try:
-                    sub = check_delay(
-                        parse_submission(body, self.settings.routes, self.webhook_policy),
-                        self.settings.retention_s,
-                    )
+                    sub = self._parse(body)
                 except TaskgateError as exc:
                     out.append(exc)
                     continue

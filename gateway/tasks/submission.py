@@ -58,9 +58,15 @@ def field_error(field: str, reason: str) -> InvalidInput:
 
 
 def parse_submission(
-    body: Any, routes: Sequence[tuple[str, str]] = (), webhooks: WebhookPolicy | None = None
+    body: Any,
+    routes: Sequence[tuple[str, str]] = (),
+    webhooks: WebhookPolicy | None = None,
+    max_delay_s: float = MAX_DELAY_S,
 ) -> Submission:
-    """Check a submit body against the contract and the task's schema; raise ``InvalidInput``."""
+    """Check a submit body against the contract and the task's schema; raise ``InvalidInput``.
+
+    ``max_delay_s`` bounds ``countdown`` / ``eta`` (the service gives half the records'
+    retention, so a record outlives its task's wait)."""
     if not isinstance(body, dict):
         raise field_error("body", "must be a JSON object")
     # Routing, scheduling, serializer, headers, links and ids are the server's to choose: any
@@ -101,12 +107,12 @@ def parse_submission(
             (webhooks or WebhookPolicy()).check_url(callback)
         except WebhookRefused as exc:
             raise field_error("callback_url", str(exc)) from None
-    due_at, expires_at = parse_timing(body)
+    due_at, expires_at = parse_timing(body, max_delay_s)
     return Submission(spec, data, queue, priority, key, callback, due_at, expires_at)
 
 
 def parse_timing(
-    body: dict[str, Any], now: float | None = None
+    body: dict[str, Any], max_delay_s: float = MAX_DELAY_S, now: float | None = None
 ) -> tuple[float | None, float | None]:
     """``countdown`` (seconds) or ``eta`` (ISO-8601), and ``expires`` (seconds or ISO-8601):
     the due and expiry times, or ``InvalidInput`` naming the field."""
@@ -119,12 +125,12 @@ def parse_timing(
         if (
             isinstance(countdown, bool)
             or not isinstance(countdown, int | float)
-            or not 0 <= countdown <= MAX_DELAY_S
+            or not 0 <= countdown <= max_delay_s
         ):
-            raise field_error("countdown", f"must be a number of seconds from 0 to {MAX_DELAY_S}")
+            raise field_error("countdown", f"must be a number of seconds from 0 to {max_delay_s:g}")
         due_at = now + float(countdown)
     elif "eta" in body:
-        due_at = _instant(body["eta"], "eta", now)
+        due_at = _instant(body["eta"], "eta", now, max_delay_s)
     expires_at: float | None = None
     if "expires" in body:
         raw = body["expires"]
@@ -135,7 +141,7 @@ def parse_timing(
                 )
             expires_at = now + float(raw)
         else:
-            expires_at = _instant(raw, "expires", now)
+            expires_at = _instant(raw, "expires", now, MAX_DELAY_S)
         if expires_at <= max(due_at or now, now):
             raise field_error("expires", "is not after the time the task is due")
     if due_at is not None and due_at <= now:
@@ -143,22 +149,8 @@ def parse_timing(
     return due_at, expires_at
 
 
-def check_delay(sub: Submission, retention_s: int, now: float | None = None) -> Submission:
-    """A delay must end well inside the record's lifetime (``TASKGATE_RETENTION_S``, counted
-    from its creation): at most half of it, or the record could expire before its task ran."""
-    if sub.due_at is None:
-        return sub
-    longest = min(MAX_DELAY_S, retention_s / 2)
-    if sub.due_at - (time.time() if now is None else now) > longest:
-        raise field_error(
-            "countdown",
-            f"delays are limited to {longest:g} seconds (half of TASKGATE_RETENTION_S)",
-        )
-    return sub
-
-
-def _instant(raw: Any, field: str, now: float) -> float:
-    """An ISO-8601 time (a naive one is UTC) as a Unix time, at most ``MAX_DELAY_S`` ahead."""
+def _instant(raw: Any, field: str, now: float, most_s: float) -> float:
+    """An ISO-8601 time (a naive one is UTC) as a Unix time, at most ``most_s`` ahead."""
     wrong = field_error(field, "must be an ISO-8601 time, such as 2030-01-01T12:00:00Z")
     if not isinstance(raw, str) or len(raw) > 64:
         raise wrong
@@ -169,8 +161,8 @@ def _instant(raw: Any, field: str, now: float) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     at = moment.timestamp()
-    if at > now + MAX_DELAY_S:
-        raise field_error(field, f"must be at most {MAX_DELAY_S} seconds ahead")
+    if at > now + most_s:
+        raise field_error(field, f"must be at most {most_s:g} seconds ahead")
     return at
 
 

@@ -64,6 +64,9 @@ async def test_an_eta_in_iso_8601_is_honoured_and_bad_timing_is_422(
         ({"eta": eta, "countdown": 1}, "eta"),
         ({"countdown": 10, "expires": 5}, "expires"),
         ({"countdown": 10 * 86400 * 30}, "countdown"),
+        # Past half of TASKGATE_RETENTION_S (default 1 day): the record could expire first.
+        ({"countdown": 50_000}, "countdown"),
+        ({"eta": datetime.fromtimestamp(time.time() + 50_000, UTC).isoformat()}, "eta"),
     ]
     for extra, field in bad:
         body = {"task": "demo.count", "input": {"steps": 1}, **extra}
