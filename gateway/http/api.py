@@ -37,6 +37,17 @@ def json_response(
     )
 
 
+def query_number(
+    request: web.Request, name: str, default: str, kind: Callable[[str], float], what: str
+) -> float:
+    """The query parameter ``name`` read with ``kind`` (``int``, ``float``); 400 naming ``what``
+    (for example "an integer") when it is not one."""
+    try:
+        return kind(request.query.get(name, default))
+    except ValueError:
+        raise BadRequest(f"{name} must be {what}") from None
+
+
 def error_response(exc: TaskgateError) -> web.Response:
     headers = {}
     retry_after = getattr(exc, "retry_after", None)
@@ -132,11 +143,7 @@ async def get_task(request: web.Request) -> web.Response:
 
 
 async def list_tasks(request: web.Request) -> web.Response:
-    limit_raw = request.query.get("limit", "50")
-    try:
-        limit = int(limit_raw)
-    except ValueError:
-        raise BadRequest("limit must be an integer") from None
+    limit = int(query_number(request, "limit", "50", int, "an integer"))
     status = request.query.get("status") or None
     snaps = await request.app[SERVICE].list_tasks(request[USER], status, limit)
     return json_response({"tasks": snaps})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.appkeys import SERVICE
-from gateway.http.api import USER, json_response, read_json
+from gateway.http.api import USER, json_response, query_number, read_json
 from gateway.tasks.submission import field_error
 from shared.errors import BadRequest, TaskgateError
 
@@ -29,11 +29,7 @@ async def submit_batch(request: web.Request) -> web.Response:
 
 
 async def task_result(request: web.Request) -> web.Response:
-    raw = request.query.get("wait", "0")
-    try:
-        wait = float(raw)
-    except ValueError:
-        raise BadRequest("wait must be a number of seconds") from None
+    wait = query_number(request, "wait", "0", float, "a number of seconds")
     if not 0 <= wait <= MAX_WAIT_S:
         raise BadRequest(f"wait must be from 0 to {MAX_WAIT_S:g} seconds")
     service = request.app[SERVICE]
