@@ -14,7 +14,9 @@ from redis.exceptions import RedisError
 from gateway.appkeys import SERVICE, SETTINGS
 from gateway.auth import VerifiedTokens, bearer
 from gateway.http.metrics import METRICS
+from gateway.http.task_types import task_types
 from shared.errors import AuthError, BadRequest, PayloadTooLarge, RequestTimeout, TaskgateError
+from shared.registry import all_tasks
 from shared.store_errors import store_unavailable
 
 log = logging.getLogger("taskgate.http")
@@ -154,7 +156,14 @@ async def cancel_task(request: web.Request) -> web.Response:
     return json_response(snap, status=202)
 
 
+async def list_task_types(request: web.Request) -> web.Response:
+    """Every task type a client may submit (``gateway.http.task_types``)."""
+    types = task_types(all_tasks(), request.app[SETTINGS].routes)
+    return json_response({"task_types": types})
+
+
 def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/task-types", list_task_types)
     app.router.add_post("/api/tasks", submit_task)
     app.router.add_get("/api/tasks", list_tasks)
     app.router.add_get("/api/tasks/{task_id}", get_task)

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from gateway.appkeys import SETTINGS
 from gateway.broker.redis_broker import MAX_PRIORITY
+from gateway.http.task_types import task_type_schema
 from gateway.tasks.service import MAX_BATCH
 from gateway.tasks.submission import IDEMPOTENCY_KEY_MAX, MAX_DELAY_S
 from shared.registry import TaskSpec, all_tasks
@@ -72,6 +73,15 @@ def ref(name: str) -> Schema:
 
 def json_body(schema: Schema, description: str) -> Schema:
     return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def listing(key: str, item: Schema) -> Schema:
+    """An object whose one member ``key`` is an array of ``item``."""
+    return {
+        "type": "object",
+        "properties": {key: {"type": "array", "items": item}},
+        "required": [key],
+    }
 
 
 def errors(*codes: str) -> dict[str, Schema]:
@@ -185,14 +195,7 @@ def _list(ctx: Context) -> Schema:
             },
         ],
         "responses": {
-            "200": json_body(
-                {
-                    "type": "object",
-                    "properties": {"tasks": {"type": "array", "items": ref("Snapshot")}},
-                    "required": ["tasks"],
-                },
-                "The caller's tasks",
-            ),
+            "200": json_body(listing("tasks", ref("Snapshot")), "The caller's tasks"),
             **errors("400", *API_ERRORS),
         },
     }
@@ -321,6 +324,20 @@ def _workers(ctx: Context) -> Schema:
         "responses": {
             "200": json_body({"type": "object"}, "The workers"),
             **errors(*API_ERRORS),
+        },
+    }
+
+
+@operation("GET", "/api/task-types")
+def _task_types(ctx: Context) -> Schema:
+    return {
+        "summary": "The task types clients may submit, with their input's JSON Schema",
+        "operationId": "listTaskTypes",
+        "responses": {
+            "200": json_body(
+                listing("task_types", ref("TaskType")), "Every registered task type, by name"
+            ),
+            **errors("401", "403"),
         },
     }
 
@@ -526,6 +543,7 @@ def build_document(app: web.Application) -> Schema:
                 "SubmitBody": submit_body_schema(ctx),
                 "Snapshot": snapshot_schema(),
                 "Error": error_schema(),
+                "TaskType": task_type_schema(),
             },
         },
     }
