@@ -198,6 +198,13 @@ def test_page_shows_a_failed_tasks_error(web_gateway: GatewayProcess) -> None:
     assert result["error"].startswith("DemoFailure: kaboom")
 
 
+def test_page_shows_retry_attempts_and_due_times(web_gateway: GatewayProcess) -> None:
+    result = run_scenario("retry", web_gateway, make_token(user()))
+    retrying = [p for p in result["phases"] if p.startswith("retrying (attempt ")]
+    assert retrying and all(p.endswith(" of 6)") for p in retrying)
+    assert result["due"].startswith("due at ")
+
+
 def test_page_refuses_expired_and_bad_tokens_clearly(web_gateway: GatewayProcess) -> None:
     name = user()
     forged = jwt.encode(

@@ -9,8 +9,10 @@ import {
   classifyConnectError,
   describeElapsed,
   describeError,
+  describePhase,
   describeResult,
   isTerminal,
+  maxAttemptsByType,
   peekToken,
   takeTokenFromUrl,
 } from "./state.js";
@@ -47,12 +49,18 @@ let attempt = 0;
 let renderQueued = false;
 let historyLoaded = false;
 let currentUser = null;
+// Runs each task type may have (GET /api/task-types), for "attempt n of m".
+let maxAttempts = new Map();
+let taskTypesLoaded = false;
 
 // Exposed for the browser tests and for a curious person in the console; read-only use.
 window.taskgate = {
   store,
   get socket() {
     return socket;
+  },
+  get taskTypesLoaded() {
+    return taskTypesLoaded;
   },
 };
 
@@ -149,6 +157,7 @@ function start(newToken) {
       socket.timeout(ACK_TIMEOUT_MS).emit("watch", { tasks: watch }, () => {});
     }
     refreshCluster();
+    if (!taskTypesLoaded) loadTaskTypes();
     if (!historyLoaded) {
       // After the socket is accepted, so a refused token never costs a failed HTTP call.
       historyLoaded = true;
@@ -254,6 +263,22 @@ async function loadHistory() {
     }
   } catch {
     // The socket brings the live ones anyway.
+  }
+}
+
+/** The task types, for the retry counts; tried again on the next connect if this fails. */
+async function loadTaskTypes() {
+  try {
+    const { status, body } = await api("/api/task-types");
+    if (status !== 200) return;
+    maxAttempts = maxAttemptsByType(body);
+    taskTypesLoaded = true;
+    for (const [id, row] of rows) {
+      const t = store.get(id);
+      if (t) updateRow(row, t);
+    }
+  } catch {
+    // Rows say "attempt n" without "of m" meanwhile.
   }
 }
 
@@ -492,6 +517,9 @@ function updateRow(row, t) {
   const status = $(".status", row);
   status.textContent = t.status;
   status.dataset.status = t.status;
+  const phase = $(".phase", row);
+  phase.textContent = describePhase(t, { maxAttempts: maxAttempts.get(t.task), clockOffset });
+  phase.hidden = !phase.textContent;
   const pct = Math.round(t.percent * 10) / 10;
   const bar = $(".bar", row);
   const message = t.progress?.message ?? "";

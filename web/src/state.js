@@ -263,3 +263,44 @@ export function peekToken(token) {
     return { user: null, exp: null };
   }
 }
+
+/**
+ * How many runs each task type may have, from `GET /api/task-types`: `max_retries + 1` for the
+ * types that retry, 1 for the others. Malformed entries are skipped.
+ */
+export function maxAttemptsByType(body) {
+  const out = new Map();
+  for (const type of Array.isArray(body?.task_types) ? body.task_types : []) {
+    if (typeof type?.name !== "string") continue;
+    const retries = type.retries?.max_retries;
+    out.set(type.name, Number.isInteger(retries) && retries >= 0 ? retries + 1 : 1);
+  }
+  return out;
+}
+
+const pad2 = (n) => String(n).padStart(2, "0");
+
+/** A Unix time (seconds) as the local wall-clock time "HH:MM:SS". */
+export function formatClock(seconds) {
+  const d = new Date(seconds * 1000);
+  return `${pad2(d.getHours())}:${pad2(d.getMinutes())}:${pad2(d.getSeconds())}`;
+}
+
+/**
+ * The row's note on where a task is in its life beyond its status: "retrying (attempt 2 of 6)"
+ * between attempts (`attempt` is the coming one), "attempt 3 of 6" while a later attempt runs,
+ * "due at 12:30:05" for a delayed task. `maxAttempts` (from the task types) may be unknown.
+ * `clockOffset` is server time minus local time in seconds; under a second it is noise from
+ * measuring it and is not applied.
+ */
+export function describePhase(t, { maxAttempts = null, clockOffset = 0 } = {}) {
+  const of = Number.isInteger(maxAttempts) && maxAttempts > 0 ? ` of ${maxAttempts}` : "";
+  const attempt = Number.isInteger(t.attempt) ? t.attempt : null;
+  if (t.status === "RETRYING" && attempt !== null) return `retrying (attempt ${attempt}${of})`;
+  if (t.status === "RUNNING" && attempt > 1) return `attempt ${attempt}${of}`;
+  if (t.status === "PENDING" && Number.isFinite(t.eta)) {
+    const skew = Math.abs(clockOffset) >= 1 ? clockOffset : 0;
+    return `due at ${formatClock(t.eta - skew)}`;
+  }
+  return "";
+}

@@ -8,9 +8,12 @@ import {
   classifyConnectError,
   describeElapsed,
   describeError,
+  describePhase,
   describeResult,
+  formatClock,
   formatDuration,
   isTerminal,
+  maxAttemptsByType,
   peekToken,
   takeTokenFromUrl,
 } from "../src/state.js";
@@ -274,5 +277,45 @@ describe("display helpers", () => {
     const payload = Buffer.from(JSON.stringify({ sub: "alice", exp: 1234 })).toString("base64url");
     assert.deepEqual(peekToken(`x.${payload}.y`), { user: "alice", exp: 1234 });
     assert.deepEqual(peekToken("garbage"), { user: null, exp: null });
+  });
+});
+
+describe("retries and delays", () => {
+  const types = {
+    task_types: [
+      { name: "demo.flaky", retries: { max_retries: 5 } },
+      { name: "demo.count" },
+      { name: 7 },
+      { name: "odd", retries: { max_retries: "5" } },
+    ],
+  };
+
+  test("runs per task type come from the task types: max_retries + 1, else 1", () => {
+    const runs = maxAttemptsByType(types);
+    assert.deepEqual([...runs], [["demo.flaky", 6], ["demo.count", 1], ["odd", 1]]);
+    assert.equal(maxAttemptsByType(null).size, 0);
+    assert.equal(maxAttemptsByType({ task_types: "no" }).size, 0);
+  });
+
+  test("a retrying task says which attempt comes, of how many", () => {
+    const t = snap(4, { task: "demo.flaky", status: "RETRYING", attempt: 2, next_attempt_at: 200 });
+    assert.equal(describePhase(t, { maxAttempts: 6 }), "retrying (attempt 2 of 6)");
+    assert.equal(describePhase(t), "retrying (attempt 2)");
+    const later = { ...t, status: "RUNNING", attempt: 3 };
+    assert.equal(describePhase(later, { maxAttempts: 6 }), "attempt 3 of 6");
+    assert.equal(describePhase({ ...t, status: "RUNNING", attempt: 1 }, { maxAttempts: 6 }), "");
+    assert.equal(describePhase({ ...t, status: "COMPLETED", attempt: 3 }, { maxAttempts: 6 }), "");
+  });
+
+  test("a delayed task says when it is due, in local time", () => {
+    const due = new Date(2030, 0, 2, 9, 5, 7).getTime() / 1000;
+    assert.equal(formatClock(due), "09:05:07");
+    const t = snap(1, { status: "PENDING", started_at: null, eta: due });
+    assert.equal(describePhase(t), "due at 09:05:07");
+    // A skew under a second is measurement noise; a larger one is the server's clock ahead.
+    assert.equal(describePhase(t, { clockOffset: 0.4 }), "due at 09:05:07");
+    assert.equal(describePhase(t, { clockOffset: 60 }), "due at 09:04:07");
+    assert.equal(describePhase({ ...t, eta: null }), "");
+    assert.equal(describePhase({ ...t, status: "RUNNING" }), "");
   });
 });

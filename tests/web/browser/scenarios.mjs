@@ -136,6 +136,30 @@ async function httpSubmit(body, token = env("TASKGATE_TOKEN")) {
   return (await resp.json()).task_id;
 }
 
+/** Every text the `.phase` note of each row shows, in order, from now on. */
+async function recordPhases(page) {
+  await page.evaluate(() => {
+    window.__phases = {};
+    new MutationObserver((records) => {
+      for (const r of records) {
+        const row = r.target.closest?.("li.task") ?? r.target.parentElement?.closest("li.task");
+        const phase = row?.querySelector(".phase");
+        if (!phase || phase.hidden || !phase.textContent) continue;
+        const list = (window.__phases[row.dataset.taskId] ??= []);
+        if (list[list.length - 1] !== phase.textContent) list.push(phase.textContent);
+      }
+    }).observe(document.querySelector("#tasks"), {
+      subtree: true,
+      childList: true,
+      characterData: true,
+      attributes: true,
+      attributeFilter: ["hidden", "data-status"],
+    });
+  });
+}
+
+const pad2 = (n) => String(n).padStart(2, "0");
+
 // ---- scenarios ---------------------------------------------------------------------------
 
 const scenarios = {
@@ -188,6 +212,50 @@ const scenarios = {
     const panel = await page.locator("#cluster").textContent();
     check(/Queues/.test(panel) && /Workers/.test(panel), `panel: ${panel}`);
     return { errors, result: { taskId, samples: samples.length, panel: panel.replace(/\s+/g, " ").trim() } };
+  },
+
+  /** demo.flaky shows "retrying (attempt n of 6)" between attempts, then completes; a delayed
+   * demo.count shows "due at HH:MM:SS" until it runs. */
+  async retry({ context }) {
+    const { page, errors } = await openPage(context);
+    await waitConnected(page);
+    await page.waitForFunction(() => window.taskgate.taskTypesLoaded, null, { timeout: 10_000 });
+    await recordPhases(page);
+    const flaky = await httpSubmit({ task: "demo.flaky", input: { fail_times: 2 } });
+    check((await waitStatus(page, flaky, TERMINAL)) === "COMPLETED", "demo.flaky did not complete");
+    const outcome = await row(page, flaky).locator(".outcome").textContent();
+    check(outcome.includes('{"attempts":3}'), `result not shown: ${outcome}`);
+    const phases = await page.evaluate((id) => window.__phases[id] ?? [], flaky);
+    // Attempt 1 and 2 fail: RETRYING before attempt 2 and before attempt 3 (each wait is drawn
+    // from 0 up, so a page may render only one of the two).
+    const retrying = phases.filter((p) => p.startsWith("retrying"));
+    check(retrying.length >= 1, `no retrying note shown: ${JSON.stringify(phases)}`);
+    for (const p of retrying)
+      check(/^retrying \(attempt [23] of 6\)$/.test(p), `retrying note: ${JSON.stringify(phases)}`);
+    check(await row(page, flaky).locator(".phase").isHidden(), "phase note left on a completed task");
+
+    const resp = await fetch(`${BASE}/api/tasks`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${env("TASKGATE_TOKEN")}`, "Content-Type": "application/json" },
+      body: JSON.stringify({ task: "demo.count", input: { steps: 1, delay: 0 }, countdown: 2 }),
+      signal: AbortSignal.timeout(10_000),
+    });
+    check(resp.status === 202, `delayed submit answered ${resp.status}`);
+    const delayed = await resp.json();
+    const at = new Date(delayed.eta * 1000);
+    const due = `due at ${pad2(at.getHours())}:${pad2(at.getMinutes())}:${pad2(at.getSeconds())}`;
+    await page.waitForFunction(
+      ([id, text]) => document.querySelector(`li.task[data-task-id="${id}"] .phase`)?.textContent === text,
+      [delayed.task_id, due],
+      { timeout: 10_000, polling: 50 },
+    );
+    check(
+      (await row(page, delayed.task_id).getAttribute("data-status")) === "PENDING",
+      "a due note on a task that is not PENDING",
+    );
+    check((await waitStatus(page, delayed.task_id, TERMINAL)) === "COMPLETED", "delayed task did not run");
+    check(await row(page, delayed.task_id).locator(".phase").isHidden(), "due note left after it ran");
+    return { errors, result: { flaky, phases, due } };
   },
 
   /** demo.sleep cancelled from its row ends CANCELLED. */
