@@ -37,7 +37,8 @@ class Keys:
         return f"{self.prefix}running"
 
     def workflow(self, workflow_id: str) -> str:
-        """Hash: a workflow's owner, kind and child task ids (see ``gateway.tasks.workflows``)."""
+        """Hash: a workflow's owner, kind, task ids, tree (the body's shape with each task's
+        id) and ``percent``, the highest roll-up shown (see ``gateway.tasks.workflows``)."""
         return f"{self.prefix}workflow:{workflow_id}"
 
     @property

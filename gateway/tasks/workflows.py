@@ -1,19 +1,24 @@
-"""Workflows on Celery's canvas: chain, group and chord, published without Celery.
+"""Workflows on Celery's canvas: chain, group and chord, nested, published without Celery.
 
 A workflow is submitted as one body (``{"chain": [...]}``, ``{"group": [...]}`` or
-``{"chord": {"header": [...], "body": step}}``); each step is a submit body. Every step gets its
-own task record (PENDING, with ``workflow_id``) before anything is published, then:
+``{"chord": {"header": [...], "body": step}}``), whose steps are submit bodies or, nested, more
+of the same (``gateway.tasks.workflow_body`` parses it and holds the limits). Every task step
+gets its own task record (PENDING, with ``workflow_id``) before anything is published; then the
+steps that start at once are published, each carrying what follows it as Celery signatures,
+and the worker's own Celery runs the rest (``gateway.tasks.workflow_canvas``):
 
-- chain: one message for the first step whose embed carries the rest as Celery signatures; the
-  worker's own trace publishes each next step with the previous result as its first argument;
-- group: one message per step, all with the group id;
-- chord: one message per header step with the group id and the body signature in the embed; the
-  chord size is written to the result backend the way ``celery.canvas.chord`` does, so the
-  worker's backend calls the body with the list of header results.
+- a chain's next step gets the previous result as its first argument;
+- a group hands on the list of its steps' results (a nested group's spliced in);
+- a chord's body gets the list of its header's results; the size of each chord the gateway
+  starts is written to the result backend the way ``celery.canvas.chord`` does.
 
-The owner watches one rolled-up ``workflow`` snapshot: each child's status and percent, an overall
-percent (the mean), a status, and a ``seq`` that is the sum of the children's (so it rises with
-every child change and clients can drop stale ones the same way as for tasks).
+Steps that start at once and are delayed (``countdown``, ``eta``) wait in the gateway's hold
+(``gateway.tasks.delayed``) like single submits; later steps carry their timing to Celery.
+
+The owner watches one rolled-up ``workflow`` snapshot: each task's status and percent, the
+tree of the body with each task's id, an overall percent (the mean of the tasks', never lower
+than one shown before: a retry starts a task's percent again), a status, and a ``seq`` that is
+the sum of the tasks' (so it rises with every change and clients drop stale ones as for tasks).
 """
 
 from __future__ import annotations
@@ -22,8 +27,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import orjson
@@ -33,63 +37,51 @@ from gateway.broker.message import TaskMessage
 from gateway.broker.redis_broker import redis_priority
 from gateway.tasks.accept import CREATED, Acceptor, create_error
 from gateway.tasks.backend import ResultBackend
+from gateway.tasks.delayed import DelayedQueue
 from gateway.tasks.ratelimit import take_submit_tokens
-from gateway.tasks.submission import Submission, build_message, field_error, parse_submission
-from shared.errors import BrokerUnavailable, NotFound, TaskgateError
+from gateway.tasks.submission import MAX_DELAY_S
+from gateway.tasks.workflow_body import (
+    Chain,
+    Chord,
+    Group,
+    Node,
+    Step,
+    Workflow,
+    parse_workflow,
+)
+from gateway.tasks.workflow_canvas import Canvas, Start, check_parts, normalize
+from shared.errors import BrokerUnavailable, NotFound
+from shared.keys import Keys
 from shared.records import AsyncRecords
 from shared.records_batch import pending_common, pending_snapshot
+from shared.scripts import ScriptCall, source
 from shared.settings import Settings
 from shared.status import TERMINAL_NAMES
 from shared.store_errors import store_unavailable
 
 log = logging.getLogger("taskgate.workflows")
 
-MAX_STEPS = 100
-KINDS = ("chain", "group", "chord")
-# Options a single submit takes that a step does not (a step's timing is its workflow's).
-STEP_REFUSED = frozenset({"idempotency_key", "callback_url", "countdown", "eta", "expires"})
+# The script's text, read at import: never as blocking I/O on the loop.
+WORKFLOW_PERCENT_LUA = source("workflow_percent.lua")
 _SEVERITY = ("FAILED", "TIMED_OUT", "CANCELLED")
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
-    kind: str
-    steps: list[Submission]  # chord: header steps, then the body last
-    ids: list[str]
+def percent_call(keys: Keys, workflow_id: str, percent: float) -> ScriptCall:
+    """``workflow_percent.lua``'s KEYS and ARGV (see its header)."""
+    return ScriptCall([keys.workflow(workflow_id)], [repr(percent)])
 
 
-def parse_workflow(body: Any, routes: Any = ()) -> tuple[str, list[Submission]]:
-    if not isinstance(body, dict) or len(body) != 1 or next(iter(body)) not in KINDS:
-        raise field_error(
-            "body", 'must be one of {"chain": [...]}, {"group": [...]}, {"chord": {...}}'
-        )
-    kind, spec = next(iter(body.items()))
-    if kind == "chord":
-        if not isinstance(spec, dict) or set(spec) != {"header", "body"}:
-            raise field_error("chord", 'must be {"header": [steps], "body": step}')
-        raw_steps, path = [*_step_list(spec["header"], "chord.header"), spec["body"]], "chord"
-    else:
-        raw_steps, path = _step_list(spec, kind), kind
-    steps = []
-    for i, step in enumerate(raw_steps):
-        where = f"{path}.body" if kind == "chord" and i == len(raw_steps) - 1 else f"{path}[{i}]"
-        if isinstance(step, dict) and (STEP_REFUSED & set(step)):
-            raise field_error(where, f"steps take no {', '.join(sorted(STEP_REFUSED))}")
-        try:
-            steps.append(parse_submission(step, routes))
-        except TaskgateError as exc:
-            details = exc.details if isinstance(exc.details, dict) else {}
-            field = details.get("field", "")
-            exc.details = {**details, "field": f"{where}.{field}" if field else where}
-            exc.message = f"{where}: {exc.message}"
-            raise
-    return kind, steps
-
-
-def _step_list(value: Any, where: str) -> list[Any]:
-    if not isinstance(value, list) or not 0 < len(value) <= MAX_STEPS:
-        raise field_error(where, f"must be a list of 1 to {MAX_STEPS} steps")
-    return value
+def tree_of(node: Node) -> dict[str, Any]:
+    """The body's shape with each task step as ``{"task_id", "task"}``: which id is which."""
+    match node:
+        case Step():
+            return {"task_id": node.task_id, "task": node.sub.spec.name}
+        case Chain(steps):
+            return {"chain": [tree_of(s) for s in steps]}
+        case Group(steps):
+            return {"group": [tree_of(s) for s in steps]}
+        case Chord(header, body):
+            return {"chord": {"header": [tree_of(s) for s in header], "body": tree_of(body)}}
 
 
 class Workflows:
@@ -110,102 +102,99 @@ class Workflows:
         self.cancel_task = cancel
         self.keys = settings.keys
         self.amqp = settings.broker_is_amqp
+        self._percent = records.client.register_script(WORKFLOW_PERCENT_LUA)
 
     def _priority(self, p: int) -> int:
         return p if self.amqp else redis_priority(p)
 
-    def _signature(
-        self, sub: Submission, task_id: str, wid: str, chord_size: int | None = None
-    ) -> dict[str, Any]:
-        return {
-            "task": sub.spec.name,
-            "args": [],
-            "kwargs": sub.input,
-            "options": {
-                "task_id": task_id,
-                "queue": sub.queue,
-                "priority": self._priority(sub.priority),
-                "root_id": wid,
-                "time_limit": sub.spec.time_limit,
-                "soft_time_limit": sub.spec.soft_time_limit,
-            },
-            "subtask_type": None,
-            "immutable": False,
-            "chord_size": chord_size,
-        }
-
-    def messages(self, plan: Plan, wid: str) -> list[TaskMessage]:
-        steps, ids = plan.steps, plan.ids
-
-        def message(sub: Submission, task_id: str, **extra: Any) -> TaskMessage:
-            return build_message(sub, task_id, root_id=wid, **extra)
-
-        if plan.kind == "group":
-            return [
-                message(s, tid, group_id=wid, group_index=i)
-                for i, (s, tid) in enumerate(zip(steps, ids, strict=True))
-            ]
-        if plan.kind == "chain":
-            rest = [self._signature(s, tid, wid) for s, tid in zip(steps[1:], ids[1:], strict=True)]
-            # Celery pops the next step from the end of the embedded chain.
-            return [message(steps[0], ids[0], embed=_embed(chain=rest[::-1] or None))]
-        header, body = steps[:-1], steps[-1]
-        body_sig = self._signature(body, ids[-1], wid, chord_size=len(header))
-        return [
-            message(s, tid, embed=_embed(chord=body_sig), group_id=wid, group_index=i)
-            for i, (s, tid) in enumerate(zip(header, ids[:-1], strict=True))
-        ]
+    def parse(self, body: Any, workflow_id: str) -> tuple[Workflow, Start]:
+        """Check a body and plan its start; ``InvalidInput`` (422) names the field."""
+        settings = self.settings
+        flow = parse_workflow(
+            body,
+            workflow_id,
+            settings.routes,
+            max_delay_s=min(MAX_DELAY_S, settings.retention_s / 2),
+            visibility_s=settings.visibility_timeout,
+            time_limit_s=settings.time_limit,
+            amqp=self.amqp,
+        )
+        root = normalize(flow.root)
+        check_parts(root)
+        return flow, Canvas(workflow_id, self._priority).start(root)
 
     async def submit(self, user: str, body: Any) -> dict[str, Any]:
         """Record every step, then publish; 503 leaves nothing accepted."""
-        kind, steps = parse_workflow(body, self.settings.routes)
+        wid = str(uuid.uuid4())
+        flow, start = self.parse(body, wid)
+        steps = flow.steps
         # A workflow's steps are submits like any other: they take from the same bucket.
         await take_submit_tokens(self.records.client, self.settings, user, count=len(steps))
-        wid = str(uuid.uuid4())
-        plan = Plan(kind, steps, [str(uuid.uuid4()) for _ in steps])
+        held = {s.task_id: s.sub.due_at for s, _ in start.messages if s.sub.due_at is not None}
+        ids = [s.task_id for s in steps]
         now = time.time()
         try:
-            await self._save(user, wid, plan, now)
+            await self._save(user, wid, flow, now, max(held.values(), default=now) - now)
             rows = [
-                {"task_id": tid, "task": s.spec.name, "queue": s.queue, "workflow_id": wid}
-                for s, tid in zip(steps, plan.ids, strict=True)
-            ]
+                {"task_id": s.task_id, "task": s.sub.spec.name, "queue": s.sub.queue,
+                 "workflow_id": wid, **({"eta": held.get(s.task_id)} if held else {})}
+                for s in steps
+            ]  # fmt: skip
             max_active = self.settings.max_active
             common = pending_common(now)
             codes = await self.acceptor.batch.create(user, common, rows, now, max_active)
             refused = [code for code in codes if code != CREATED]
             if refused:
                 await self._discard(
-                    user, wid, [t for t, c in zip(plan.ids, codes, strict=True) if c == CREATED]
+                    user, wid, [t for t, c in zip(ids, codes, strict=True) if c == CREATED]
                 )
                 raise create_error(refused[0], str(max_active).encode(), max_active)
             try:
-                if kind == "chord":
-                    await self._set_chord_size(wid, len(steps) - 1)
-                await self.acceptor.broker.publish(self.messages(plan, wid))
+                await self._set_chord_sizes(start.chord_sizes)
+                await self._publish(start.messages, held)
             except (BrokerUnavailable, RedisError):
-                await self._discard(user, wid, plan.ids)
+                await self._discard(user, wid, ids)
                 raise
         except RedisError as exc:
             raise store_unavailable(exc) from exc
         # Accepted now; if this fails, the records are the truth and clients catch up from them.
         with contextlib.suppress(RedisError):
             await self.acceptor.batch.announce(user, [pending_snapshot(common, r) for r in rows])
-        self.acceptor.count(steps)
-        return {"workflow_id": wid, "kind": kind, "task_ids": plan.ids}
+        self.acceptor.count([s.sub for s in steps])
+        return {"workflow_id": wid, "kind": flow.kind, "task_ids": ids, "tree": tree_of(flow.root)}
 
-    async def _save(self, user: str, wid: str, plan: Plan, now: float) -> None:
+    async def _publish(
+        self, messages: Sequence[tuple[Step, TaskMessage]], held: dict[str, float]
+    ) -> None:
+        """The delayed messages into the hold, then the others to the broker; if the broker
+        refuses, the held ones are taken back."""
+        later = [m for _, m in messages if m.task_id in held]
+        hold = DelayedQueue(self.records.client, self.keys, held)
+        await hold.publish(later)
+        try:
+            now = [m for _, m in messages if m.task_id not in held]
+            if now:
+                await self.acceptor.broker.publish(now)
+        except (BrokerUnavailable, RedisError):
+            if later:
+                with contextlib.suppress(RedisError):
+                    await hold.take_back([m.task_id for m in later])
+            raise
+
+    async def _save(self, user: str, wid: str, flow: Workflow, now: float, wait: float) -> None:
         key = self.keys.workflow(wid)
         settings = self.settings
         # Outlives its children: they expire retention_s after they end.
-        ttl = settings.retention_s + int(settings.time_limit) * len(plan.ids) + 3600
+        steps = len(flow.steps)
+        ttl = settings.retention_s + int(settings.time_limit) * steps + int(wait) + 3600
         async with self.records.client.pipeline(transaction=True) as pipe:
             pipe.hset(
                 key,
                 mapping={
                     "owner": user,
-                    "kind": plan.kind,
-                    "task_ids": orjson.dumps(plan.ids),
+                    "kind": flow.kind,
+                    "task_ids": orjson.dumps([s.task_id for s in flow.steps]),
+                    "tree": orjson.dumps(tree_of(flow.root)),
                     "created_at": repr(now),
                 },
             )
@@ -219,26 +208,29 @@ class Workflows:
         except RedisError:
             pass
 
-    async def _set_chord_size(self, wid: str, size: int) -> None:
+    async def _set_chord_sizes(self, sizes: dict[str, int]) -> None:
         # As celery.backends.redis.RedisBackend.set_chord_size, with the backend's key prefix.
+        if not sizes:
+            return
         client = self.backend.client()
-        prefix = self.keys.chord_meta(wid)
         async with client.pipeline(transaction=True) as pipe:
-            pipe.delete(f"{prefix}.c")
-            pipe.set(f"{prefix}.s", size, ex=86400)
+            for group_id, size in sizes.items():
+                prefix = self.keys.chord_meta(group_id)
+                pipe.delete(f"{prefix}.c")
+                pipe.set(f"{prefix}.s", size, ex=86400)
             await pipe.execute()
 
-    async def _load(self, user: str, wid: Any) -> tuple[str, list[str], float]:
+    async def _load(self, user: str, wid: Any) -> dict[bytes, bytes]:
         if not isinstance(wid, str) or len(wid) > 64:
             raise NotFound("no such workflow")
-        got = await self.records.client.hgetall(self.keys.workflow(wid))
-        raw = cast(dict[bytes, bytes], got)
+        raw = cast(dict[bytes, bytes], await self.records.client.hgetall(self.keys.workflow(wid)))
         if not raw or raw.get(b"owner", b"").decode() != user:
             raise NotFound("no such workflow")
-        return raw[b"kind"].decode(), orjson.loads(raw[b"task_ids"]), float(raw[b"created_at"])
+        return raw
 
     async def snapshot(self, user: str, wid: Any) -> dict[str, Any]:
-        kind, ids, created = await self._load(user, wid)
+        raw = await self._load(user, wid)
+        ids: list[str] = orjson.loads(raw[b"task_ids"])
         snaps = {s["task_id"]: s for s in await self.records.snapshots(ids, user)}
         children: list[dict[str, Any]] = []
         for tid in ids:
@@ -258,26 +250,26 @@ class Workflows:
                     "seq": s["seq"],
                 }
             )
+        mean = round(sum(c["percent"] for c in children) / len(children), 3)
+        call = percent_call(self.keys, wid, mean)
+        shown = float(await self._percent(keys=call.keys, args=call.args))
         return {
             "workflow_id": wid,
-            "kind": kind,
+            "kind": raw[b"kind"].decode(),
             "status": rollup_status([c["status"] for c in children]),
             "seq": sum(int(c["seq"]) for c in children),
-            "percent": round(sum(c["percent"] for c in children) / len(children), 3),
+            "percent": shown,
             "children": children,
-            "created_at": created,
+            "tree": orjson.loads(raw[b"tree"]) if b"tree" in raw else None,
+            "created_at": float(raw[b"created_at"]),
         }
 
     async def cancel(self, user: str, wid: Any) -> dict[str, Any]:
-        _, ids, _ = await self._load(user, wid)
-        for tid in ids:
+        """Cancel every task of the workflow, nested ones too."""
+        raw = await self._load(user, wid)
+        for tid in orjson.loads(raw[b"task_ids"]):
             await self.cancel_task(user, tid)
         return await self.snapshot(user, wid)
-
-
-def _embed(chain: Any = None, chord: Any = None) -> dict[str, Any]:
-    """The protocol-2 embed: what Celery runs after a task (its chain, a chord's body)."""
-    return {"callbacks": None, "errbacks": None, "chain": chain, "chord": chord}
 
 
 def rollup_status(statuses: list[str]) -> str:

@@ -4,37 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp.test_utils import TestClient
 
 from tests.support import SocketClient, auth
+from tests.tasks.workflows_support import record_rollups, result_of, user, wait_workflow
 
 Connect = Callable[[str], Awaitable[SocketClient]]
-
-
-def user() -> str:
-    return f"wf-{uuid.uuid4().hex[:8]}"
-
-
-async def wait_workflow(
-    http: TestClient, who: str, wid: str, timeout: float = 30.0
-) -> dict[str, Any]:
-    """Poll the workflow snapshot until it is terminal (each child's result is in its record)."""
-    import asyncio
-
-    async with asyncio.timeout(timeout):
-        while True:
-            snap = await (await http.get(f"/api/workflows/{wid}", headers=auth(who))).json()
-            if snap["status"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"):
-                return snap
-            await asyncio.sleep(0.1)
-
-
-async def result_of(http: TestClient, who: str, task_id: str) -> dict[str, Any]:
-    resp = await http.get(f"/api/tasks/{task_id}/result?wait=20", headers=auth(who))
-    assert resp.status == 200
-    return await resp.json()
 
 
 async def test_chain_passes_each_result_on(http: TestClient) -> None:
@@ -112,13 +88,7 @@ async def test_cancelled_workflow_never_runs_its_later_steps(http: TestClient) -
 async def test_socket_submit_workflow_and_watch_rollup(sockets: Connect) -> None:
     who = user()
     client = await sockets(who)
-    rollups: list[dict[str, Any]] = []
-
-    @client.sio.on("workflow")
-    async def on_workflow(data: dict[str, Any]) -> None:
-        rollups.append(data)
-        client._changed.set()
-
+    rollups = record_rollups(client)
     ack = await client.call(
         "submit", {"group": [{"task": "demo.count", "input": {"steps": 3, "delay": 0.05}}] * 2}
     )
