@@ -4,6 +4,8 @@ never goes back, and refusals naming the field by its path."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -13,6 +15,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from gateway.appkeys import SERVICE
+from gateway.tasks.workflow_body import MAX_DEPTH
 from tests.support import SocketClient, auth, footprint
 from tests.tasks.workflows_support import (
     TERMINAL,
@@ -90,6 +93,76 @@ async def test_chords_and_groups_one_after_another_in_a_chain(http: TestClient) 
     # 1, 2; each of the second group gets [1, 2]: 6, 7; then 10 + 13.
     assert await totals(http, who, second["task_ids"]) == [1.0, 2.0, 6.0, 7.0, 23.0]
     assert await totals(http, who, mixed["task_ids"]) == [1.0, 2.0, 5.0]
+
+
+def random_body(rng: random.Random, depth: int = 1) -> dict[str, Any]:
+    """A random chain, group or chord of ``demo.add`` steps, nested up to ``MAX_DEPTH``."""
+
+    def step(level: int) -> dict[str, Any]:
+        if level >= MAX_DEPTH or rng.random() < 0.55:
+            return add(rng.randint(1, 99))
+        return random_body(rng, level + 1)
+
+    kind = rng.choice(("chain", "group", "chord"))
+    if kind == "chord":
+        header = [step(depth) for _ in range(rng.randint(1, 3))]
+        return {"chord": {"header": header, "body": step(depth)}}
+    return {kind: [step(depth) for _ in range(rng.randint(1, 3))]}
+
+
+def spliced(step: dict[str, Any]) -> bool:
+    """Whether a group's (or a chord header's) step is a group, whose results join the list
+    (a chain of one step is that step)."""
+    if "chain" in step and len(step["chain"]) == 1:
+        return spliced(step["chain"][0])
+    return "group" in step
+
+
+def expected(node: dict[str, Any], handed: Any, out: list[float]) -> Any:
+    """What Celery hands on, worked out by hand: each ``demo.add`` adds its value to the
+    totals it is handed; a group's result is the list of its steps' (a nested group's spliced
+    in), a chain's its last step's, a chord's its body's. Appends each task's total to ``out``
+    in the body's order (a chord: its header's, then its body's)."""
+    if "task" in node:
+        parts = handed if isinstance(handed, list) else [handed]
+        total = node["input"]["value"] + sum(
+            p["total"] for p in parts if isinstance(p, dict) and "total" in p
+        )
+        out.append(float(total))
+        return {"total": total}
+    kind, spec = next(iter(node.items()))
+    if kind == "chain":
+        for step in spec:
+            handed = expected(step, handed, out)
+        return handed
+    steps = spec["header"] if kind == "chord" else spec
+    results: list[Any] = []
+    for step in steps:
+        result = expected(step, handed, out)
+        results.extend(result if spliced(step) else [result])
+    return expected(spec["body"], results, out) if kind == "chord" else results
+
+
+async def test_results_flow_through_random_nested_shapes(http: TestClient) -> None:
+    """Random nested bodies (a fixed seed) against a worked-out answer for every task."""
+    who = user()
+    rng = random.Random(14)
+    bodies: list[dict[str, Any]] = []
+    while len(bodies) < 8:
+        body = random_body(rng)
+        resp = await http.post("/api/workflows", json=body, headers=auth(who))
+        if resp.status == 422:  # a shape refused on purpose (a waited-for part ends in a group)
+            continue
+        assert resp.status == 202, await resp.text()
+        bodies.append({"body": body, "ack": await resp.json()})
+    snaps = await asyncio.gather(
+        *(wait_workflow(http, who, b["ack"]["workflow_id"], timeout=60) for b in bodies)
+    )
+    for b, snap in zip(bodies, snaps, strict=True):
+        assert snap["status"] == "COMPLETED", (b["body"], snap)
+        want: list[float] = []
+        expected(b["body"], None, want)
+        assert await totals(http, who, b["ack"]["task_ids"]) == want, b["body"]
 
 
 async def test_a_failure_in_a_nested_group_fails_the_steps_after_the_group(
