@@ -16,6 +16,7 @@ from typing import Any
 from gateway.broker.factory import make_broker
 from gateway.broker.outbox import OutboxBroker, watch_outbox
 from gateway.broker.redis_broker import Broker, RedisBroker
+from gateway.broker.sent_events import announcing, open_sent_events
 from gateway.live.relay import Relay
 from gateway.live.router import UpdateRouter
 from gateway.tasks.control import CeleryControl
@@ -55,12 +56,14 @@ def with_outbox(settings: Settings, broker: Broker) -> Broker:
 
 @contextlib.asynccontextmanager
 async def open_broker(settings: Settings, broker: Broker | None = None) -> AsyncIterator[Broker]:
-    """The broker of ``CELERY_BROKER_URL`` (or ``broker``, for benchmarks and tests)."""
-    the_broker = with_outbox(settings, broker or make_broker(settings))
-    try:
-        yield the_broker
-    finally:
-        await the_broker.close()
+    """The broker of ``CELERY_BROKER_URL`` (or ``broker``, for benchmarks and tests),
+    announcing what it publishes as Celery ``task-sent`` events when those are on."""
+    async with open_sent_events(settings) as events:
+        the_broker = announcing(with_outbox(settings, broker or make_broker(settings)), events)
+        try:
+            yield the_broker
+        finally:
+            await the_broker.close()
 
 
 @contextlib.asynccontextmanager

@@ -29,6 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeout
 from gateway.broker.message import TaskMessage
 from gateway.broker.outbox import OutboxBroker
 from gateway.broker.redis_broker import Broker
+from gateway.broker.sent_events import AnnouncingOutbox
 from gateway.process import gctune
 from gateway.tasks.delayed import DelayedQueue, delays
 from gateway.tasks.submission import Submission, build_messages, new_records
@@ -223,6 +224,9 @@ class Acceptor:
         user, subs, ids, common, now = new
         max_active = self.settings.max_active
         snaps: list[Snapshot] = []
+        # Kept only to announce them as Celery task-sent events (gateway.broker.sent_events).
+        announcing = isinstance(self.broker, AnnouncingOutbox)
+        sent: list[TaskMessage] = []
         parts = list(chunks(len(subs)))
         runs = self.batch.runs(len(parts))
         try:
@@ -233,6 +237,8 @@ class Acceptor:
                         chunk = [cast(Snapshot, pending_snapshot(common, r)) for r in records]
                         messages = build_messages(subs[part], ids[part])
                         inline = self.broker.inline(messages, [orjson.dumps(c) for c in chunk])
+                        if announcing:
+                            sent.extend(messages)
                         args = self.batch.create_args(
                             user, common, records, now, max_active, inline
                         )
@@ -251,6 +257,8 @@ class Acceptor:
                     await discard
             raise store_unavailable(exc) from exc
         out, accepted = self._answers(codes, snaps)
+        if isinstance(self.broker, AnnouncingOutbox):
+            self.broker.announce([sent[i] for i in accepted], now)
         self.count([subs[i] for i in accepted])
         return out
 
