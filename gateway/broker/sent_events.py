@@ -53,6 +53,7 @@ EVENTS_PER_MESSAGE = 200
 BACKOFF_S = 0.5
 BACKOFF_MAX_S = 30.0
 CLOSE_TIMEOUT_S = 5.0
+REDIS_TIMEOUTS = {"socket_timeout": 3.0, "socket_connect_timeout": 3.0}
 # A drop is logged at most this often (with the totals so far).
 DROP_LOG_EVERY_S = 60.0
 
@@ -153,6 +154,8 @@ class SentEvents:
 
         app = Celery("taskgate-events", set_as_current=False)
         app.conf.update(celery_config(self.settings))
+        # On Redis, no wait without an end: a frozen broker costs a timeout, not the thread.
+        bounded = {} if self.settings.broker_is_amqp else dict(REDIS_TIMEOUTS)
         connection: Any = None
         dispatcher: Any = None
         failures = 0
@@ -164,7 +167,7 @@ class SentEvents:
                     if failures and self._stop.is_set():
                         raise ConnectionError("closing while the broker is away")
                     if dispatcher is None:
-                        connection = app.connection_for_write()
+                        connection = app.connection_for_write(transport_options=bounded)
                         connection.ensure_connection(max_retries=0)
                         # Buffered: one broker message carries a list of up to
                         # EVENTS_PER_MESSAGE events (as a worker's; Celery's receivers, Flower's
