@@ -14,11 +14,11 @@ task's heartbeat counts as a change, so only abandoned records expire unfinished
 
 Every change is one script run (``transition.lua``): check, write, bump ``seq``, maintain the
 user's active/ended sets, publish the update, all atomically; a task that ends leaves the
-outbox (``gateway.broker.outbox``) in the same run. Workers use ``SyncRecords``
-(redis-py), the gateway ``AsyncRecords`` (redis.asyncio); both run the same scripts with the same
-arguments. The scripts live in ``shared/lua/`` (``shared.scripts``); each has a ``*_call``
-function here that builds its KEYS and ARGV in the order of its header, and its return codes
-are the ``IntEnum`` classes below.
+outbox (``gateway.broker.outbox``) in the same run. Workers and the producer
+(``shared.producer``) use ``SyncRecords`` (redis-py), the gateway ``AsyncRecords``
+(redis.asyncio); both run the same scripts with the same arguments. The scripts live in
+``shared/lua/`` (``shared.scripts``); each has a ``*_call`` function here that builds its KEYS
+and ARGV in the order of its header, and its return codes are the ``IntEnum`` classes below.
 """
 
 from __future__ import annotations
@@ -249,6 +249,13 @@ def create_call(
     return call
 
 
+def _discard_commands(pipe: Any, keys: Keys, owner: str, task_ids: Sequence[str]) -> None:
+    """Queue what takes new records back: the records and their ids in the owner's sets."""
+    pipe.delete(*[keys.task(t) for t in task_ids])
+    pipe.zrem(keys.user_tasks(owner), *task_ids)
+    pipe.zrem(keys.user_active(owner), *task_ids)
+
+
 class SyncRecords:
     """Record access for workers (blocking redis-py; workers are threads/processes, not loops)."""
 
@@ -257,12 +264,38 @@ class SyncRecords:
         self.keys = keys
         self.retention_s = retention_s
         self._transition = client.register_script(TRANSITION_LUA)
+        self._create = client.register_script(CREATE_LUA)
         self._snapshot = client.register_script(SNAPSHOT_LUA)
         self._heartbeat = client.register_script(HEARTBEAT_LUA)
 
     def transition(self, task_id: str, mode: Mode, **kw: Any) -> TransitionResult:
         call = transition_call(self.keys, task_id, self.retention_s, mode, **kw)
         return _transition_result(self._transition(keys=call.keys, args=call.args))
+
+    def create(
+        self, owner: str, fields: dict[str, Any], max_active: int
+    ) -> tuple[CreateCode, bytes]:
+        """Write a new PENDING record (seq 1), as ``AsyncRecords.create`` does (the producer's
+        path, ``shared.producer``). Returns (code, snapshot-or-count)."""
+        call = create_call(self.keys, owner, fields, max_active, self.retention_s)
+        code, payload = self._create(keys=call.keys, args=call.args)
+        return CreateCode(int(code)), payload.encode() if isinstance(payload, str) else payload
+
+    def discard(self, owner: str, task_id: str) -> None:
+        """Undo ``create`` after the broker refused the message (``AsyncRecords.discard_many``
+        says why the commands go without MULTI)."""
+        with self.client.pipeline(transaction=False) as pipe:
+            _discard_commands(pipe, self.keys, owner, [task_id])
+            pipe.execute()
+
+    def publish_snapshot(self, owner: str, snapshot: bytes) -> None:
+        """Announce a snapshot as it is (no seq bump): once the broker took a new task."""
+        self.client.publish(self.keys.progress_channel, update_bytes(owner, snapshot))
+
+    def owner(self, task_id: str) -> str | None:
+        """Who owns the task (``_owner``), or ``None`` when it has no record."""
+        raw = self.client.hget(self.keys.task(task_id), "_owner")
+        return raw.decode() if isinstance(raw, bytes) else raw
 
     def snapshot(self, task_id: str) -> Snapshot | None:
         call = snapshot_call(self.keys, task_id, None)
@@ -323,9 +356,7 @@ class AsyncRecords:
         if not task_ids:
             return
         async with self.client.pipeline(transaction=False) as pipe:
-            pipe.delete(*[self.keys.task(t) for t in task_ids])
-            pipe.zrem(self.keys.user_tasks(owner), *task_ids)
-            pipe.zrem(self.keys.user_active(owner), *task_ids)
+            _discard_commands(pipe, self.keys, owner, task_ids)
             await pipe.execute()
 
     async def discard(self, owner: str, task_id: str) -> None:

@@ -59,6 +59,9 @@ class Snapshot(TypedDict):
     next_attempt_at: float | None
     # When a task submitted with ``countdown`` or ``eta`` is due (null for the others).
     eta: float | None
+    # The task whose code started this one (``ctx.start``, a producer call inside a task), or
+    # null.
+    parent_id: str | None
 
 
 class Update(TypedDict):
@@ -87,6 +90,7 @@ SNAPSHOT_FIELDS: tuple[str, ...] = (
     "attempt",
     "next_attempt_at",
     "eta",
+    "parent_id",
 )
 
 

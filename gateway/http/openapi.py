@@ -484,6 +484,7 @@ def snapshot_schema() -> Schema:
             "attempt": {"type": ["integer", "null"], "minimum": 1},
             "next_attempt_at": nullable_number,
             "eta": nullable_number,
+            "parent_id": {"type": ["string", "null"]},
         },
         "required": ["task_id", "task", "queue", "status", "seq", "progress", "created_at"],
     }
