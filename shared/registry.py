@@ -11,21 +11,44 @@
             ctx.progress(100 * (i + 1) / rows, f"row {i + 1}")
         return {"rows": rows}
 
-Only names in this registry can be submitted; the gateway and the workers import the same task
-modules (``TASKGATE_TASK_MODULES``) so both know the same names.
+    build.delay(rows=10)                                  # from a view, a script, a task
+    build.apply_async(kwargs={"rows": 10}, user="alice", countdown=60)
+    chain(build.s(rows=10), publish.s()).apply_async()    # Celery's canvas
+
+``@task`` returns a ``RegisteredTask``: still the function (``build(ctx, rows=1)`` calls it),
+with Celery's producer API (``shared.producer``). Only names in this registry can be
+submitted; the gateway and the workers import the same task modules
+(``TASKGATE_TASK_MODULES``) so both know the same names.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import importlib
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
+from shared import producer
 from shared.errors import ConfigError, UnknownTask
+from shared.handle import TaskHandle
 from shared.inputs import InputSchema
+from shared.taskspec import RetryPolicy, TaskFn, TaskSpec
+
+__all__ = [
+    "RegisteredTask",
+    "RetryPolicy",
+    "TaskContext",
+    "TaskFn",
+    "TaskSpec",
+    "all_tasks",
+    "check_time_limits",
+    "get_task",
+    "load_task_modules",
+    "task",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class TaskContext(Protocol):
@@ -49,69 +72,91 @@ class TaskContext(Protocol):
     def cancelled(self) -> bool:
         """True once a cancel was asked, for tasks that stop on their own terms."""
 
+    @property
+    def owner(self) -> str:
+        """The user this task belongs to (its children belong to them too)."""
 
-TaskFn = Callable[..., Any]
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """When a task is run again: it raised one of ``retry_for`` (or called ``ctx.retry``), and
-    it has had fewer than ``max_retries`` retries. The n-th retry waits ``countdown`` if given,
-    else (``backoff``) ``backoff_s * 2**n`` capped at ``backoff_max_s``, drawn uniformly from 0
-    to that with ``jitter`` (as Celery's ``retry_backoff``), else ``backoff_s``."""
-
-    retry_for: tuple[type[BaseException], ...] = ()
-    max_retries: int = 3
-    backoff: bool = True
-    backoff_s: float = 1.0
-    backoff_max_s: float = 600.0
-    jitter: bool = True
-
-    def delay(self, retries: int, draw: Callable[[float, float], float]) -> float:
-        """Seconds before retry number ``retries + 1`` (``draw``: ``random.uniform``)."""
-        if not self.backoff:
-            return self.backoff_s
-        top = min(self.backoff_max_s, self.backoff_s * (2**retries))
-        return draw(0.0, top) if self.jitter else top
+    def start(self, task: str | RegisteredTask[..., Any], /, **input: Any) -> TaskHandle:
+        """Start a child task (by name or ``@task`` object) owned by this task's user, with
+        this task as its ``parent_id``; checked and recorded before it is published."""
 
 
-@dataclass(frozen=True, slots=True)
-class TaskSpec:
-    name: str
-    fn: TaskFn
-    schema: InputSchema
-    queue: str = "fast"
-    description: str = ""
-    # Other queues a client may choose for this task (``queue`` in the submit body).
-    queues: tuple[str, ...] = ()
-    # This task type's own limits, seconds (``None``: CELERY_TASK_SOFT_TIME_LIMIT /
-    # CELERY_TASK_TIME_LIMIT). They travel in each message's ``timelimit`` header, which stock
-    # workers enforce.
-    soft_time_limit: float | None = None
-    time_limit: float | None = None
-    # Retries (see ``RetryPolicy``): the exception types that retry the task, and how.
-    retry: RetryPolicy | None = None
+class RegisteredTask(Generic[P, R]):
+    """What ``@task`` returns: the function, callable as before, with Celery's producer API.
+
+    ``delay`` / ``apply_async`` check the input, write the record and publish (or hold a
+    delayed task until due), returning a ``TaskHandle``; ``s`` / ``si`` / ``signature`` make
+    checked Celery signatures for ``chain``, ``group`` and ``chord``. Inside a running task,
+    each starts a child owned by the same user (``shared.producer``)."""
+
+    def __init__(self, spec: TaskSpec, fn: Callable[P, R]) -> None:
+        self.spec = spec
+        self._fn = fn
+        functools.update_wrapper(self, fn)
 
     @property
-    def timelimit(self) -> tuple[float | None, float | None]:
-        """Celery's ``timelimit`` header: ``(hard, soft)``."""
-        return (self.time_limit, self.soft_time_limit)
+    def name(self) -> str:
+        return self.spec.name
 
-    def default_queue(self, routes: Sequence[tuple[str, str]] = ()) -> str:
-        """The queue routing rules (``TASKGATE_ROUTES``, first match wins) give, else ``queue``."""
-        return self.allowed_queues(routes)[0]
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self._fn(*args, **kwargs)
 
-    def allowed_queues(self, routes: Sequence[tuple[str, str]] = ()) -> tuple[str, ...]:
-        """The default queue first, then the others a client may choose."""
-        return _allowed_queues(self.name, self.queue, self.queues, tuple(routes))
+    def __repr__(self) -> str:
+        return f"<taskgate task {self.spec.name}>"
 
+    def delay(self, *args: Any, **input: Any) -> TaskHandle:
+        """Send with this input (``apply_async(kwargs=input)``); positional input is refused."""
+        return producer.send(self.spec, args, input)
 
-@functools.lru_cache(maxsize=4096)
-def _allowed_queues(
-    name: str, queue: str, queues: tuple[str, ...], routes: tuple[tuple[str, str], ...]
-) -> tuple[str, ...]:
-    default = next((q for pattern, q in routes if fnmatch.fnmatchcase(name, pattern)), queue)
-    return (default, *[q for q in (queue, *queues) if q != default])
+    def apply_async(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        *,
+        countdown: float | None = None,
+        eta: Any = None,
+        expires: Any = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        headers: dict[str, Any] | None = None,
+        user: str | None = None,
+        task_id: str | None = None,
+        **options: Any,
+    ) -> TaskHandle:
+        """Send with Celery's options: ``countdown`` (seconds) or ``eta`` (a datetime),
+        ``expires`` (seconds or a datetime), ``priority`` (0-9, 9 most urgent), ``queue`` (one
+        of the task's), ``headers``, ``task_id``; ``user`` (or the ``taskgate_user`` header)
+        names the owner. Any other option is ``InvalidInput``."""
+        return producer.send(
+            self.spec,
+            args,
+            kwargs,
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+            priority=priority,
+            queue=queue,
+            headers=headers,
+            user=user,
+            task_id=task_id,
+            **options,
+        )
+
+    def signature(
+        self, args: Any = None, kwargs: Any = None, *, immutable: bool = False, **options: Any
+    ) -> Any:
+        """A checked Celery ``Signature``, for ``chain``, ``group`` and ``chord``; its record
+        is written when a worker takes it. ``options``: ``priority``, ``queue``, ``headers``,
+        ``user`` (as for ``apply_async``)."""
+        return producer.signature(self.spec, args, kwargs, immutable=immutable, **options)
+
+    def s(self, *args: Any, **input: Any) -> Any:
+        """A signature with this input that takes the previous step's result in a chain."""
+        return self.signature(args, input)
+
+    def si(self, *args: Any, **input: Any) -> Any:
+        """An immutable signature: the previous step's result is not passed to it."""
+        return self.signature(args, input, immutable=True)
 
 
 _REGISTRY: dict[str, TaskSpec] = {}
@@ -131,8 +176,9 @@ def task(
     retry_backoff: bool | float = True,
     retry_backoff_max: float = 600.0,
     retry_jitter: bool = True,
-) -> Callable[[TaskFn], TaskFn]:
-    """Register ``fn`` under ``name``; the function itself is returned unchanged.
+) -> Callable[[Callable[P, R]], RegisteredTask[P, R]]:
+    """Register ``fn`` under ``name``; returns it as a ``RegisteredTask`` (callable as the
+    function, with ``.delay()``, ``.apply_async()``, ``.s()``, ``.si()``).
 
     ``soft_time_limit`` raises ``SoftTimeLimitExceeded`` inside the task (it ends TIMED_OUT);
     ``time_limit`` kills the process running it. Each must be above 0, and the soft one not
@@ -157,15 +203,14 @@ def task(
             jitter=retry_jitter,
         )
 
-    def register(fn: TaskFn) -> TaskFn:
+    def register(fn: Callable[P, R]) -> RegisteredTask[P, R]:
         existing = _REGISTRY.get(name)
         if existing is not None and existing.fn is not fn:
             raise ValueError(f"task name {name!r} is registered twice")
         doc = description or (fn.__doc__ or "").strip()
-        _REGISTRY[name] = TaskSpec(
-            name, fn, schema, queue, doc, queues, soft_time_limit, time_limit, policy
-        )
-        return fn
+        spec = TaskSpec(name, fn, schema, queue, doc, queues, soft_time_limit, time_limit, policy)
+        _REGISTRY[name] = spec
+        return RegisteredTask(spec, fn)
 
     return register
 

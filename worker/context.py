@@ -1,4 +1,5 @@
-"""The context a running task receives: ``ctx.progress()``, ``ctx.cancelled``, ``ctx.retry()``."""
+"""The context a running task receives: ``ctx.progress()``, ``ctx.cancelled``, ``ctx.retry()``,
+and ``ctx.start()`` for child tasks (owned by the same user, linked by ``parent_id``)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.errors import RetryRequested, TaskCancelled
+from shared import producer
+from shared.errors import NotFound, RetryRequested, TaskCancelled
+from shared.handle import TaskHandle
 from shared.records import SyncRecords
+from shared.registry import RegisteredTask, get_task
 
 log = logging.getLogger("taskgate.worker")
 # A progress update lost to a Redis outage is dropped, not retried: the task keeps running and
@@ -26,12 +30,20 @@ _CANCEL_POLL_S = 0.25
 class Context:
     """Bound to one run of one task; reports through atomic record transitions."""
 
-    def __init__(self, task_id: str, records: SyncRecords, attempt: int = 1) -> None:
+    def __init__(
+        self,
+        task_id: str,
+        records: SyncRecords,
+        attempt: int = 1,
+        *,
+        owner: str | None = None,
+    ) -> None:
         self.task_id = task_id
         self.attempt = attempt
         # The previous step's result in a chain, the header results in a chord's body.
         self.parent_result: Any = None
         self._records = records
+        self._owner = owner
         self._cancel = False
         self._cancel_checked = 0.0
 
@@ -78,3 +90,21 @@ class Context:
     def raise_if_cancelled(self) -> None:
         if self.cancelled:
             raise TaskCancelled("cancelled by request")
+
+    @property
+    def owner(self) -> str:
+        """The user this task belongs to (read from its record once, when first asked)."""
+        if self._owner is None:
+            self._owner = self._records.owner(self.task_id)
+            if self._owner is None:
+                raise NotFound(f"task {self.task_id} has no record")
+        return self._owner
+
+    def start(self, task: str | RegisteredTask[..., Any], /, **input: Any) -> TaskHandle:
+        """Start a child task, by name or ``@task`` object, with this input: checked and
+        recorded before it is published, owned by this task's user, its snapshot's
+        ``parent_id`` this task. ``task.apply_async(...)`` called inside the task does the same
+        with Celery's options (countdown, queue, ...)."""
+        spec = get_task(task) if isinstance(task, str) else task.spec
+        sender = producer.producer()
+        return sender.send(sender.check(spec, None, input, parent=self))

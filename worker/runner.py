@@ -29,9 +29,11 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.celery_config import visibility_timeout
+from shared.current_task import running
 from shared.errors import InvalidInput, RetryRequested, TaskCancelled
 from shared.records import HeartbeatCode, SyncRecords, TransitionResult
 from shared.registry import RetryPolicy, TaskSpec
+from shared.send_options import PARENT_HEADER
 from shared.settings import Settings
 from shared.status import TERMINAL_NAMES, TaskStatus
 from worker import webhooks
@@ -238,7 +240,7 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
             return None
         now = time.time()
 
-        def start() -> TransitionResult:
+        def start(**extra: Any) -> TransitionResult:
             return retrying(
                 lambda: store.transition(
                     task_id,
@@ -250,12 +252,14 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
                         "_attempt": previous + 1,
                         "attempt": attempt,
                         "next_attempt_at": None,
+                        **extra,
                     },
                 ),
                 f"starting {task_id}",
             )
 
         started = start()
+        owner: str | None = None
         if started.missing and not header(self.request, RECORDED_HEADER):
             # Sent with Celery's own API (send_task, .delay(), a canvas, beat): no record yet.
             owner = owner_of(self.request, settings)
@@ -264,7 +268,10 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
                 lambda: adopt(store, task_id, spec.name, queue, owner, settings),
                 f"adopting {task_id}",
             )
-            started = start()
+            # A signature built inside a task (shared.producer) names that task its parent.
+            parent = header(self.request, PARENT_HEADER)
+            linked = isinstance(parent, str) and 0 < len(parent) <= 64
+            started = start(**({"parent_id": parent} if linked else {}))
         if started.missing:
             log.warning("task %s (%s) has no record (discarded or expired); not running it",
                         task_id, spec.name)  # fmt: skip
@@ -278,7 +285,7 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
         if previous:
             log.warning("task %s (%s): run %d (an earlier run was lost)", task_id, spec.name,
                         previous + 1)  # fmt: skip
-        ctx = Context(task_id, store, attempt)
+        ctx = Context(task_id, store, attempt, owner=owner)
         # In a chain or a chord's body, Celery passes the previous result(s) first.
         ctx.parent_result = args[0] if args else None
         if started.cancel_requested:
@@ -298,7 +305,9 @@ def _run(
     settings: Settings,
 ) -> Any:
     try:
-        result = spec.fn(ctx, **data)
+        # Producer calls inside the task start its children (shared.current_task).
+        with running(ctx):
+            result = spec.fn(ctx, **data)
     except RetryRequested as asked:
         return _retry_or_fail(task, spec, settings, ctx, store, asked.exc or asked, asked.countdown)
     except TaskCancelled:

@@ -1,22 +1,26 @@
 """A submit body checked against the contract and the task's schema: a ``Submission``.
 
 Every way in (HTTP, Socket.IO, batches, workflow steps, the in-process API) parses its bodies
-here, so one body is accepted or refused the same way everywhere.
+here, so one body is accepted or refused the same way everywhere. ``Submission``, ``field_error``
+and the timing rules (``parse_timing``) are ``shared.submission``'s, which the producer
+(``shared.send_options``) checks with too; the gateway's modules import them from here.
 """
 
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeGuard
 
 from gateway.broker.message import TaskMessage, build_task_message
 from gateway.broker.redis_broker import MAX_PRIORITY
-from shared.errors import InvalidInput
-from shared.registry import TaskSpec, get_task
+from shared.registry import get_task
+from shared.submission import MAX_DELAY_S as MAX_DELAY_S
+from shared.submission import Submission as Submission
+from shared.submission import field_error as field_error
+from shared.submission import parse_timing as parse_timing
+from shared.submission import refuse_unknown
 from shared.webhooks import WebhookPolicy, WebhookRefused, webhook_fields
 
 SUBMIT_FIELDS = frozenset(
@@ -32,29 +36,8 @@ SUBMIT_FIELDS = frozenset(
         "expires",
     }
 )
-# The longest delay or expiry a submit may ask for.
-MAX_DELAY_S = 30 * 86400
 IDEMPOTENCY_KEY_MAX = 200
 _TASK_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-
-
-@dataclass(frozen=True, slots=True)
-class Submission:
-    spec: TaskSpec
-    input: dict[str, Any]
-    queue: str
-    priority: int
-    idempotency_key: str | None
-    callback_url: str | None = None
-    # When a delayed task is due (``countdown``, ``eta``), and when it expires (``expires``),
-    # as Unix times; ``None``: now, never.
-    due_at: float | None = None
-    expires_at: float | None = None
-
-
-def field_error(field: str, reason: str) -> InvalidInput:
-    """A 422 naming the field: ``details`` carries ``field`` and ``reason``."""
-    return InvalidInput(f"{field} {reason}", details={"field": field, "reason": reason})
 
 
 def parse_submission(
@@ -71,16 +54,7 @@ def parse_submission(
         raise field_error("body", "must be a JSON object")
     # Routing, scheduling, serializer, headers, links and ids are the server's to choose: any
     # option beyond the contract's is refused rather than ignored.
-    extra = sorted(str(k)[:64] for k in body if k not in SUBMIT_FIELDS)
-    if extra:
-        raise InvalidInput(
-            f"{extra[0]} is not an accepted option",
-            details={
-                "field": extra[0],
-                "reason": "is not an accepted option",
-                "accepted": sorted(SUBMIT_FIELDS),
-            },
-        )
+    refuse_unknown(body, SUBMIT_FIELDS)
     if "task" not in body:
         raise field_error("task", "is required")
     spec = get_task(body.get("task"))
@@ -109,61 +83,6 @@ def parse_submission(
             raise field_error("callback_url", str(exc)) from None
     due_at, expires_at = parse_timing(body, max_delay_s)
     return Submission(spec, data, queue, priority, key, callback, due_at, expires_at)
-
-
-def parse_timing(
-    body: dict[str, Any], max_delay_s: float = MAX_DELAY_S, now: float | None = None
-) -> tuple[float | None, float | None]:
-    """``countdown`` (seconds) or ``eta`` (ISO-8601), and ``expires`` (seconds or ISO-8601):
-    the due and expiry times, or ``InvalidInput`` naming the field."""
-    now = time.time() if now is None else now
-    due_at: float | None = None
-    if "countdown" in body and "eta" in body:
-        raise field_error("eta", "cannot be given together with countdown")
-    if "countdown" in body:
-        countdown = body["countdown"]
-        if (
-            isinstance(countdown, bool)
-            or not isinstance(countdown, int | float)
-            or not 0 <= countdown <= max_delay_s
-        ):
-            raise field_error("countdown", f"must be a number of seconds from 0 to {max_delay_s:g}")
-        due_at = now + float(countdown)
-    elif "eta" in body:
-        due_at = _instant(body["eta"], "eta", now, max_delay_s)
-    expires_at: float | None = None
-    if "expires" in body:
-        raw = body["expires"]
-        if isinstance(raw, int | float) and not isinstance(raw, bool):
-            if not 0 < raw <= MAX_DELAY_S:
-                raise field_error(
-                    "expires", f"must be seconds from 0 to {MAX_DELAY_S}, or an ISO-8601 time"
-                )
-            expires_at = now + float(raw)
-        else:
-            expires_at = _instant(raw, "expires", now, MAX_DELAY_S)
-        if expires_at <= max(due_at or now, now):
-            raise field_error("expires", "is not after the time the task is due")
-    if due_at is not None and due_at <= now:
-        due_at = None  # due already: sent at once
-    return due_at, expires_at
-
-
-def _instant(raw: Any, field: str, now: float, most_s: float) -> float:
-    """An ISO-8601 time (a naive one is UTC) as a Unix time, at most ``most_s`` ahead."""
-    wrong = field_error(field, "must be an ISO-8601 time, such as 2030-01-01T12:00:00Z")
-    if not isinstance(raw, str) or len(raw) > 64:
-        raise wrong
-    try:
-        moment = datetime.fromisoformat(raw)
-    except ValueError:
-        raise wrong from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    at = moment.timestamp()
-    if at > now + most_s:
-        raise field_error(field, f"must be at most {most_s:g} seconds ahead")
-    return at
 
 
 def iso(at: float) -> str:
