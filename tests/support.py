@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 import socketio
 from aiohttp.test_utils import TestServer
 
@@ -525,3 +527,95 @@ async def serve_gateway(aiohttp_server: Callable[..., Any], settings: Any) -> An
     async with asyncio.timeout(10):
         await server.app[RELAY].connected.wait()
     return server
+
+
+_WS_ENDED = (
+    aiohttp.WSMsgType.CLOSE,
+    aiohttp.WSMsgType.CLOSING,
+    aiohttp.WSMsgType.CLOSED,
+    aiohttp.WSMsgType.ERROR,
+)
+
+
+class RawSocket:
+    """A websocket speaking Engine.IO 4 by hand, for frames no proper client would send."""
+
+    def __init__(
+        self, ws: aiohttp.ClientWebSocketResponse, session: aiohttp.ClientSession | None
+    ) -> None:
+        self.ws = ws
+        self._own_session = session
+        self.opened_at = time.monotonic()
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        token: str | None = None,
+        origin: str | None = None,
+        autoping: bool = True,
+    ) -> RawSocket:
+        """Open a websocket to the gateway at ``url`` (on ``session``, else one of its own that
+        ``close`` closes), read Engine.IO's OPEN and, given a ``token``, complete a CONNECT."""
+        client = session or aiohttp.ClientSession()
+        own = client if session is None else None
+        try:
+            ws = await client.ws_connect(
+                url + "socket.io/?EIO=4&transport=websocket",
+                headers={"Origin": origin} if origin else {},
+                max_msg_size=0,
+                autoping=autoping,
+                timeout=aiohttp.ClientWSTimeout(ws_close=5),
+            )
+        except BaseException:
+            if own is not None:
+                await own.close()
+            raise
+        raw = cls(ws, own)
+        opened = await raw.text()
+        assert opened.startswith("0{"), opened  # Engine.IO OPEN
+        if token is not None:
+            connected = await raw.connect(token)
+            assert connected.startswith("40{"), connected
+        return raw
+
+    async def text(self, timeout: float = 5.0) -> str:
+        msg = await self.ws.receive(timeout=timeout)
+        assert msg.type == aiohttp.WSMsgType.TEXT, msg
+        data: str = msg.data
+        return data
+
+    async def connect(self, token: str) -> str:
+        """Send a Socket.IO CONNECT; return the server's answer (``40{...}`` or ``44{...}``)."""
+        await self.ws.send_str("40" + json.dumps({"token": token}))
+        return await self.text()
+
+    async def send_all(self, frames: list[str | bytes]) -> None:
+        """Send each frame, stopping quietly once the server has closed the connection."""
+        for frame in frames:
+            try:
+                if isinstance(frame, bytes):
+                    await self.ws.send_bytes(frame)
+                else:
+                    await self.ws.send_str(frame)
+            except ConnectionError:
+                return
+
+    async def closed_within(self, timeout: float = 5.0) -> bool:
+        """Whether the server ends the connection within ``timeout`` (frames before the end,
+        such as Engine.IO's CLOSE packet or the answers to pings, are read and dropped)."""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    msg = await self.ws.receive()
+                    if msg.type in _WS_ENDED:
+                        return True
+        except TimeoutError:
+            return False
+
+    async def close(self) -> None:
+        await self.ws.close()
+        if self._own_session is not None:
+            await self._own_session.close()

@@ -27,7 +27,15 @@ from blockbuster import blockbuster_ctx
 
 from gateway.http import api as http_api
 from shared.settings import Settings
-from tests.support import SECRET, SocketClient, footprint, isolated_env, make_token, serve_gateway
+from tests.support import (
+    SECRET,
+    RawSocket,
+    SocketClient,
+    footprint,
+    isolated_env,
+    make_token,
+    serve_gateway,
+)
 
 MIB = 1024 * 1024
 
@@ -478,53 +486,6 @@ async def test_socket_event_hostile(gate: Gate, case: EventCase) -> None:
 # ---- Socket.IO, raw frames over aiohttp's websocket client -------------------------------------
 
 
-class RawSocket:
-    """A websocket speaking Engine.IO 4 by hand, for frames no proper client would send."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-
-    @classmethod
-    async def open(
-        cls, gate: Gate, *, token: str | None = None, origin: str | None = None
-    ) -> RawSocket:
-        headers = {"Origin": origin} if origin else {}
-        ws = await gate.session.ws_connect(
-            gate.url + "socket.io/?EIO=4&transport=websocket", headers=headers, max_msg_size=0,
-            timeout=aiohttp.ClientWSTimeout(ws_close=5),
-        )  # fmt: skip
-        raw = cls(ws)
-        opened = await raw.text()
-        assert opened.startswith("0{"), opened
-        if token is not None:
-            await ws.send_str("40" + json.dumps({"token": token}))
-            connected = await raw.text()
-            assert connected.startswith("40{"), connected
-        return raw
-
-    async def text(self, timeout: float = 5.0) -> str:
-        msg = await self.ws.receive(timeout=timeout)
-        assert msg.type == aiohttp.WSMsgType.TEXT, msg
-        data: str = msg.data
-        return data
-
-    async def closed_within(self, timeout: float = 5.0) -> bool:
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    msg = await self.ws.receive()
-                    if msg.type in (
-                        aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
-                        aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR,
-                    ):  # fmt: skip
-                        return True
-        except TimeoutError:
-            return False
-
-    async def close(self) -> None:
-        await self.ws.close()
-
-
 @dataclass(frozen=True)
 class FrameCase:
     """Frames sent on a raw websocket (after CONNECT when ``connect``); the connection must be
@@ -563,16 +524,11 @@ FRAME_CASES = [
 async def test_socket_frame_hostile(gate: Gate, case: FrameCase) -> None:
     before = await gate.footprint()
     bystander = await SocketClient(gate.url, make_token(user())).connect()
-    raw = await RawSocket.open(gate, token=make_token(user()) if case.connect else None)
+    raw = await RawSocket.open(
+        gate.url, session=gate.session, token=make_token(user()) if case.connect else None
+    )
     try:
-        for frame in case.frames:
-            try:
-                if isinstance(frame, bytes):
-                    await raw.ws.send_bytes(frame)
-                else:
-                    await raw.ws.send_str(frame)
-            except ConnectionError:
-                break
+        await raw.send_all(case.frames)
         assert await raw.closed_within(10), "the server kept the connection open"
         if case.close_code is not None:
             assert raw.ws.close_code == case.close_code
@@ -589,14 +545,17 @@ async def test_socket_frame_hostile(gate: Gate, case: FrameCase) -> None:
 
 async def test_websocket_from_foreign_origin_is_refused(gate: Gate) -> None:
     with pytest.raises(aiohttp.WSServerHandshakeError) as info:
-        await RawSocket.open(gate, origin="https://evil.example")
+        await RawSocket.open(gate.url, session=gate.session, origin="https://evil.example")
     assert info.value.status == 400
 
 
 async def test_websocket_from_same_origin_is_accepted(gate: Gate) -> None:
     assert gate.server.port is not None
     raw = await RawSocket.open(
-        gate, token=make_token(user()), origin=f"http://127.0.0.1:{gate.server.port}"
+        gate.url,
+        session=gate.session,
+        token=make_token(user()),
+        origin=f"http://127.0.0.1:{gate.server.port}",
     )
     await raw.ws.send_str('420["watch",{"tasks":{}}]')
     assert await raw.text() == '430[{"ok":true,"sent":0}]'

@@ -33,18 +33,12 @@ from gateway.sockets import guard as guard_module
 from gateway.sockets.guard import SocketGuard, UnsupportedSocketIO, check_internals
 from shared.errors import ConfigError
 from shared.settings import Secret, Settings
-from tests.support import SECRET, SocketClient, fresh, make_token, serve_gateway
+from tests.support import SECRET, RawSocket, SocketClient, fresh, make_token, serve_gateway
 
 MIB = 1024 * 1024
 QUICK_TIMEOUT_S = 1.5
 # How late a close may come after its deadline on a loaded machine (2 CPUs shared).
 MARGIN_S = 3.0
-_ENDED = (
-    aiohttp.WSMsgType.CLOSE,
-    aiohttp.WSMsgType.CLOSING,
-    aiohttp.WSMsgType.CLOSED,
-    aiohttp.WSMsgType.ERROR,
-)
 
 
 def user() -> str:
@@ -53,67 +47,6 @@ def user() -> str:
 
 def url_of(server: TestServer) -> str:
     return str(server.make_url("/"))
-
-
-class Raw:
-    """A websocket speaking Engine.IO 4 by hand."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, session: aiohttp.ClientSession):
-        self.ws = ws
-        self.session = session
-        self.opened_at = time.monotonic()
-
-    @classmethod
-    async def open(cls, url: str, *, autoping: bool = True) -> Raw:
-        session = aiohttp.ClientSession()
-        try:
-            ws = await session.ws_connect(
-                url + "socket.io/?EIO=4&transport=websocket",
-                max_msg_size=0,
-                autoping=autoping,
-                timeout=aiohttp.ClientWSTimeout(ws_close=5),
-            )
-        except BaseException:
-            await session.close()
-            raise
-        raw = cls(ws, session)
-        opened = await raw.text()
-        assert opened.startswith("0{"), opened  # Engine.IO OPEN
-        return raw
-
-    async def text(self, timeout: float = 5.0) -> str:
-        msg = await self.ws.receive(timeout=timeout)
-        assert msg.type == aiohttp.WSMsgType.TEXT, msg
-        data: str = msg.data
-        return data
-
-    async def connect(self, token: str) -> str:
-        """Send a Socket.IO CONNECT; return the server's answer (``40{...}`` or ``44{...}``)."""
-        await self.ws.send_str("40" + json.dumps({"token": token}))
-        return await self.text()
-
-    async def send_all(self, frames: list[str]) -> None:
-        for frame in frames:
-            try:
-                await self.ws.send_str(frame)
-            except ConnectionError:
-                return
-
-    async def closed_within(self, timeout: float) -> bool:
-        """Whether the server ends the connection within ``timeout`` (frames before the end,
-        such as Engine.IO's CLOSE packet or the answers to pings, are read and dropped)."""
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    msg = await self.ws.receive()
-                    if msg.type in _ENDED:
-                        return True
-        except TimeoutError:
-            return False
-
-    async def close(self) -> None:
-        await self.ws.close()
-        await self.session.close()
 
 
 @pytest.fixture
@@ -130,7 +63,7 @@ async def quick(
 # ---- connections that never CONNECT -----------------------------------------------------------
 
 
-async def assert_closed_at_deadline(raw: Raw) -> None:
+async def assert_closed_at_deadline(raw: RawSocket) -> None:
     """Still open shortly before the deadline, closed soon after it."""
     assert not await raw.closed_within(QUICK_TIMEOUT_S / 2), "closed before its deadline"
     assert await raw.closed_within(QUICK_TIMEOUT_S + MARGIN_S), "held past the CONNECT deadline"
@@ -140,7 +73,7 @@ async def assert_closed_at_deadline(raw: Raw) -> None:
 async def test_a_connection_that_never_connects_is_closed(quick: TestServer) -> None:
     url = url_of(quick)
     bystander = await SocketClient(url, make_token(user())).connect()
-    raw = await Raw.open(url)
+    raw = await RawSocket.open(url)
     try:
         await assert_closed_at_deadline(raw)
         # The deadline is for connections without CONNECT only: the bystander, connected for
@@ -155,7 +88,7 @@ async def test_a_connection_that_never_connects_is_closed(quick: TestServer) -> 
 async def test_many_idle_connections_are_all_closed(quick: TestServer) -> None:
     """The reported attack in small: connections held open without CONNECT all go."""
     url = url_of(quick)
-    raws = await asyncio.gather(*(Raw.open(url) for _ in range(20)))
+    raws = await asyncio.gather(*(RawSocket.open(url) for _ in range(20)))
     try:
         closed = await asyncio.gather(
             *(raw.closed_within(QUICK_TIMEOUT_S + MARGIN_S) for raw in raws)
@@ -166,7 +99,7 @@ async def test_many_idle_connections_are_all_closed(quick: TestServer) -> None:
 
 
 async def test_a_refused_connect_does_not_hold_the_connection(quick: TestServer) -> None:
-    raw = await Raw.open(url_of(quick))
+    raw = await RawSocket.open(url_of(quick))
     try:
         answer = await raw.connect("not-a-token")
         assert answer.startswith("44"), answer  # CONNECT_ERROR
@@ -176,7 +109,7 @@ async def test_a_refused_connect_does_not_hold_the_connection(quick: TestServer)
 
 
 async def test_a_disconnect_from_the_namespace_restarts_the_deadline(quick: TestServer) -> None:
-    raw = await Raw.open(url_of(quick))
+    raw = await RawSocket.open(url_of(quick))
     try:
         answer = await raw.connect(make_token(user()))
         assert answer.startswith("40{"), answer
@@ -222,7 +155,7 @@ async def test_an_engineio_flood_closes_the_connection(
 ) -> None:
     url = url_of(untimed)
     bystander = await SocketClient(url, make_token(user())).connect()
-    raw = await Raw.open(url)
+    raw = await RawSocket.open(url)
     try:
         if connect:
             assert (await raw.connect(make_token(user()))).startswith("40{")
@@ -240,7 +173,7 @@ async def test_a_websocket_ping_flood_closes_the_connection(
     gateway: TestServer, sockets: Callable[[str], Awaitable[SocketClient]]
 ) -> None:
     bystander = await sockets(user())
-    raw = await Raw.open(url_of(gateway))
+    raw = await RawSocket.open(url_of(gateway))
     try:
         assert (await raw.connect(make_token(user()))).startswith("40{")
         for _ in range(500):
@@ -256,7 +189,7 @@ async def test_a_websocket_ping_flood_closes_the_connection(
 
 async def test_frames_within_the_rate_keep_the_connection(gateway: TestServer) -> None:
     """A websocket ping is still answered, and a client within the rate stays connected."""
-    raw = await Raw.open(url_of(gateway), autoping=False)  # so that the client sees pongs
+    raw = await RawSocket.open(url_of(gateway), autoping=False)  # so that the client sees pongs
     try:
         assert (await raw.connect(make_token(user()))).startswith("40{")
         await raw.ws.ping(b"probe")
@@ -274,7 +207,7 @@ async def test_frames_within_the_rate_keep_the_connection(gateway: TestServer) -
 
 
 async def test_an_oversized_frame_closes_with_1009(gateway: TestServer, settings: Settings) -> None:
-    raw = await Raw.open(url_of(gateway))
+    raw = await RawSocket.open(url_of(gateway))
     try:
         assert (await raw.connect(make_token(user()))).startswith("40{")
         pad = "a" * (settings.max_body_bytes + 1)
@@ -303,7 +236,7 @@ async def test_an_unknown_event_with_an_ack_gets_an_error(
 
 
 async def test_an_unknown_event_over_a_raw_socket_gets_an_error_ack(gateway: TestServer) -> None:
-    raw = await Raw.open(url_of(gateway))
+    raw = await RawSocket.open(url_of(gateway))
     try:
         assert (await raw.connect(make_token(user()))).startswith("40{")
         await raw.ws.send_str('427["nope",1]')
@@ -435,7 +368,7 @@ async def test_an_event_named_like_a_handler_closes_the_connection(
 ) -> None:
     """python-socketio would hand ``42["disconnect"]`` to the disconnect handler, which stops
     the token's expiry timer: the connection would outlive its token. It is closed instead."""
-    raw = await Raw.open(url_of(quick))
+    raw = await RawSocket.open(url_of(quick))
     try:
         assert (await raw.connect(make_token(user()))).startswith("40{")
         await raw.ws.send_str(frame)
