@@ -33,6 +33,7 @@ from worker.maintenance import register_maintenance
 from worker.runner import finish, hard_time_limit_error, register_celery_task
 from worker.store import RecordsPerProcess
 from worker.webhooks import register_webhooks
+from worker.workflow import settle_revoked
 
 log = logging.getLogger("taskgate.worker")
 
@@ -67,10 +68,18 @@ def make_celery(settings: Settings) -> Celery:
     app.conf.beat_schedule = schedule
 
     @task_revoked.connect(weak=False)  # type: ignore[untyped-decorator]
-    def _on_revoked(request: Any = None, expired: bool = False, **_: Any) -> None:
+    def _on_revoked(
+        request: Any = None, terminated: bool = False, expired: bool = False, **_: Any
+    ) -> None:
         task_id = getattr(request, "id", None)
         if not task_id:
             return
+        # The workflow steps after it first: settle_revoked reads whether this task completed
+        # or runs elsewhere, which the end written below would hide.
+        try:
+            settle_revoked(request, records.get(), terminated=terminated, expired=expired)
+        except RedisError:
+            log.exception("could not settle the workflow of revoked task %s", task_id)
         if expired:
             # A message whose ``expires`` passed before a worker took it ends Expired, unless
             # its task is running elsewhere (a redelivered copy): then that run decides.

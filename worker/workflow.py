@@ -12,24 +12,18 @@ signature's own chord body and chain). So a task inside a group inside a chain e
 after the group, not its siblings, as in a flat chord.
 
 A message Celery drops without running it (its ``expires`` passed, or it was revoked) never
-reaches ``settle_workflow``; ``settle_revoked``, connected to Celery's ``task_revoked``, ends its
-followers CANCELLED unless the task is running elsewhere or completed.
+reaches ``settle_workflow``; ``settle_revoked``, called by the worker app's ``task_revoked``
+handler (``worker.celery_app``) with the worker's own records, ends its followers CANCELLED
+unless the task is running elsewhere or completed.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any
 
-from celery.signals import task_revoked
-from redis.exceptions import RedisError
-
-from shared.errors import ConfigError
 from shared.records import SyncRecords
-from shared.settings import Settings
 from shared.status import TERMINAL_NAMES, TaskStatus
-from worker.store import RecordsPerProcess
 
 log = logging.getLogger("taskgate.workflow")
 
@@ -117,28 +111,3 @@ def settle_revoked(
     reason = "expired" if expired else "revoked"
     log.info("workflow step %s %s unrun; ending the %d steps after it", task_id, reason, len(ids))
     _end(store, task_id, ids, TaskStatus.CANCELLED)
-
-
-@functools.cache
-def _records() -> RecordsPerProcess | None:
-    """The worker's records for ``settle_revoked``, from the environment the worker read."""
-    try:
-        return RecordsPerProcess(Settings.from_env())
-    except ConfigError:
-        return None
-
-
-@task_revoked.connect(weak=False)  # type: ignore[untyped-decorator]
-def _on_revoked(
-    request: Any = None, terminated: bool = False, expired: bool = False, **_: Any
-) -> None:
-    # Connected when the runner imports this module: every worker that runs taskgate tasks.
-    if not followers(request):
-        return
-    records = _records()
-    if records is None:
-        return
-    try:
-        settle_revoked(request, records.get(), terminated=terminated, expired=expired)
-    except RedisError:
-        log.exception("could not settle the workflow of revoked task %s", request.id)
