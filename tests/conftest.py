@@ -22,14 +22,14 @@ from tests.support import (
     base_env,
     make_token,
     serve_gateway,
+    started,
 )
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
+    with started(RedisServer(tmp_path_factory.mktemp("redis"))) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -49,9 +49,8 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def celery_worker(env: dict[str, str], log_dir: Path) -> Iterator[CeleryWorker]:
-    worker = CeleryWorker(env, log_dir).start()
-    yield worker
-    worker.stop()
+    with started(CeleryWorker(env, log_dir)) as worker:
+        yield worker
 
 
 @pytest.fixture

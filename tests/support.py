@@ -41,6 +41,12 @@ FAULT_ENV = {
     "TASKGATE_MAX_ATTEMPTS": "3",
     "TASKGATE_SUBMIT_RATE": "0",
 }
+# Webhooks to a receiver on this machine, retried quickly.
+WEBHOOK_ENV = {
+    "TASKGATE_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1,localhost",
+    "TASKGATE_WEBHOOK_ALLOW_PRIVATE": "1",
+    "TASKGATE_WEBHOOK_BACKOFF_S": "0.2",
+}
 
 
 def make_token(user: str, ttl: float = 3600) -> str:

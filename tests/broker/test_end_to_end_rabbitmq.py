@@ -35,7 +35,16 @@ from shared.settings import Settings
 from tests.http import test_api as _api
 from tests.http import test_isolation as _isolation
 from tests.live import test_sockets as _sockets
-from tests.support import CeleryWorker, RabbitServer, RedisServer, SocketClient, auth, base_env
+from tests.support import (
+    WEBHOOK_ENV,
+    CeleryWorker,
+    RabbitServer,
+    RedisServer,
+    SocketClient,
+    auth,
+    base_env,
+    started,
+)
 from tests.tasks import test_end_to_end as _e2e
 
 # Every end-to-end scenario of the Redis run, collected here a second time: the fixtures below
@@ -54,9 +63,8 @@ TERMINAL = {"COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED"}
 
 @pytest.fixture(scope="module")
 def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitServer]:
-    server = RabbitServer(tmp_path_factory.mktemp("rabbit")).start()
-    yield server
-    server.stop()
+    with started(RabbitServer(tmp_path_factory.mktemp("rabbit"))) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -66,17 +74,14 @@ def env(redis_server: RedisServer, rabbit: RabbitServer) -> dict[str, str]:
         f"tgr-{uuid.uuid4().hex[:8]}:",
         CELERY_BROKER_URL=rabbit.url(),
         TASKGATE_HEARTBEAT_S="2",
-        TASKGATE_WEBHOOK_ALLOWED_HOSTS="127.0.0.1",
-        TASKGATE_WEBHOOK_ALLOW_PRIVATE="1",
-        TASKGATE_WEBHOOK_BACKOFF_S="0.2",
+        **WEBHOOK_ENV,
     )
 
 
 @pytest.fixture(scope="module")
 def celery_worker(env: dict[str, str], log_dir: Path) -> Iterator[CeleryWorker]:
-    worker = CeleryWorker(env, log_dir).start()
-    yield worker
-    worker.stop()
+    with started(CeleryWorker(env, log_dir)) as worker:
+        yield worker
 
 
 async def _poll_terminal(
@@ -114,24 +119,7 @@ async def _all_updates(client: SocketClient, task_id: str) -> list[dict[str, Any
 async def test_http_submit_runs_to_completion_with_ordered_updates(
     http: TestClient, sockets: Connect
 ) -> None:
-    alice = user()
-    client = await sockets(alice)
-    resp = await http.post(
-        "/api/tasks",
-        json={"task": "demo.count", "input": {"steps": 5, "delay": 0.05}},
-        headers=auth(alice),
-    )
-    assert resp.status == 202
-    body = await resp.json()
-    assert body["status"] == "PENDING" and body["seq"] == 1
-    events = await _all_updates(client, body["task_id"])
-    assert [e["seq"] for e in events] == list(range(1, 9))
-    final = events[-1]
-    assert final["status"] == "COMPLETED" and final["result"] == {"counted": 5}
-    polled = await (await http.get(f"/api/tasks/{body['task_id']}", headers=auth(alice))).json()
-    assert polled == final
-    listed = await (await http.get("/api/tasks", headers=auth(alice))).json()
-    assert [t["task_id"] for t in listed["tasks"]] == [body["task_id"]]
+    await _e2e.check_http_submit(http, sockets, _all_updates)
 
 
 async def test_socket_submit_gets_ack_and_every_update(sockets: Connect) -> None:

@@ -30,6 +30,7 @@ import pytest
 import redis
 
 from tests.support import (
+    FAULT_ENV,
     CeleryWorker,
     GatewayProcess,
     RedisServer,
@@ -57,12 +58,7 @@ async def test_soak(tmp_path: Path) -> None:
     env = base_env(
         server.url,
         f"soak-{uuid.uuid4().hex[:6]}:",
-        TASKGATE_TASK_MODULES="worker.demo,tests.faults.tasks_faults",
-        CELERY_TASK_SOFT_TIME_LIMIT="6",
-        CELERY_TASK_TIME_LIMIT="8",
-        TASKGATE_VISIBILITY_TIMEOUT_S="10",
-        TASKGATE_TASK_HEARTBEAT_S="0.5",
-        TASKGATE_SUBMIT_RATE="0",
+        **FAULT_ENV,
         TASKGATE_MAX_ACTIVE="0",
         TASKGATE_LOG_LEVEL="WARNING",
     )

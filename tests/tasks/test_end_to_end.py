@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp.test_utils import TestClient
 
@@ -24,9 +25,21 @@ def assert_ordered(events: list[dict[str, object]]) -> None:
     assert pcts == sorted(pcts), pcts
 
 
-async def test_http_submit_runs_to_completion_with_ordered_updates(
-    http: TestClient, sockets: Connect
+async def in_order_updates(client: SocketClient, task_id: str) -> list[dict[str, Any]]:
+    """Every update of ``task_id`` as the socket got them, checked to be in order from PENDING."""
+    await client.wait_terminal(task_id)
+    events = client.events[task_id]
+    assert_ordered(events)
+    assert [e["status"] for e in events][:2] == ["PENDING", "RUNNING"]
+    return events
+
+
+async def check_http_submit(
+    http: TestClient,
+    sockets: Connect,
+    updates: Callable[[SocketClient, str], Awaitable[list[dict[str, Any]]]],
 ) -> None:
+    """An HTTP submit runs to COMPLETED; ``updates`` gathers and checks the socket's updates."""
     alice = user()
     client = await sockets(alice)
     resp = await http.post(
@@ -39,19 +52,21 @@ async def test_http_submit_runs_to_completion_with_ordered_updates(
     assert body["status"] == "PENDING" and body["seq"] == 1
     task_id = body["task_id"]
 
-    final = await client.wait_terminal(task_id)
-    assert final["status"] == "COMPLETED"
-    assert final["result"] == {"counted": 5}
-    events = client.events[task_id]
-    assert_ordered(events)
+    events = await updates(client, task_id)
     # PENDING, RUNNING, five progress steps, COMPLETED: seq 1..8, none missing.
     assert [e["seq"] for e in events] == list(range(1, 9))
-    assert [e["status"] for e in events][:2] == ["PENDING", "RUNNING"]
-
+    final = events[-1]
+    assert final["status"] == "COMPLETED" and final["result"] == {"counted": 5}
     polled = await (await http.get(f"/api/tasks/{task_id}", headers=auth(alice))).json()
     assert polled == final
     listed = await (await http.get("/api/tasks", headers=auth(alice))).json()
     assert [t["task_id"] for t in listed["tasks"]] == [task_id]
+
+
+async def test_http_submit_runs_to_completion_with_ordered_updates(
+    http: TestClient, sockets: Connect
+) -> None:
+    await check_http_submit(http, sockets, in_order_updates)
 
 
 async def test_socket_submit_gets_ack_and_every_update(sockets: Connect) -> None:

@@ -34,7 +34,7 @@ from shared.webhooks import (
     verify,
     webhook_fields,
 )
-from tests.support import CeleryWorker, RedisServer, auth, base_env
+from tests.support import WEBHOOK_ENV, CeleryWorker, RedisServer, auth, base_env, started
 from worker.webhooks import Delivery
 
 WEBHOOK_SECRET = "webhook-secret-" + "y" * 32
@@ -49,11 +49,9 @@ def env(redis_server: RedisServer) -> dict[str, str]:
     return base_env(
         redis_server.url,
         f"tgw-{uuid.uuid4().hex[:8]}:",
+        **WEBHOOK_ENV,
         TASKGATE_WEBHOOK_SECRET=WEBHOOK_SECRET,
-        TASKGATE_WEBHOOK_ALLOWED_HOSTS="127.0.0.1,localhost",
-        TASKGATE_WEBHOOK_ALLOW_PRIVATE="1",
         TASKGATE_WEBHOOK_MAX_ATTEMPTS="4",
-        TASKGATE_WEBHOOK_BACKOFF_S="0.2",
         TASKGATE_WEBHOOK_BACKOFF_MAX_S="0.5",
         TASKGATE_WEBHOOK_TIMEOUT_S="3",
     )
@@ -61,9 +59,8 @@ def env(redis_server: RedisServer) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def celery_worker(env: dict[str, str], log_dir: Path) -> Iterator[CeleryWorker]:
-    worker = CeleryWorker(env, log_dir).start()
-    yield worker
-    worker.stop()
+    with started(CeleryWorker(env, log_dir)) as worker:
+        yield worker
 
 
 class Receiver:
