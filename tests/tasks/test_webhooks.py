@@ -129,14 +129,8 @@ async def test_webhook_is_signed_and_retried_until_delivered(
         alice,
         {"task": "demo.count", "input": {"steps": 2, "delay": 0}, "callback_url": url},
     )
-    assert sub["webhook"] == {
-        "url": url,
-        "state": "pending",
-        "attempts": 0,
-        "last_status": None,
-        "last_error": None,
-        "updated_at": None,
-    }
+    pending = {"state": "pending", "attempts": 0, "updated_at": None}
+    assert sub["webhook"] == {"url": url, **pending, "last_status": None, "last_error": None}
     snap = await _settled(http, alice, sub["task_id"])
     hook = snap["webhook"]
     assert hook["state"] == "delivered" and hook["attempts"] == 3, hook
@@ -199,22 +193,13 @@ async def test_a_pending_retry_survives_a_worker_restart(
     aiohttp_client: Callable[..., Awaitable[TestClient]],
 ) -> None:
     """The retry waits in the broker (a Celery retry with a countdown), not in a process."""
-    env = base_env(
-        redis_server.url,
-        f"tgr-{uuid.uuid4().hex[:8]}:",
-        TASKGATE_WEBHOOK_ALLOWED_HOSTS="127.0.0.1",
-        TASKGATE_WEBHOOK_ALLOW_PRIVATE="1",
-        TASKGATE_WEBHOOK_BACKOFF_S="4",
-    )
-    http = await _started(aiohttp_client, Settings.from_env(env))
     receiver.fail_first = 1
+    env, http, alice, sub = await _hooked_task_apart(
+        redis_server, aiohttp_client, receiver, TASKGATE_WEBHOOK_BACKOFF_S="4"
+    )
     first = await asyncio.to_thread(CeleryWorker(env, log_dir).start)
     second: CeleryWorker | None = None
     try:
-        alice = user()
-        sub = await _submit(
-            http, alice, {"task": "demo.count", "input": {"steps": 1}, "callback_url": receiver.url}
-        )
         await asyncio.wait_for(receiver.called.wait(), 20)
         async with asyncio.timeout(10):  # the failed attempt is recorded, the retry queued
             while True:
@@ -242,17 +227,7 @@ async def test_webhook_of_a_task_cancelled_while_queued(
     aiohttp_client: Callable[..., Awaitable[TestClient]],
 ) -> None:
     """The gateway ends a queued task; the worker that later takes its message sends the hook."""
-    env = base_env(
-        redis_server.url,
-        f"tgq-{uuid.uuid4().hex[:8]}:",
-        TASKGATE_WEBHOOK_ALLOWED_HOSTS="127.0.0.1",
-        TASKGATE_WEBHOOK_ALLOW_PRIVATE="1",
-    )
-    http = await _started(aiohttp_client, Settings.from_env(env))
-    alice = user()
-    sub = await _submit(
-        http, alice, {"task": "demo.count", "input": {"steps": 1}, "callback_url": receiver.url}
-    )
+    env, http, alice, sub = await _hooked_task_apart(redis_server, aiohttp_client, receiver)
     assert (await http.delete(f"/api/tasks/{sub['task_id']}", headers=auth(alice))).status == 202
     worker = await asyncio.to_thread(CeleryWorker(env, log_dir).start)  # no worker until now
     try:
@@ -274,6 +249,23 @@ async def test_the_delivery_task_cannot_be_submitted(http: TestClient) -> None:
         "/api/tasks", json={"task": "taskgate.webhook", "input": {}}, headers=auth(user())
     )
     assert resp.status == 422 and (await resp.json())["error"]["code"] == "unknown_task"
+
+
+async def _hooked_task_apart(
+    redis_server: RedisServer,
+    aiohttp_client: Callable[..., Awaitable[TestClient]],
+    receiver: Receiver,
+    **extra: str,
+) -> tuple[dict[str, str], TestClient, str, dict[str, Any]]:
+    """A gateway on a key prefix of its own (no worker yet) and a task submitted to it with a
+    callback to ``receiver``: the environment, the client, the owner and the submit's answer."""
+    env = base_env(redis_server.url, f"tgh-{uuid.uuid4().hex[:8]}:", **{**WEBHOOK_ENV, **extra})
+    http = await _started(aiohttp_client, Settings.from_env(env))
+    alice = user()
+    sub = await _submit(
+        http, alice, {"task": "demo.count", "input": {"steps": 1}, "callback_url": receiver.url}
+    )
+    return env, http, alice, sub
 
 
 async def _started(
