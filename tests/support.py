@@ -521,6 +521,16 @@ async def start_gateway(
     return server, str(server.make_url("/"))
 
 
+async def gateway_apart(
+    aiohttp_server: ServerFactory, env: Mapping[str, str], **overrides: str
+) -> tuple[Settings, str]:
+    """A gateway on a key prefix of its own (``isolated_env`` with ``overrides``), with no worker
+    consuming its queues: its settings and base URL."""
+    settings = Settings.from_env(isolated_env(env, **overrides))
+    _, url = await start_gateway(aiohttp_server, settings)
+    return settings, url
+
+
 async def serve_gateway(aiohttp_server: Callable[..., Any], settings: Any) -> Any:
     """A gateway for ``settings`` on a real port, returned once its relay is subscribed.
 

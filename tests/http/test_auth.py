@@ -24,9 +24,8 @@ from tests.support import (
     SECRET,
     ServerFactory,
     SocketClient,
-    isolated_env,
+    gateway_apart,
     make_token,
-    start_gateway,
 )
 
 
@@ -37,10 +36,9 @@ def user() -> str:
 async def test_audience_and_issuer_are_checked_when_configured(
     env: dict[str, str], aiohttp_server: ServerFactory
 ) -> None:
-    settings = Settings.from_env(
-        isolated_env(env, TASKGATE_TOKEN_AUDIENCE="taskgate-api", TASKGATE_TOKEN_ISSUER="idp")
+    settings, url = await gateway_apart(
+        aiohttp_server, env, TASKGATE_TOKEN_AUDIENCE="taskgate-api", TASKGATE_TOKEN_ISSUER="idp"
     )
-    _, url = await start_gateway(aiohttp_server, settings)
     secret = Secret(SECRET)
     cases = [
         (issue_token(secret, "a"), 401, "token lacks the 'aud' claim"),
@@ -74,7 +72,7 @@ def bearer(token: str) -> dict[str, str]:
 async def test_socket_is_disconnected_when_its_token_expires(
     env: dict[str, str], aiohttp_server: ServerFactory
 ) -> None:
-    _, url = await start_gateway(aiohttp_server, Settings.from_env(isolated_env(env)))
+    _, url = await gateway_apart(aiohttp_server, env)
     token = issue_token(Secret(SECRET), user(), ttl_s=1)
     expires_at = time.time() + 1
     client = await SocketClient(url, token).connect()
@@ -123,8 +121,7 @@ async def test_secret_never_reaches_the_logs(
     env: dict[str, str], aiohttp_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    settings = Settings.from_env(isolated_env(env, TASKGATE_LOG_LEVEL="DEBUG"))
-    _, url = await start_gateway(aiohttp_server, settings)
+    _, url = await gateway_apart(aiohttp_server, env, TASKGATE_LOG_LEVEL="DEBUG")
     async with aiohttp.ClientSession() as session:
         for headers in ({}, bearer("x.y.z"), bearer(make_token(user()))):
             async with session.post(url + "api/tasks", json=COUNT, headers=headers):

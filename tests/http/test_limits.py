@@ -15,6 +15,7 @@ from tests.support import (
     SocketClient,
     auth,
     footprint,
+    gateway_apart,
     isolated_env,
     make_token,
     start_gateway,
@@ -58,8 +59,7 @@ async def test_submit_rate_is_a_bucket_shared_by_gateways(
 async def test_max_active_answers_429_and_records_nothing(
     env: dict[str, str], aiohttp_server: ServerFactory
 ) -> None:
-    settings = Settings.from_env(isolated_env(env, TASKGATE_MAX_ACTIVE="2"))
-    _, url = await start_gateway(aiohttp_server, settings)
+    settings, url = await gateway_apart(aiohttp_server, env, TASKGATE_MAX_ACTIVE="2")
     assert settings.redis_url is not None
     store = aioredis.Redis.from_url(settings.redis_url)
     alice = user()

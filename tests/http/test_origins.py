@@ -11,13 +11,11 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from shared.settings import Settings
 from tests.support import (
     COUNT,
     ServerFactory,
     auth,
-    isolated_env,
-    start_gateway,
+    gateway_apart,
 )
 
 
@@ -29,10 +27,9 @@ def user() -> str:
 async def cors_gate(
     env: dict[str, str], aiohttp_server: ServerFactory
 ) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
-    settings = Settings.from_env(
-        isolated_env(env, CORS_ALLOWED_ORIGINS="https://app.example, https://admin.example")
+    _, url = await gateway_apart(
+        aiohttp_server, env, CORS_ALLOWED_ORIGINS="https://app.example, https://admin.example"
     )
-    _, url = await start_gateway(aiohttp_server, settings)
     async with aiohttp.ClientSession() as session:
         yield url, session
 

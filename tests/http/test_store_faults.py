@@ -28,6 +28,7 @@ from tests.support import (
     auth,
     base_env,
     footprint,
+    gateway_apart,
     isolated_env,
     make_token,
     serve_gateway,
@@ -227,8 +228,7 @@ async def test_an_idempotent_submit_refused_at_quota_leaves_no_claim(
 ) -> None:
     """Quota full: the keyed submit gets 429; once the quota frees, the same key and body are
     accepted (not 409 "refers to a task that no longer exists")."""
-    settings = Settings.from_env(isolated_env(env, TASKGATE_MAX_ACTIVE="1"))
-    _, url = await start_gateway(aiohttp_server, settings)
+    _settings, url = await gateway_apart(aiohttp_server, env, TASKGATE_MAX_ACTIVE="1")
     who = user()
     keyed = {**COUNT, "idempotency_key": "report-42"}
     async with aiohttp.ClientSession() as session:
@@ -249,8 +249,7 @@ async def test_an_idempotent_submit_refused_at_quota_leaves_no_claim(
 async def test_concurrent_identical_keyed_submits_make_one_task(
     env: dict[str, str], aiohttp_server: ServerFactory
 ) -> None:
-    settings = Settings.from_env(isolated_env(env, TASKGATE_SUBMIT_RATE="0"))
-    _, url = await start_gateway(aiohttp_server, settings)
+    settings, url = await gateway_apart(aiohttp_server, env, TASKGATE_SUBMIT_RATE="0")
     who = user()
     keyed = {**COUNT, "idempotency_key": f"k-{uuid.uuid4().hex}"}
     store = aioredis.Redis.from_url(str(settings.redis_url))
@@ -309,10 +308,9 @@ async def test_a_batch_beyond_the_rate_fits_the_burst_and_one_beyond_the_burst_i
 async def test_workflows_take_from_the_same_bucket(
     env: dict[str, str], aiohttp_server: ServerFactory
 ) -> None:
-    settings = Settings.from_env(
-        isolated_env(env, TASKGATE_SUBMIT_RATE="1", TASKGATE_SUBMIT_BURST="10")
+    _settings, url = await gateway_apart(
+        aiohttp_server, env, TASKGATE_SUBMIT_RATE="1", TASKGATE_SUBMIT_BURST="10"
     )
-    _, url = await start_gateway(aiohttp_server, settings)
     who = user()
     group = {"group": [COUNT] * 8}
     async with aiohttp.ClientSession() as session:
@@ -332,8 +330,7 @@ async def test_workflows_take_from_the_same_bucket(
 async def test_a_keyed_batch_sent_again_creates_nothing_twice(
     env: dict[str, str], aiohttp_server: ServerFactory
 ) -> None:
-    settings = Settings.from_env(isolated_env(env, TASKGATE_SUBMIT_RATE="0"))
-    _, url = await start_gateway(aiohttp_server, settings)
+    settings, url = await gateway_apart(aiohttp_server, env, TASKGATE_SUBMIT_RATE="0")
     who = user()
     body = {"tasks": [COUNT, {"task": "nope"}, COUNT], "idempotency_key": "nightly-7"}
     store = aioredis.Redis.from_url(str(settings.redis_url))
