@@ -105,8 +105,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_expires": settings.retention_s,
         "worker_send_task_events": True,
         # Producers using Celery's own API (send_task, .delay()) announce what they send, so
-        # Flower shows it as sent.
-        "task_send_sent_event": True,
+        # Flower shows it as sent; the gateway does the same for its own publishes
+        # (gateway.broker.sent_events). CELERY_TASK_SEND_SENT_EVENT turns both off.
+        "task_send_sent_event": settings.task_send_sent_event,
         "worker_max_tasks_per_child": settings.max_tasks_per_child,
         "worker_max_memory_per_child": settings.max_memory_per_child_kib,
         "worker_hijack_root_logger": False,

@@ -26,6 +26,8 @@ VISIBILITY_MARGIN_S = 60.0
 # The submit bucket's default size: the largest batch the API takes (``POST /api/tasks/batch``),
 # so any batch within the limits can be accepted at once by a user whose bucket is full.
 SUBMIT_BURST_DEFAULT = 10_000
+# What a yes/no variable may say (any case), and what each means.
+_FLAGS = {"0": False, "1": True, "FALSE": False, "TRUE": True, "NO": False, "YES": True}
 
 
 class Secret:
@@ -67,6 +69,9 @@ class Settings:
     # Recycle a pool process after so many tasks / above so much resident memory (KiB).
     max_tasks_per_child: int | None = None
     max_memory_per_child_kib: int | None = None
+    # Celery's ``task_send_sent_event``: producers (the gateway's included) announce what they
+    # publish as ``task-sent`` events, for Flower.
+    task_send_sent_event: bool = True
     submit_rate: float = 50.0
     # Tokens the submit bucket holds when full: the most one user may submit at once (a batch,
     # a workflow). ``None``: MAX_BATCH_DEFAULT, the largest batch the API takes.
@@ -202,6 +207,7 @@ class Settings:
                 if r.present("CELERY_WORKER_MAX_MEMORY_PER_CHILD")
                 else None
             ),
+            task_send_sent_event=r.flag("CELERY_TASK_SEND_SENT_EVENT", True),
             submit_rate=r.number("TASKGATE_SUBMIT_RATE", 50.0, float, low=0),
             submit_burst=(
                 r.number("TASKGATE_SUBMIT_BURST", SUBMIT_BURST_DEFAULT, int, low=1)
@@ -238,10 +244,7 @@ class Settings:
             task_heartbeat_s=r.number("TASKGATE_TASK_HEARTBEAT_S", 5.0, float, low=0.1, high=3600),
             webhook_secret=Secret(v) if (v := r._raw("TASKGATE_WEBHOOK_SECRET")) else None,
             webhook_allowed_hosts=r.csv("TASKGATE_WEBHOOK_ALLOWED_HOSTS"),
-            webhook_allow_private=r.choice(
-                "TASKGATE_WEBHOOK_ALLOW_PRIVATE", "0", ("0", "1", "FALSE", "TRUE", "NO", "YES")
-            )
-            in ("1", "TRUE", "YES"),
+            webhook_allow_private=r.flag("TASKGATE_WEBHOOK_ALLOW_PRIVATE", False),
             webhook_max_attempts=r.number("TASKGATE_WEBHOOK_MAX_ATTEMPTS", 8, int, low=1, high=50),
             webhook_backoff_s=r.number("TASKGATE_WEBHOOK_BACKOFF_S", 5.0, float, low=0.01),
             webhook_backoff_max_s=r.number(
@@ -313,6 +316,10 @@ class _Reader:
         if value.upper() not in choices:
             raise ConfigError(f"{name}: {value!r} must be one of {', '.join(choices)}")
         return value.upper()
+
+    def flag(self, name: str, default: bool) -> bool:
+        """A yes/no variable: ``1``, ``true``, ``yes`` or ``0``, ``false``, ``no``."""
+        return _FLAGS[self.choice(name, "1" if default else "0", tuple(_FLAGS))]
 
     def queues_and_routes(self) -> dict[str, Any]:
         queues = self.csv("TASKGATE_QUEUES") or ("fast", "heavy")

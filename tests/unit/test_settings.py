@@ -116,3 +116,16 @@ def test_worker_recycling_and_per_queue_concurrency_settings() -> None:
         queue_concurrency({"CELERY_FAST_WORKER_CONCURRENCY": "many"}, "fast")
     with pytest.raises(ConfigError, match="CELERY_WORKER_MAX_TASKS_PER_CHILD"):
         Settings.from_env(offline_env(CELERY_WORKER_MAX_TASKS_PER_CHILD="0"))
+
+
+def test_sent_events_are_on_unless_turned_off() -> None:
+    from gateway.broker.sent_events import sends_sent_events
+    from shared.celery_config import celery_config
+
+    assert Settings.from_env({}).task_send_sent_event
+    for value, on in [("0", False), ("no", False), ("False", False), ("1", True), ("YES", True)]:
+        settings = Settings.from_env(offline_env(CELERY_TASK_SEND_SENT_EVENT=value))
+        assert celery_config(settings)["task_send_sent_event"] is on, value
+        assert sends_sent_events(settings) is on, value
+    with pytest.raises(ConfigError, match="CELERY_TASK_SEND_SENT_EVENT: 'sometimes' must be"):
+        Settings.from_env({"CELERY_TASK_SEND_SENT_EVENT": "sometimes"})
