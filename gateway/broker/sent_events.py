@@ -23,8 +23,10 @@ go to their queue) and the messages the record script pushes itself (``Acceptor`
 ``AnnouncingOutbox.announce``). A message the outbox sweep puts back is the same message again,
 not announced twice.
 
-With ``task_send_sent_event`` off (``sends_sent_events``), ``open_sent_events`` yields
-``None``: the broker is not wrapped and no thread starts.
+With ``task_send_sent_event`` off (``CELERY_TASK_SEND_SENT_EVENT=0``, ``sends_sent_events``),
+``open_sent_events`` yields ``None``: the broker is not wrapped and no thread starts. On, the
+counts (``SentEvents.outcomes``) are on ``GET /metrics`` as ``taskgate_sent_events_total``
+(``sent_events_of`` finds them on the broker).
 """
 
 from __future__ import annotations
@@ -110,6 +112,14 @@ class SentEvents:
     @property
     def dropped(self) -> int:
         return self.dropped_full + self.dropped_offline
+
+    def outcomes(self) -> dict[str, int]:
+        """The events handled so far, by outcome: sent, or dropped (queue full, broker away)."""
+        return {
+            "sent": self.sent,
+            "dropped_full": self.dropped_full,
+            "dropped_offline": self.dropped_offline,
+        }
 
     @property
     def waiting(self) -> int:
@@ -266,3 +276,10 @@ def announcing(broker: Broker, events: SentEvents | None) -> Broker:
     if isinstance(broker, OutboxBroker):
         return AnnouncingOutbox(broker, events)
     return AnnouncingBroker(broker, events)
+
+
+def sent_events_of(broker: Broker) -> SentEvents | None:
+    """The announcer ``broker`` reports to, if it is one of ``announcing``'s; else ``None``."""
+    if isinstance(broker, AnnouncingBroker | AnnouncingOutbox):
+        return broker.events
+    return None

@@ -1,8 +1,8 @@
 """Prometheus metrics in the text exposition format (``GET /metrics``), with no extra library.
 
 Counters live in this process; gauges (queue depths, the outbox's size, connected sockets, relay
-state) are read at scrape time. Labels are bounded: routes by their pattern, tasks by registered
-name.
+state) and the counts other parts keep (the relay's, the fanout's, the sent events') are read
+at scrape time. Labels are bounded: routes by their pattern, tasks by registered name.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from gateway.appkeys import BROKER, FANOUT, RELAY, SERVICE, SETTINGS, SIO
 from gateway.broker.outbox import OutboxBroker
+from gateway.broker.sent_events import sent_events_of
 from gateway.process import gctune
 from gateway.tasks.coalesce import PIECES
 
@@ -51,6 +52,11 @@ _HELP = {
     "taskgate_outbox_size": (
         "gauge",
         "Message copies in the outbox (about the tasks not ended; Redis broker only)",
+    ),
+    "taskgate_sent_events_total": (
+        "counter",
+        "Celery task-sent events (for Flower) of the tasks this gateway published, by outcome: "
+        "sent, dropped_full (too many waiting), dropped_offline (the broker did not take them)",
     ),
     "taskgate_uptime_seconds": ("gauge", "Seconds since this gateway started"),
     "taskgate_internal_errors_total": (
@@ -145,6 +151,10 @@ async def metrics_handler(request: web.Request) -> web.Response:
     except Exception:
         pass
     broker = app[BROKER]
+    events = sent_events_of(broker)
+    if events is not None:
+        for outcome, count in events.outcomes().items():
+            gauges["taskgate_sent_events_total"][(("outcome", outcome),)] = count
     if isinstance(broker, OutboxBroker):
         # Redis failing: a scrape without the gauge, never a 500.
         with contextlib.suppress(RedisError, OSError, TimeoutError):

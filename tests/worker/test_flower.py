@@ -1,13 +1,17 @@
 """Flower works unchanged: `celery -A worker flower` sees the workers and taskgate's tasks, and
 the tasks the gateway publishes show as sent (its own ``task-sent`` events,
-``gateway.broker.sent_events``) as they do for Celery's own ``send_task``."""
+``gateway.broker.sent_events``) as they do for Celery's own ``send_task``; with
+``CELERY_TASK_SEND_SENT_EVENT=0`` none is sent, and what the events thread drops is counted on
+``GET /metrics``."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -19,11 +23,23 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from blockbuster import blockbuster_ctx
 
+from gateway.app import create_app
+from gateway.appkeys import BROKER, RELAY
 from gateway.broker.message import build_task_message
-from gateway.broker.sent_events import SentEvents, sent_event
+from gateway.broker.outbox import OutboxBroker
+from gateway.broker.redis_broker import RedisBroker
+from gateway.broker.sent_events import SentEvents, open_sent_events, sent_event
 from gateway.cli.embedded import free_port, wait_for_port
 from shared.settings import Settings
-from tests.support import ROOT, CeleryWorker, auth, offline_env, serve_gateway, wait_until
+from tests.support import (
+    ROOT,
+    CeleryWorker,
+    auth,
+    isolated_env,
+    offline_env,
+    serve_gateway,
+    wait_until,
+)
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 ClientFactory = Callable[..., Awaitable[TestClient]]
@@ -191,3 +207,74 @@ async def test_an_unreachable_broker_never_blocks_or_fails_an_announce() -> None
         await asyncio.to_thread(events.close)
     assert events.sent == 0 and events.waiting == 0
     assert events.dropped == 10
+
+
+def _event_threads() -> set[int | None]:
+    return {t.ident for t in threading.enumerate() if t.name == "taskgate-sent-events"}
+
+
+async def test_with_sent_events_off_no_thread_runs_and_flower_sees_no_sent(
+    env: dict[str, str],
+    celery_worker: CeleryWorker,
+    flower: str,
+    aiohttp_server: ServerFactory,
+    aiohttp_client: ClientFactory,
+) -> None:
+    async with open_sent_events(Settings.from_env(env)) as events:
+        assert isinstance(events, SentEvents) and _event_threads()  # on by default
+    before = _event_threads()
+    settings = Settings.from_env({**env, "CELERY_TASK_SEND_SENT_EVENT": "0"})
+    async with open_sent_events(settings) as events:
+        assert events is None and _event_threads() <= before
+    server = await serve_gateway(aiohttp_server, settings)
+    assert type(server.app[BROKER]) is OutboxBroker  # not wrapped
+    assert _event_threads() <= before
+    http = await aiohttp_client(server)
+    body = {"task": "demo.add", "input": {"value": 5}}
+    resp = await http.post("/api/tasks", json=body, headers=auth("fl-off"))
+    assert resp.status == 202, await resp.text()
+    task_id = (await resp.json())["task_id"]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        info = await _flower_task(session, flower, task_id, "SUCCESS")
+    # Received and run by the worker, never announced as sent.
+    assert info["received"] and info["succeeded"] and not info["sent"], info
+    assert _event_threads() <= before
+
+
+_SENT_EVENTS = re.compile(r'^taskgate_sent_events_total\{outcome="(\w+)"\} (\S+)$', re.M)
+
+
+async def test_events_the_broker_does_not_take_are_counted_on_metrics(
+    env: dict[str, str], aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
+) -> None:
+    """The gateway publishes through a broker that works (handed to it), while its events go
+    to the broker ``CELERY_BROKER_URL`` names, on a closed port: each is dropped as offline,
+    and ``GET /metrics`` shows the count rise."""
+    settings = Settings.from_env(isolated_env(env, CELERY_BROKER_URL="redis://127.0.0.1:1/0"))
+    broker = RedisBroker(settings.require_redis(), settings.keys.broker_prefix)
+    server = await aiohttp_server(create_app(settings, broker=broker))
+    async with asyncio.timeout(10):
+        await server.app[RELAY].connected.wait()
+    http = await aiohttp_client(server)
+
+    async def outcomes() -> dict[str, float]:
+        resp = await http.get("/metrics")
+        assert resp.status == 200
+        return {name: float(value) for name, value in _SENT_EVENTS.findall(await resp.text())}
+
+    async def dropped_offline_reaches(count: float) -> dict[str, float]:
+        deadline = time.monotonic() + 30
+        while (seen := await outcomes())["dropped_offline"] < count:
+            assert time.monotonic() < deadline, f"dropped_offline not at {count}: {seen}"
+            await asyncio.sleep(0.1)
+        return seen
+
+    assert await outcomes() == {"sent": 0, "dropped_full": 0, "dropped_offline": 0}
+    resp = await http.post("/api/tasks", json={"task": "demo.add"}, headers=auth("fl-away"))
+    assert resp.status == 202, await resp.text()
+    assert await dropped_offline_reaches(1) == {"sent": 0, "dropped_full": 0, "dropped_offline": 1}
+    resp = await http.post(
+        "/api/tasks/batch", json={"tasks": [{"task": "demo.add"}] * 2}, headers=auth("fl-away")
+    )
+    assert resp.status == 202, await resp.text()
+    assert await dropped_offline_reaches(3) == {"sent": 0, "dropped_full": 0, "dropped_offline": 3}
