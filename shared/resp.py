@@ -104,12 +104,12 @@ def handshake(url: str, *, select: bool = True) -> list[bytes]:
     return out
 
 
-class _Replies(asyncio.Protocol):
-    """Each complete reply resolves the oldest future still waiting."""
+class RespProtocol(asyncio.Protocol):
+    """An asyncio connection whose bytes hiredis parses into replies: the half that the
+    pipeline's protocol and the subscriber's (``gateway.live.subscriber``) share."""
 
     def __init__(self) -> None:
         self.reader = hiredis.Reader()
-        self.waiting: deque[asyncio.Future[Any]] = deque()
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
 
@@ -117,16 +117,35 @@ class _Replies(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
 
-    def data_received(self, data: bytes) -> None:
+    def complete_replies(self, data: bytes) -> list[Any]:
+        """Feed ``data``; the replies it completes (the rest of a large one may still come).
+        Bytes that are not RESP end the connection: ``lost`` is set and the transport aborted,
+        after the replies before them."""
         self.reader.feed(data)
+        replies: list[Any] = []
         while True:
             try:
                 reply = self.reader.gets()
             except hiredis.ProtocolError as exc:
-                self.abort(RedisConnectionError(f"protocol error from Redis: {exc}"))
-                return
+                if self.lost is None:
+                    self.lost = RedisConnectionError(f"protocol error from Redis: {exc}")
+                if self.transport is not None:
+                    self.transport.abort()
+                return replies
             if reply is False:
-                return
+                return replies
+            replies.append(reply)
+
+
+class _Replies(RespProtocol):
+    """Each complete reply resolves the oldest future still waiting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: deque[asyncio.Future[Any]] = deque()
+
+    def data_received(self, data: bytes) -> None:
+        for reply in self.complete_replies(data):
             if not self.waiting:
                 self.abort(RedisConnectionError("a reply nobody asked for"))
                 return
@@ -137,6 +156,8 @@ class _Replies(asyncio.Protocol):
                 fut.set_exception(reply_error(reply))
             else:
                 fut.set_result(reply)
+        if self.lost is not None:  # not RESP: the rest fail too
+            self._fail(self.lost)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(RedisConnectionError(f"connection lost: {exc}" if exc else "connection closed"))

@@ -14,40 +14,23 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any, cast
+from typing import Any
 
 import hiredis
 from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from shared.resp import command, handshake, open_connection
+from shared.resp import RespProtocol, command, handshake, open_connection
 
 
-class _Protocol(asyncio.Protocol):
+class _Protocol(RespProtocol):
     def __init__(self) -> None:
-        self.reader = hiredis.Reader()
+        super().__init__()
         self.replies: deque[Any] = deque()
-        self.transport: asyncio.Transport | None = None
-        self.lost: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
-
     def data_received(self, data: bytes) -> None:
-        self.reader.feed(data)
-        while True:
-            try:
-                reply = self.reader.gets()
-            except hiredis.ProtocolError as exc:
-                self.lost = RedisConnectionError(f"protocol error from Redis: {exc}")
-                if self.transport is not None:
-                    self.transport.abort()
-                break
-            if reply is False:  # the rest of a large reply is still to come
-                break
-            self.replies.append(reply)
+        self.replies.extend(self.complete_replies(data))
         if self.replies or self.lost is not None:
             self._wake()
 
