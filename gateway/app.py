@@ -24,13 +24,13 @@ from aiohttp import web
 from gateway.appkeys import BROKER, FANOUT, RECORDS, RELAY, SERVICE, SETTINGS, SIO
 from gateway.auth import TokenRules, VerifiedTokens
 from gateway.broker.redis_broker import Broker
-from gateway.http.api import TOKENS, add_routes, auth_middleware, errors_middleware
-from gateway.http.manage import add_manage_routes
+from gateway.http.api import TOKENS, auth_middleware, errors_middleware
 from gateway.http.metrics import METRICS, Metrics, count_requests, metrics_handler
 from gateway.http.openapi import add_openapi_route
 from gateway.http.origins import OriginPolicy
 from gateway.http.page import add_page_routes
 from gateway.http.probes import add_probe_routes
+from gateway.http.routes import add_api_routes
 from gateway.live.fanout import Fanout, user_room
 from gateway.live.heartbeat import heartbeat
 from gateway.live.router import UpdateRouter
@@ -135,9 +135,8 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
             yield
 
     app.cleanup_ctx.extend([records_ctx, broker_ctx, service_ctx, live_ctx, maintenance_ctx])
-    add_routes(app)
+    add_api_routes(app)
     add_openapi_route(app)
-    add_manage_routes(app)
     app.router.add_get("/metrics", metrics_handler)
     add_probe_routes(app)
     add_page_routes(app)

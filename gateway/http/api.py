@@ -160,11 +160,3 @@ async def list_task_types(request: web.Request) -> web.Response:
     """Every task type a client may submit (``gateway.http.task_types``)."""
     types = task_types(all_tasks(), request.app[SETTINGS].routes)
     return json_response({"task_types": types})
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/api/task-types", list_task_types)
-    app.router.add_post("/api/tasks", submit_task)
-    app.router.add_get("/api/tasks", list_tasks)
-    app.router.add_get("/api/tasks/{task_id}", get_task)
-    app.router.add_delete("/api/tasks/{task_id}", cancel_task)

@@ -45,16 +45,6 @@ async def workers(request: web.Request) -> web.Response:
     return json_response(await request.app[SERVICE].worker_stats())
 
 
-def add_manage_routes(app: web.Application) -> None:
-    app.router.add_post("/api/tasks/batch", submit_batch)
-    app.router.add_get("/api/tasks/{task_id}/result", task_result)
-    app.router.add_get("/api/queues", queues)
-    app.router.add_get("/api/workers", workers)
-    app.router.add_post("/api/workflows", submit_workflow)
-    app.router.add_get("/api/workflows/{workflow_id}", get_workflow)
-    app.router.add_delete("/api/workflows/{workflow_id}", cancel_workflow)
-
-
 async def submit_workflow(request: web.Request) -> web.Response:
     ack = await request.app[SERVICE].workflows.submit(request[USER], await read_json(request))
     return json_response(ack, status=202)
