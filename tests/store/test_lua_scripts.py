@@ -4,6 +4,7 @@ ARGV its Python wrapper builds: its return code and the keys it wrote."""
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from importlib.resources import files
 from typing import Any
 from uuid import uuid4
@@ -300,22 +301,27 @@ def _rows(n: int) -> list[dict[str, Any]]:
     return [{"task_id": str(uuid4()), "task": "demo.count", "queue": "fast"} for _ in range(n)]
 
 
-async def test_create_batch_counts_the_quota_down_and_refuses_existing_ids(
-    redis_server: RedisServer, client: redis.Redis, keys: Keys
-) -> None:
+@pytest.fixture
+async def batch(redis_server: RedisServer, keys: Keys) -> AsyncIterator[BatchRecords]:
+    """The gateway's batch writer on its own async client and pipelined connection."""
     aclient = async_client(redis_server.url)
     pipe = Pipeline(redis_server.url)
-    batch = BatchRecords(aclient, keys, RETENTION, pipe)
-    now = time.time()
-    rows = _rows(3)
     try:
-        codes = await batch.create(OWNER, pending_common(now), rows, now, 2)
-        assert codes == [CreateCode.CREATED, CreateCode.CREATED, CreateCode.AT_QUOTA]
-        again = await batch.create(OWNER, pending_common(now), rows[:1], now, 0)
-        assert again == [CreateCode.EXISTS]
+        yield BatchRecords(aclient, keys, RETENTION, pipe)
     finally:
         pipe.close()
         await aclient.aclose()
+
+
+async def test_create_batch_counts_the_quota_down_and_refuses_existing_ids(
+    batch: BatchRecords, client: redis.Redis, keys: Keys
+) -> None:
+    now = time.time()
+    rows = _rows(3)
+    codes = await batch.create(OWNER, pending_common(now), rows, now, 2)
+    assert codes == [CreateCode.CREATED, CreateCode.CREATED, CreateCode.AT_QUOTA]
+    again = await batch.create(OWNER, pending_common(now), rows[:1], now, 0)
+    assert again == [CreateCode.EXISTS]
     assert [client.exists(keys.task(r["task_id"])) for r in rows] == [1, 1, 0]
     assert client.zcard(keys.user_active(OWNER)) == 2
     assert client.zcard(keys.user_tasks(OWNER)) == 2
@@ -324,11 +330,8 @@ async def test_create_batch_counts_the_quota_down_and_refuses_existing_ids(
 
 
 async def test_create_batch_with_the_broker_part_pushes_copies_and_announces(
-    redis_server: RedisServer, client: redis.Redis, keys: Keys
+    batch: BatchRecords, client: redis.Redis, keys: Keys
 ) -> None:
-    aclient = async_client(redis_server.url)
-    pipe = Pipeline(redis_server.url)
-    batch = BatchRecords(aclient, keys, RETENTION, pipe)
     now = time.time()
     common = pending_common(now)
     rows = _rows(3)
@@ -350,8 +353,6 @@ async def test_create_batch_with_the_broker_part_pushes_copies_and_announces(
             assert await runs.replies() == [[1, 1, 1]]
         (message,) = raw_messages(pubsub, 1)
     finally:
-        pipe.close()
-        await aclient.aclose()
         pubsub.close()
     assert message == updates_head(OWNER) + b",".join(snaps) + b"]}"
     # The first in is the first out: kombu pops the tail.

@@ -102,6 +102,16 @@ def take(client: redis.Redis, keys: Keys) -> bytes:
     raise AssertionError("the queue is empty")
 
 
+async def running_task(create: Create, client: redis.Redis, keys: Keys) -> tuple[str, SyncRecords]:
+    """A task created, taken from its queue and RUNNING, as a worker has it; and the records
+    (what workers call)."""
+    (task_id,) = await create(1)
+    take(client, keys)
+    records = SyncRecords(client, keys, RETENTION)
+    assert records.transition(task_id, "status", status=TaskStatus.RUNNING).applied
+    return task_id, records
+
+
 def test_the_index_prefixes_join_with_the_queue() -> None:
     keys = Keys(prefix="t-prefixes:")
     times, started = outbox_index_prefixes(keys)
@@ -127,10 +137,7 @@ async def test_a_task_moved_to_completed_leaves_no_copy(
 async def test_a_started_task_watched_by_the_sweep_leaves_every_index_when_it_fails(
     create: Create, client: redis.Redis, keys: Keys
 ) -> None:
-    (task_id,) = await create(1)
-    take(client, keys)
-    records = SyncRecords(client, keys, RETENTION)
-    records.transition(task_id, "status", status=TaskStatus.RUNNING)
+    task_id, records = await running_task(create, client, keys)
     t = time.time() + 5
     # The sweep moves it to the started index; stalled and held by nobody, it gets a strike.
     assert sweep(client, keys, t) == []
@@ -180,10 +187,7 @@ async def test_a_task_cancelled_in_its_queue_keeps_only_its_publish_time_until_i
 async def test_a_record_whose_queue_is_not_text_still_ends_and_loses_its_copy(
     create: Create, client: redis.Redis, keys: Keys
 ) -> None:
-    (task_id,) = await create(1)
-    take(client, keys)
-    records = SyncRecords(client, keys, RETENTION)
-    records.transition(task_id, "status", status=TaskStatus.RUNNING)
+    task_id, records = await running_task(create, client, keys)
     client.hset(keys.task(task_id), "queue", b"{not json")
     result = records.transition(task_id, "status", status=TaskStatus.COMPLETED)
     assert result.code == TransitionCode.APPLIED

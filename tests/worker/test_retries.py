@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp.test_utils import TestClient
 
@@ -14,16 +15,23 @@ from tests.support import SocketClient, auth
 Connect = Callable[[str], Awaitable[SocketClient]]
 
 
-async def test_flaky_goes_retrying_twice_then_completes_with_three_attempts(
-    http: TestClient, sockets: Connect
-) -> None:
+async def run_flaky(
+    http: TestClient, sockets: Connect, fail_times: int
+) -> tuple[SocketClient, str, dict[str, Any]]:
+    """Submit ``demo.flaky`` for a new user with a socket; the socket, task id and final update."""
     who = f"r-{uuid.uuid4().hex[:6]}"
     client = await sockets(who)
-    body = {"task": "demo.flaky", "input": {"fail_times": 2}}
+    body = {"task": "demo.flaky", "input": {"fail_times": fail_times}}
     resp = await http.post("/api/tasks", json=body, headers=auth(who))
     assert resp.status == 202
     task_id = (await resp.json())["task_id"]
-    final = await client.wait_terminal(task_id, timeout=30)
+    return client, task_id, await client.wait_terminal(task_id, timeout=40)
+
+
+async def test_flaky_goes_retrying_twice_then_completes_with_three_attempts(
+    http: TestClient, sockets: Connect
+) -> None:
+    client, task_id, final = await run_flaky(http, sockets, fail_times=2)
     assert final["status"] == "COMPLETED", final
     assert final["result"] == {"attempts": 3} and final["attempt"] == 3
     events = client.events[task_id]
@@ -44,12 +52,7 @@ async def test_flaky_goes_retrying_twice_then_completes_with_three_attempts(
 async def test_flaky_beyond_max_retries_ends_failed_with_the_last_error(
     http: TestClient, sockets: Connect
 ) -> None:
-    who = f"r-{uuid.uuid4().hex[:6]}"
-    client = await sockets(who)
-    body = {"task": "demo.flaky", "input": {"fail_times": 7}}
-    resp = await http.post("/api/tasks", json=body, headers=auth(who))
-    task_id = (await resp.json())["task_id"]
-    final = await client.wait_terminal(task_id, timeout=40)
+    client, task_id, final = await run_flaky(http, sockets, fail_times=7)
     assert final["status"] == "FAILED", final
     assert final["error"]["type"] == "FlakyError"
     assert "attempt 6 of 8" in final["error"]["message"]  # 1 run + max_retries (5) retries
