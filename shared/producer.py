@@ -15,9 +15,10 @@ A send does what the gateway does with a submit body, in the same order:
 3. publishes the Celery message (protocol 2, JSON, with the task type's ``timelimit`` and the
    ``taskgate_record`` header the gateway's messages carry), through a task-less Celery app on
    the workers' broker (``shared.celery_config``). A delayed task (``countdown``, ``eta``) is
-   held in Redis instead (``Keys.delayed``), in the layout of ``gateway.tasks.delayed``, whose
-   mover, run by every gateway, publishes it when due; no gateway running, it waits PENDING.
-   If the broker refuses, the record is taken back and ``BrokerUnavailable`` raised;
+   held in Redis instead (``Keys.delayed``, in ``shared.delayed_layout``'s layout), where the
+   mover that every gateway runs (``gateway.tasks.delayed``) publishes it when due; no gateway
+   running, it waits PENDING. If the broker refuses, the record is taken back and
+   ``BrokerUnavailable`` raised;
 4. announces the PENDING snapshot on the progress channel, and returns a ``TaskHandle``.
 
 The owner: ``user=``, else the ``taskgate_user`` header, else (inside a task) the owner of the
@@ -49,6 +50,7 @@ import orjson
 
 from shared.celery_config import celery_config
 from shared.current_task import RunningTask, running_task
+from shared.delayed_layout import pack
 from shared.errors import BrokerUnavailable, Conflict, RateLimited, StoreUnavailable
 from shared.handle import TaskHandle
 from shared.keys import new_task_ids
@@ -65,6 +67,7 @@ from shared.send_options import (
 from shared.settings import Settings
 from shared.store_errors import STORE_FAILURES, store_errors, store_unavailable
 from shared.submission import field_error
+from shared.task_message import TaskMessage
 from shared.taskspec import TaskSpec
 
 if TYPE_CHECKING:
@@ -206,7 +209,7 @@ class Producer:
     def _hold(self, call: Send, task_id: str, due_at: float) -> None:
         """Keep the message until due where the gateways' mover (``gateway.tasks.delayed``)
         publishes it from: ``Keys.delayed`` scored by the due time, the message in
-        ``Keys.delayed_messages`` (task id, task, queue, taskgate priority, headers, body)."""
+        ``Keys.delayed_messages`` (``shared.delayed_layout``)."""
         sub = call.sub
         message = self.app.amqp.as_task_v2(
             task_id,
@@ -219,18 +222,18 @@ class Producer:
             parent_id=call.parent_id,
             root_id=self._root_id(task_id),
         )
-        held = {
-            "task_id": task_id,
-            "task": sub.spec.name,
-            "queue": sub.queue,
-            "priority": sub.priority,
-            "headers": {**message.headers, **self._headers(call)},
-            "body": orjson.dumps(list(message.body)).decode(),
-        }
+        held = TaskMessage(
+            task_id,
+            sub.spec.name,
+            sub.queue,
+            sub.priority,
+            {**message.headers, **self._headers(call)},
+            orjson.dumps(list(message.body)),
+        )
         keys = self.settings.keys
         try:
             with self.records.client.pipeline(transaction=True) as pipe:
-                pipe.hset(keys.delayed_messages, task_id, orjson.dumps(held))
+                pipe.hset(keys.delayed_messages, task_id, pack(held))
                 pipe.zadd(keys.delayed, {task_id: due_at})
                 pipe.execute()
         except STORE_FAILURES as exc:

@@ -1,54 +1,23 @@
 """Celery task messages, protocol 2, built without Celery (so publishing never blocks).
 
 The layout follows ``celery.app.amqp.AMQP.as_task_v2``; a test checks that an unmodified
-``celery worker`` consumes what this module builds.
+``celery worker`` consumes what this module builds. ``TaskMessage`` is ``shared``'s
+(``shared.task_message``: the producer holds delayed messages in it too); the gateway's modules
+take it from here.
 """
 
 from __future__ import annotations
 
-import base64
 import os
 import socket
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from shared.task_message import TaskMessage as TaskMessage
+
 _ORIGIN = f"taskgate@{socket.gethostname()}:{os.getpid()}"
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-
-
-@dataclass(frozen=True, slots=True)
-class TaskMessage:
-    """One task message: the Celery headers and the JSON body ``[args, kwargs, embed]``."""
-
-    task_id: str
-    task: str
-    queue: str
-    priority: int
-    headers: dict[str, Any]
-    body: bytes
-
-    def redis_envelope(self, broker_priority: int) -> bytes:
-        """The kombu Redis transport's JSON envelope, as ``LPUSH``-ed onto the queue list."""
-        return orjson.dumps(
-            {
-                "body": base64.b64encode(self.body).decode(),
-                "content-encoding": "utf-8",
-                "content-type": "application/json",
-                "headers": self.headers,
-                "properties": {
-                    "correlation_id": self.task_id,
-                    "reply_to": "",
-                    "delivery_mode": 2,
-                    "delivery_info": {"exchange": "", "routing_key": self.queue},
-                    "priority": broker_priority,
-                    "body_encoding": "base64",
-                    # kombu keys its un-acked set by this tag; a task id is unique per message.
-                    "delivery_tag": self.task_id,
-                },
-            }
-        )
 
 
 def build_task_message(

@@ -5,11 +5,12 @@ until then, and with the Redis broker a delay past the visibility timeout gets t
 delivered again and the task run twice (celery#2599, kombu#337). So taskgate does not give the
 broker a delayed message: the record is written PENDING with its ``eta``, the message waits in
 Redis (``Keys.delayed``: ids scored by when they are due, ``Keys.delayed_messages``: the
-messages), and a gateway publishes it when due (``watch_delayed``; one gateway at a time, by a
-short lock). A message is removed from the hold only after the broker took it, so a gateway that
-dies half way publishes it again at worst, and the record decides (a task runs once). A task
-cancelled or expired before it is due is not published: its record ends then (CANCELLED, with
-``error.type`` ``Expired`` for the expired).
+messages, in ``shared.delayed_layout``'s layout, which the producer writes too), and a gateway
+publishes it when due (``watch_delayed``; one gateway at a time, by a short lock). A message is
+removed from the hold only after the broker took it, so a gateway that dies half way publishes
+it again at worst, and the record decides (a task runs once). A task cancelled or expired
+before it is due is not published: its record ends then (CANCELLED, with ``error.type``
+``Expired`` for the expired).
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 
 from gateway.broker.message import TaskMessage
 from gateway.broker.redis_broker import Broker
+from shared.delayed_layout import pack, unpack
 from shared.errors import BrokerUnavailable
 from shared.keys import Keys
 from shared.records import AsyncRecords
@@ -38,31 +39,6 @@ log = logging.getLogger("taskgate.delayed")
 # Due messages moved per pass, and how long the mover's lock lasts (longer than a pass).
 BATCH = 500
 LOCK_MS = 10_000
-
-
-def _pack(message: TaskMessage) -> bytes:
-    return orjson.dumps(
-        {
-            "task_id": message.task_id,
-            "task": message.task,
-            "queue": message.queue,
-            "priority": message.priority,
-            "headers": message.headers,
-            "body": message.body.decode(),
-        }
-    )
-
-
-def _unpack(raw: bytes) -> TaskMessage:
-    data = orjson.loads(raw)
-    return TaskMessage(
-        data["task_id"],
-        data["task"],
-        data["queue"],
-        int(data["priority"]),
-        data["headers"],
-        data["body"].encode(),
-    )
 
 
 class DelayedQueue:
@@ -79,7 +55,7 @@ class DelayedQueue:
         try:
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.hset(
-                    self.keys.delayed_messages, mapping={m.task_id: _pack(m) for m in messages}
+                    self.keys.delayed_messages, mapping={m.task_id: pack(m) for m in messages}
                 )
                 pipe.zadd(self.keys.delayed, {m.task_id: self.due[m.task_id] for m in messages})
                 await pipe.execute()
@@ -126,7 +102,7 @@ async def move_due(
         for raw in raws:
             if raw is None:
                 continue
-            message = _unpack(raw if isinstance(raw, bytes) else str(raw).encode())
+            message = unpack(raw if isinstance(raw, bytes) else str(raw).encode())
             if await _expired(records, message, now):
                 continue
             messages.append(message)

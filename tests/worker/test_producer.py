@@ -26,6 +26,7 @@ import pytest
 import redis
 
 from shared import producer
+from shared.delayed_layout import pack, unpack
 from shared.errors import BrokerUnavailable, Conflict, InvalidInput, RateLimited, ResultTimeout
 from shared.handle import TaskFailed, TaskHandle, TaskWasCancelled
 from shared.records import SyncRecords
@@ -238,19 +239,25 @@ def test_apply_async_writes_the_record_then_the_message_the_gateway_would(idle: 
 
 def test_a_delayed_task_is_held_in_redis_when_no_gateway_runs(idle: Settings) -> None:
     before = time.time()
-    handle = count.apply_async(kwargs={}, countdown=30)
+    # An option given as None is not given, as with Celery's apply_async.
+    handle = count.apply_async(kwargs={}, countdown=30, queue=None, priority=None)
     snap = handle.status()
     assert snap["status"] == TaskStatus.PENDING and snap["eta"] >= before + 30
     assert owned(idle, idle.service_user) == {handle.id}
     # Not on the broker: in the hold a gateway's mover publishes from when it is due.
     assert footprint(idle) == {"records": 1, "messages": 0, "held": 2}
     client = redis.Redis.from_url(str(idle.redis_url))
-    held = orjson.loads(client.hget(idle.keys.delayed_messages, handle.id) or b"{}")
+    raw = client.hget(idle.keys.delayed_messages, handle.id) or b"{}"
     client.close()
+    held = orjson.loads(raw)
     assert (held["task_id"], held["task"], held["queue"], held["priority"]) == (
         handle.id, "demo.count", "fast", 0,
     )  # fmt: skip
     assert held["headers"]["taskgate_record"] is True
+    # The layout the gateways' mover reads (shared.delayed_layout), written by it alone.
+    message = unpack(raw)
+    assert pack(message) == raw
+    assert orjson.loads(message.body)[:2] == [[], {"steps": 10, "delay": 0.1}]
 
 
 def test_get_raises_for_a_cancelled_task_and_times_out_for_one_that_does_not_end(
