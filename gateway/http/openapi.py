@@ -3,7 +3,8 @@
 Each operation is one function below, registered with ``@operation(method, path)``; the document
 lists only the operations whose route the app's router really has, so it never describes an
 endpoint that is not there. Task inputs come from the registry (``InputSchema.json_schema()``),
-so the submit body's schema is exactly what the gateway checks.
+so the submit body's schema is exactly what the gateway checks. The workflow components (the
+nested body, its tree, its snapshot) are ``gateway.http.workflow_schemas``'s.
 
 To document a new endpoint: add one decorated function here, returning its operation object.
 """
@@ -19,6 +20,7 @@ from aiohttp import web
 from gateway.appkeys import SETTINGS
 from gateway.broker.redis_broker import MAX_PRIORITY
 from gateway.http.task_types import task_type_schema
+from gateway.http.workflow_schemas import workflow_ack_schema, workflow_components
 from gateway.tasks.service import MAX_BATCH
 from gateway.tasks.submission import IDEMPOTENCY_KEY_MAX, MAX_DELAY_S
 from shared.registry import TaskSpec, all_tasks
@@ -251,24 +253,14 @@ def _result(ctx: Context) -> Schema:
 @operation("POST", "/api/workflows")
 def _workflow(ctx: Context) -> Schema:
     return {
-        "summary": "Submit a chain, group or chord of tasks",
+        "summary": "Submit a chain, group or chord of tasks, or of more of them nested",
         "operationId": "submitWorkflow",
         "requestBody": {
             "required": True,
-            "content": {JSON: {"schema": {"type": "object"}}},
+            "content": {JSON: {"schema": ref("WorkflowBody")}},
         },
         "responses": {
-            "202": json_body(
-                {
-                    "type": "object",
-                    "properties": {
-                        "workflow_id": {"type": "string"},
-                        "task_ids": {"type": "array", "items": {"type": "string"}},
-                    },
-                    "required": ["workflow_id", "task_ids"],
-                },
-                "Accepted",
-            ),
+            "202": json_body(workflow_ack_schema(), "Accepted: every task step's id and the tree"),
             **errors(*BODY_ERRORS, *API_ERRORS),
         },
     }
@@ -285,7 +277,7 @@ def _get_workflow(ctx: Context) -> Schema:
         "operationId": "getWorkflow",
         "parameters": [_workflow_id_param()],
         "responses": {
-            "200": json_body({"type": "object"}, "The workflow"),
+            "200": json_body(ref("WorkflowSnapshot"), "The workflow and each of its tasks"),
             **errors("404", *API_ERRORS),
         },
     }
@@ -298,7 +290,7 @@ def _cancel_workflow(ctx: Context) -> Schema:
         "operationId": "cancelWorkflow",
         "parameters": [_workflow_id_param()],
         "responses": {
-            "202": json_body({"type": "object"}, "Cancel asked; the workflow"),
+            "202": json_body(ref("WorkflowSnapshot"), "Cancel asked; the workflow"),
             **errors("404", *API_ERRORS),
         },
     }
@@ -545,6 +537,7 @@ def build_document(app: web.Application) -> Schema:
                 "Snapshot": snapshot_schema(),
                 "Error": error_schema(),
                 "TaskType": task_type_schema(),
+                **workflow_components(ctx.settings),
             },
         },
     }
