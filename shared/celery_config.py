@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 # Every queue is declared with this ``x-max-priority``; RabbitMQ refuses a redeclaration with
 # other arguments, so whoever declares a queue (workers, webhooks, the gateway's AMQP publisher)
-# must use the same number.
+# must use the same number. It is the queues' ceiling; the priorities a task may ask for are
+# ``shared.priority``'s (0-9).
 MAX_PRIORITY = 10
 DEFAULT_QUEUE = "fast"
 # kombu's Redis transport consumes priority keys in this order; 10 steps give 0-9 their own list.

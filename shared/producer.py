@@ -53,17 +53,12 @@ from shared.current_task import RunningTask, running_task
 from shared.delayed_layout import pack
 from shared.errors import BrokerUnavailable, Conflict, RateLimited, StoreUnavailable
 from shared.handle import TaskHandle
+from shared.headers import HEADER_USER, PARENT_HEADER, RECORDED_HEADER
 from shared.keys import new_task_ids
+from shared.priority import broker_priority
 from shared.records import CreateCode, SyncRecords, new_record_fields
 from shared.redis_client import sync_client
-from shared.send_options import (
-    HEADER_USER,
-    MAX_PRIORITY,
-    PARENT_HEADER,
-    RECORDED_HEADER,
-    Send,
-    check_send,
-)
+from shared.send_options import Send, check_send
 from shared.settings import Settings
 from shared.store_errors import STORE_FAILURES, store_errors, store_unavailable
 from shared.submission import field_error
@@ -175,11 +170,6 @@ class Producer:
         log.info("task %s (%s) sent for %s", task_id, sub.spec.name, owner)
         return TaskHandle(task_id, records)
 
-    def _broker_priority(self, priority: int) -> int:
-        """taskgate's priority (9 most urgent) as the broker's: kombu's Redis lists are
-        consumed from 0, RabbitMQ's priorities from the highest."""
-        return priority if self.settings.broker_is_amqp else MAX_PRIORITY - priority
-
     def _headers(self, call: Send) -> dict[str, Any]:
         return {**call.headers, RECORDED_HEADER: True}
 
@@ -196,7 +186,7 @@ class Producer:
                 kwargs=sub.input,
                 task_id=task_id,
                 queue=sub.queue,
-                priority=self._broker_priority(sub.priority),
+                priority=broker_priority(sub.priority, self.settings.broker_is_amqp),
                 expires=expires,
                 time_limit=sub.spec.time_limit,
                 soft_time_limit=sub.spec.soft_time_limit,
@@ -262,7 +252,7 @@ class Producer:
             headers[PARENT_HEADER] = call.parent_id
         options: dict[str, Any] = {
             "queue": sub.queue,
-            "priority": self._broker_priority(sub.priority),
+            "priority": broker_priority(sub.priority, self.settings.broker_is_amqp),
             "time_limit": sub.spec.time_limit,
             "soft_time_limit": sub.spec.soft_time_limit,
         }

@@ -1,13 +1,13 @@
 """One producer call checked against the contract before anything is written: a ``Send``.
 
 ``check_send`` is the producer's (``shared.producer``) counterpart of the gateway's submit
-parser (``gateway.tasks.submission``), with the same rules for the values Celery's
+parser (``gateway.tasks.submission``), with the gateway's own rules for the values Celery's
 ``apply_async`` takes: the input against the task's ``InputSchema``, the queue among the task's
-(routes applied), priority 0-9 (9 most urgent), ``countdown`` / ``eta`` / ``expires``
-(``shared.submission.parse_timing``, the gateway's own rules; ``eta`` and ``expires`` may be
-datetimes), a caller's headers (JSON, none of Celery's own or taskgate's), a task id (a UUID),
-and the owner: ``user=``, else the ``taskgate_user`` header, else the running task's owner
-(``shared.current_task``). Anything wrong is ``InvalidInput`` naming it."""
+(routes applied) and priority 0-9 (``shared.submission.queue_and_priority``), ``countdown`` /
+``eta`` / ``expires`` (``shared.submission.parse_timing``; ``eta`` and ``expires`` may be
+datetimes); besides, a caller's headers (JSON, none of Celery's own or taskgate's), a task id
+(a UUID), and the owner: ``user=``, else the ``taskgate_user`` header, else the running task's
+owner (``shared.current_task``). Anything wrong is ``InvalidInput`` naming it."""
 
 from __future__ import annotations
 
@@ -19,24 +19,19 @@ from typing import Any
 import orjson
 
 from shared.current_task import RunningTask
+from shared.headers import HEADER_USER, MAX_OWNER_LEN
+from shared.headers import PARENT_HEADER as PARENT_HEADER
 from shared.settings import Settings
 from shared.submission import (
     MAX_DELAY_S,
     Submission,
     field_error,
     parse_timing,
+    queue_and_priority,
     refuse_unknown,
 )
 from shared.taskspec import TaskSpec
 
-# Message headers taskgate reads (``worker.adopt`` and the runner): who owns a message that
-# has no record yet, that its record was written first, and the task that started it.
-HEADER_USER = "taskgate_user"
-RECORDED_HEADER = "taskgate_record"
-PARENT_HEADER = "taskgate_parent"
-MAX_OWNER_LEN = 256
-# taskgate's priorities: 0-9, 9 most urgent, on both brokers.
-MAX_PRIORITY = 9
 # Celery protocol 2's own headers: a caller's ``headers`` must not replace them.
 CELERY_HEADERS = frozenset(
     {
@@ -49,7 +44,8 @@ CELERY_HEADERS = frozenset(
 SEND_OPTIONS = (
     "countdown", "eta", "expires", "priority", "queue", "headers", "user", "task_id",
 )  # fmt: skip
-TIMING = ("countdown", "eta", "expires")
+# The options checked as the gateway checks a submit body's fields of the same names.
+BODY_OPTIONS = ("queue", "priority", "countdown", "eta", "expires")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,25 +78,14 @@ def check_send(
     if kwargs is not None and not isinstance(kwargs, Mapping):
         raise field_error("kwargs", "must be a mapping of input fields")
     data = spec.schema.validate(dict(kwargs or {}))
-    allowed = spec.allowed_queues(settings.routes)
-    queue = options.get("queue")
-    queue = allowed[0] if queue is None else queue
-    if queue not in allowed:
-        raise field_error("queue", f"must be one of {', '.join(allowed)} for {spec.name}")
-    priority = options.get("priority")
-    priority = 0 if priority is None else priority
-    if (
-        isinstance(priority, bool)
-        or not isinstance(priority, int)
-        or not 0 <= priority <= MAX_PRIORITY
-    ):
-        raise field_error("priority", f"must be an integer from 0 to {MAX_PRIORITY}")
+    # An option given as None is not given (as Celery's apply_async takes it).
+    given = {name: options[name] for name in BODY_OPTIONS if options.get(name) is not None}
+    queue, priority = queue_and_priority(spec, settings.routes, given)
     headers = _headers(options.get("headers"))
     owner = _owner(options.get("user"), headers.pop(HEADER_USER, None), parent)
-    timing = {name: options[name] for name in TIMING if options.get(name) is not None}
     # As the gateway bounds delays: a record outlives its task's wait.
     most = min(MAX_DELAY_S, settings.retention_s / 2)
-    due_at, expires_at = parse_timing(timing, max_delay_s=most)
+    due_at, expires_at = parse_timing(given, max_delay_s=most)
     sub = Submission(spec, data, queue, priority, None, None, due_at, expires_at)
     parent_id = parent.task_id if parent is not None else None
     return Send(sub, owner, parent_id, headers, _task_id(options.get("task_id")))

@@ -4,19 +4,21 @@ The gateway parses submit bodies into one (``gateway.tasks.submission``: HTTP, S
 batches, workflow steps, the in-process API), the producer builds one from Celery's
 ``apply_async`` options (``shared.send_options``). The rules both need are here once: the
 ``InvalidInput`` that names a field (``field_error``) or an option beyond the contract's
-(``refuse_unknown``), and when a task is due and expires (``parse_timing``: ``countdown``,
-``eta``, ``expires``, bounded by ``MAX_DELAY_S`` and the caller's ``max_delay_s``).
+(``refuse_unknown``), the queue and priority (``queue_and_priority``), and when a task is due
+and expires (``parse_timing``: ``countdown``, ``eta``, ``expires``, bounded by ``MAX_DELAY_S``
+and the caller's ``max_delay_s``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from shared.errors import InvalidInput
+from shared.priority import MAX_PRIORITY
 from shared.taskspec import TaskSpec
 
 # The longest delay or expiry a submit may ask for.
@@ -57,6 +59,26 @@ def refuse_unknown(names: Iterable[Any], accepted: Collection[str]) -> None:
                 "accepted": sorted(accepted),
             },
         )
+
+
+def queue_and_priority(
+    spec: TaskSpec, routes: Sequence[tuple[str, str]], given: Mapping[str, Any]
+) -> tuple[str, int]:
+    """The ``queue`` and ``priority`` that ``given`` names for a task of ``spec`` (not named:
+    the task's default queue, ``routes`` applied, and 0), or ``InvalidInput`` naming the field:
+    the queue must be one the task allows, the priority an integer from 0 to ``MAX_PRIORITY``."""
+    allowed = spec.allowed_queues(routes)
+    queue = given.get("queue", allowed[0])
+    if queue not in allowed:
+        raise field_error("queue", f"must be one of {', '.join(allowed)} for {spec.name}")
+    priority = given.get("priority", 0)
+    if (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not 0 <= priority <= MAX_PRIORITY
+    ):
+        raise field_error("priority", f"must be an integer from 0 to {MAX_PRIORITY}")
+    return queue, priority
 
 
 def parse_timing(

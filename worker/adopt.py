@@ -14,15 +14,12 @@ import logging
 import time
 from typing import Any
 
+from shared.headers import HEADER_USER, MAX_OWNER_LEN
+from shared.headers import RECORDED_HEADER as RECORDED_HEADER
 from shared.records import CREATE_LUA, CreateCode, SyncRecords, create_call, new_record_fields
 from shared.settings import Settings
 
 log = logging.getLogger("taskgate.worker")
-
-HEADER_USER = "taskgate_user"
-# Set on every message the gateway publishes (its record is written first): never adopted.
-RECORDED_HEADER = "taskgate_record"
-MAX_OWNER_LEN = 256
 
 
 def header(request: Any, name: str) -> Any:

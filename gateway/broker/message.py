@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from shared.headers import RECORDED_HEADER
 from shared.task_message import TaskMessage as TaskMessage
 
 _ORIGIN = f"taskgate@{socket.gethostname()}:{os.getpid()}"
@@ -62,7 +63,7 @@ def build_task_message(
         "stamps": {},
         # Written by taskgate with its record first: a worker never adopts such a message
         # without one (its record was discarded after a refused publish, or expired).
-        "taskgate_record": True,
+        RECORDED_HEADER: True,
     }
     body = orjson.dumps([args, kwargs, embed or _EMBED])
     return TaskMessage(task_id, task, queue, priority, headers, body)

@@ -15,16 +15,12 @@ from redis.exceptions import RedisError
 
 from gateway.broker.message import TaskMessage
 from shared.errors import BrokerUnavailable
+from shared.priority import MAX_PRIORITY as MAX_PRIORITY
+from shared.priority import redis_priority as redis_priority
 from shared.redis_client import async_client
 
 # Must match the Celery app's ``priority_steps`` and kombu's separator for priority lists.
 _PRIORITY_SEP = "\x06\x16"
-MAX_PRIORITY = 9
-
-
-def redis_priority(priority: int) -> int:
-    """taskgate's priority (9 = most urgent, as on RabbitMQ) to kombu-Redis's (0 first)."""
-    return MAX_PRIORITY - max(0, min(MAX_PRIORITY, priority))
 
 
 class Broker(Protocol):

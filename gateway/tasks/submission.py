@@ -1,9 +1,10 @@
 """A submit body checked against the contract and the task's schema: a ``Submission``.
 
 Every way in (HTTP, Socket.IO, batches, workflow steps, the in-process API) parses its bodies
-here, so one body is accepted or refused the same way everywhere. ``Submission``, ``field_error``
-and the timing rules (``parse_timing``) are ``shared.submission``'s, which the producer
-(``shared.send_options``) checks with too; the gateway's modules import them from here.
+here, so one body is accepted or refused the same way everywhere. ``Submission``, ``field_error``,
+the queue and priority rules (``queue_and_priority``) and the timing rules (``parse_timing``) are
+``shared.submission``'s, which the producer (``shared.send_options``) checks with too; the
+gateway's modules import them from here.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ from datetime import UTC, datetime
 from typing import Any, TypeGuard
 
 from gateway.broker.message import TaskMessage, build_task_message
-from gateway.broker.redis_broker import MAX_PRIORITY
 from shared.registry import get_task
 from shared.submission import MAX_DELAY_S as MAX_DELAY_S
 from shared.submission import Submission as Submission
 from shared.submission import field_error as field_error
 from shared.submission import parse_timing as parse_timing
-from shared.submission import refuse_unknown
+from shared.submission import queue_and_priority, refuse_unknown
 from shared.webhooks import WebhookPolicy, WebhookRefused, webhook_fields
 
 SUBMIT_FIELDS = frozenset(
@@ -59,17 +59,7 @@ def parse_submission(
         raise field_error("task", "is required")
     spec = get_task(body.get("task"))
     data = spec.schema.validate(body.get("input"))
-    allowed = spec.allowed_queues(routes)
-    queue = body.get("queue", allowed[0])
-    if queue not in allowed:
-        raise field_error("queue", f"must be one of {', '.join(allowed)} for {spec.name}")
-    priority = body.get("priority", 0)
-    if (
-        isinstance(priority, bool)
-        or not isinstance(priority, int)
-        or not 0 <= priority <= MAX_PRIORITY
-    ):
-        raise field_error("priority", f"must be an integer from 0 to {MAX_PRIORITY}")
+    queue, priority = queue_and_priority(spec, routes, body)
     key = body.get("idempotency_key")
     if key is not None and (not isinstance(key, str) or not 0 < len(key) <= IDEMPOTENCY_KEY_MAX):
         raise field_error(
