@@ -122,9 +122,12 @@ def transition_call(
     percent: float | None = None,
     owner: str | None = None,
     only_if: Sequence[TaskStatus] = (),
+    runs_before: int | None = None,
     fields: dict[str, Any] | None = None,
 ) -> ScriptCall:
-    """``transition.lua``'s KEYS and ARGV (see its header)."""
+    """``transition.lua``'s KEYS and ARGV (see its header). ``runs_before``: apply only if the
+    record counts that many runs started (``_attempt``), so that of two deliveries starting at
+    once only one starts the task."""
     call = ScriptCall(
         [
             keys.task(task_id),
@@ -144,6 +147,7 @@ def transition_call(
             owner if owner is not None else "",
             ",".join(_enc(s.value).decode() for s in only_if),
             repr(time.time()),
+            str(runs_before) if runs_before is not None else "",
         ],
     )
     for name, value in (fields or {}).items():

@@ -31,7 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared.celery_config import visibility_timeout
 from shared.current_task import running
 from shared.errors import InvalidInput, RetryRequested, TaskCancelled
-from shared.records import HeartbeatCode, SyncRecords, TransitionResult
+from shared.records import HeartbeatCode, SyncRecords, TransitionCode, TransitionResult
 from shared.registry import RetryPolicy, TaskSpec
 from shared.send_options import PARENT_HEADER
 from shared.settings import Settings
@@ -226,52 +226,68 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
         except InvalidInput as exc:
             finish(store, task_id, TaskStatus.FAILED, error=_error(exc))
             return None
-        # Retries (Celery's own, ``Task.retry``) count in the message; the first run is 1.
-        attempt = int(self.request.retries or 0) + 1
-        if not _wait_for_live_run(store, task_id, settings.task_heartbeat_s, attempt):
-            return None
-        # Runs are counted before they start: a run that kills its process cannot count itself
-        # afterwards, and task_reject_on_worker_lost hands its message straight back.
-        previous = retrying(lambda: store.attempts(task_id), f"reading attempts of {task_id}")
-        if previous >= settings.max_attempts:
-            log.error("task %s (%s) killed its worker %d times; failing it", task_id, spec.name,
-                      previous)  # fmt: skip
-            finish(store, task_id, TaskStatus.FAILED, error=_worker_lost_error(previous))
-            return None
-        now = time.time()
 
-        def start(**extra: Any) -> TransitionResult:
-            return retrying(
-                lambda: store.transition(
-                    task_id,
-                    "status",
-                    status=TaskStatus.RUNNING,
-                    only_if=_NON_TERMINAL,
-                    fields={
-                        "started_at": now,
-                        "_attempt": previous + 1,
-                        "attempt": attempt,
-                        "next_attempt_at": None,
-                        **extra,
-                    },
-                ),
-                f"starting {task_id}",
-            )
+        def begin(
+            task: Task, store: SyncRecords, task_id: str, previous: int, attempt: int
+        ) -> tuple[TransitionResult, str | None]:
+            """Move the record to RUNNING as run ``previous + 1``; adopt a message that has no
+            record first. The start and the owner it was adopted for (else None)."""
+            now = time.time()
 
-        started = start()
-        owner: str | None = None
-        if started.missing and not header(self.request, RECORDED_HEADER):
+            def start(**extra: Any) -> TransitionResult:
+                return retrying(
+                    lambda: store.transition(
+                        task_id,
+                        "status",
+                        status=TaskStatus.RUNNING,
+                        only_if=_NON_TERMINAL,
+                        runs_before=previous,
+                        fields={
+                            "started_at": now,
+                            "_attempt": previous + 1,
+                            "attempt": attempt,
+                            "next_attempt_at": None,
+                            **extra,
+                        },
+                    ),
+                    f"starting {task_id}",
+                )
+
+            started = start()
+            if not started.missing or header(task.request, RECORDED_HEADER):
+                return started, None
             # Sent with Celery's own API (send_task, .delay(), a canvas, beat): no record yet.
-            owner = owner_of(self.request, settings)
-            queue = queue_of(self.request, spec.queue)
+            owner = owner_of(task.request, settings)
+            queue = queue_of(task.request, spec.queue)
             retrying(
                 lambda: adopt(store, task_id, spec.name, queue, owner, settings),
                 f"adopting {task_id}",
             )
             # A signature built inside a task (shared.producer) names that task its parent.
-            parent = header(self.request, PARENT_HEADER)
+            parent = header(task.request, PARENT_HEADER)
             linked = isinstance(parent, str) and 0 < len(parent) <= 64
-            started = start(**({"parent_id": parent} if linked else {}))
+            return start(**({"parent_id": parent} if linked else {})), owner
+
+        # Retries (Celery's own, ``Task.retry``) count in the message; the first run is 1.
+        attempt = int(self.request.retries or 0) + 1
+        while True:
+            if not _wait_for_live_run(store, task_id, settings.task_heartbeat_s, attempt):
+                return None
+            # Runs are counted before they start: a run that kills its process cannot count
+            # itself afterwards, and task_reject_on_worker_lost hands its message straight back.
+            previous = retrying(lambda: store.attempts(task_id), f"reading attempts of {task_id}")
+            if previous >= settings.max_attempts:
+                log.error("task %s (%s) killed its worker %d times; failing it", task_id,
+                          spec.name, previous)  # fmt: skip
+                finish(store, task_id, TaskStatus.FAILED, error=_worker_lost_error(previous))
+                return None
+            started, owner = begin(self, store, task_id, previous, attempt)
+            if started.code != TransitionCode.SKIPPED:
+                break
+            # Another delivery of this task started a run between our check and our start (the
+            # start applies only at the run count we read): wait for that run like any other.
+            log.warning("task %s: another delivery started it first; waiting", task_id)
+            time.sleep(settings.task_heartbeat_s)
         if started.missing:
             log.warning("task %s (%s) has no record (discarded or expired); not running it",
                         task_id, spec.name)  # fmt: skip

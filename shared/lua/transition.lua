@@ -3,7 +3,8 @@
 --
 -- A terminal record never changes. Mode 'cancel' sets the cancel flag; only a PENDING task
 -- then moves (to the status given). Mode 'progress' applies only to a RUNNING task and never
--- lowers its percent. Any change clears 'stalled'. Every record, terminal or not, expires
+-- lowers its percent. A move to RUNNING stamps '_hb' (a start is a heartbeat). Any change clears
+-- 'stalled'. Every record, terminal or not, expires
 -- retention_s after its last change.
 --
 -- A task that ends leaves the outbox in the same step (gateway.broker.outbox): its copy, its
@@ -34,21 +35,24 @@
 -- ARGV[6]  owner check: the owner the record must have, or '' for any
 -- ARGV[7]  only if: comma list of JSON-encoded statuses the record must be in, or ''
 -- ARGV[8]  now (when a terminal task ended: its score in the ended set)
--- ARGV[9..] field, JSON value, field, JSON value, ...
+-- ARGV[9]  runs before: apply only if the record's '_attempt' (runs started) is this number,
+--          or '' for any (a start of a run: of two deliveries starting at once, one starts)
+-- ARGV[10..] field, JSON value, field, JSON value, ...
 --
 -- Returns {code, seq, cancel_flag[, snapshot]}, code (shared.records.TransitionCode):
 --    1 APPLIED           seq moved and the update was published (snapshot included)
 --    0 ALREADY_TERMINAL  the record is terminal; nothing changed
---    2 SKIPPED           stale progress, or not in an 'only if' status
+--    2 SKIPPED           stale progress, not in an 'only if' status, or not at 'runs before'
 --    3 CANCEL_FLAGGED    the cancel flag was set; the task is past PENDING, so it did not move
 --   -1 MISSING           no such record, or not the owner's
 --!include publish.lua
 --!include terminal.lua
+--!include now.lua
 local key, running, channel, user_prefix = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local outbox, strikes, times_prefix, started_prefix = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local task_id, retention, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local new_status, percent, owner_check = ARGV[4], ARGV[5], ARGV[6]
-local only_if, now = ARGV[7], tonumber(ARGV[8])
+local only_if, ended_at, runs_before = ARGV[7], tonumber(ARGV[8]), ARGV[9]
 if redis.call('EXISTS', key) == 0 then return {-1, 0, '0'} end
 local cur = redis.call('HMGET', key, 'status', '_owner', '_pct', '_cancel', 'seq')
 local status, owner = cur[1], cur[2]
@@ -74,17 +78,24 @@ if only_if ~= '' then
   end
   if not ok then return {2, seq, cancel} end
 end
+if runs_before ~= '' then
+  local runs = tonumber(redis.call('HGET', key, '_attempt')) or 0
+  if runs ~= tonumber(runs_before) then return {2, seq, cancel} end
+end
 if mode ~= 'progress' and percent ~= '' then redis.call('HSET', key, '_pct', percent) end
-for i = 9, #ARGV, 2 do
+for i = 10, #ARGV, 2 do
   redis.call('HSET', key, ARGV[i], ARGV[i + 1])
 end
 if new_status ~= '' then redis.call('HSET', key, 'status', new_status) end
+-- A run that starts is alive: its first heartbeat is the start itself (by the Redis clock, as
+-- heartbeat.lua stamps it), so another delivery never finds it RUNNING with no sign of life.
+if new_status == '"RUNNING"' then redis.call('HSET', key, '_hb', string.format('%.3f', now())) end
 -- The task moved: it is not stalled (any more).
 if redis.call('HGET', key, 'stalled') == 'true' then redis.call('HSET', key, 'stalled', 'false') end
 seq = redis.call('HINCRBY', key, 'seq', 1)
 if new_status ~= '' and TERMINAL[new_status] then
   redis.call('ZREM', user_prefix .. owner .. ':active', task_id)
-  redis.call('ZADD', user_prefix .. owner .. ':ended', now, task_id)
+  redis.call('ZADD', user_prefix .. owner .. ':ended', ended_at, task_id)
   redis.call('ZREM', running, task_id)
   redis.call('HDEL', outbox, task_id)
   redis.call('HDEL', strikes, task_id)

@@ -204,6 +204,32 @@ def test_transition_skips_stale_progress_flags_cancel_and_checks_the_owner(
     assert transition(client, keys, "no-such-task", "status")[0] == TransitionCode.MISSING
 
 
+def test_a_start_applies_only_at_the_run_count_it_read(client: redis.Redis, keys: Keys) -> None:
+    """Two deliveries of one message both read 0 runs; the first start counts run 1, so the
+    second's start (still at 0) is skipped and changes nothing: one run starts."""
+    task_id = create(client, keys)
+
+    def start() -> list[Any]:
+        fields = {"_attempt": 1}
+        return transition(
+            client, keys, task_id, "status", status=TaskStatus.RUNNING, runs_before=0, fields=fields
+        )
+
+    first = start()
+    assert first[:2] == [TransitionCode.APPLIED, 2]
+    assert start()[:2] == [TransitionCode.SKIPPED, 2]
+    assert (
+        field(client, keys, task_id, "_attempt") == 1
+        and client.hget(keys.task(task_id), "seq") == b"2"
+    )
+    # At the count the record has, a start applies (a run taking over from a silent one).
+    taken = transition(
+        client, keys, task_id, "status", status=TaskStatus.RUNNING, runs_before=1,
+        fields={"_attempt": 2},
+    )  # fmt: skip
+    assert taken[0] == TransitionCode.APPLIED and field(client, keys, task_id, "_attempt") == 2
+
+
 # create.lua
 
 
