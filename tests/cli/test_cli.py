@@ -6,16 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli.embedded import free_port
 from tests.cli.upstack import Up, alive, clean_env, http, run_cli
 from tests.support import wait_until
 
 
 @pytest.mark.timeout(240)
 def test_up_runs_the_whole_path_survives_restart_and_leaves_nothing(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    port = free_port()
-    up = Up(data_dir, port)
+    up = Up(tmp_path / "data")
+    data_dir = up.data_dir
     try:
         status, snap = http(
             "POST", f"{up.base}/api/tasks", up.token,
@@ -42,7 +40,7 @@ def test_up_runs_the_whole_path_survives_restart_and_leaves_nothing(tmp_path: Pa
     wait_until(lambda: not any(alive(p) for p in tree), timeout=20)
 
     # Same data folder: the record survived (append-only file), read with a token of the new run.
-    up2 = Up(data_dir, port)
+    up2 = Up(data_dir, up.port)
     try:
         token = run_cli("token", "demo", env=clean_env(TASKGATE_DATA_DIR=str(data_dir))).stdout
         status, again = http("GET", f"{up2.base}/api/tasks/{task_id}", token.strip())

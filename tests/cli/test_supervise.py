@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from gateway.cli.datalock import LOCK_FILE
-from gateway.cli.embedded import SECRET_FILE, free_port
+from gateway.cli.embedded import SECRET_FILE
 from gateway.cli.supervisor import backoff_delay, describe_exit
 from tests.cli.upstack import Up, alive, descendants, http, run_cli
 from tests.support import wait_until
@@ -66,7 +66,7 @@ def test_backoff_is_exponential_capped_and_jittered() -> None:
 
 @pytest.mark.timeout(240)
 def test_killed_worker_is_reaped_logged_restarted_and_serves(tmp_path: Path) -> None:
-    up = Up(tmp_path / "data", free_port())
+    up = Up(tmp_path / "data")
     try:
         wait_until(lambda: ready(up), timeout=60, step=0.5)
         old = up.child_pid("worker-fast")
@@ -96,7 +96,7 @@ def test_killed_worker_is_reaped_logged_restarted_and_serves(tmp_path: Path) -> 
 def test_killed_redis_is_restarted_on_its_files_and_the_gateway_answers_again(
     tmp_path: Path,
 ) -> None:
-    up = Up(tmp_path / "data", free_port())
+    up = Up(tmp_path / "data")
     tree: set[int] = set()
     try:
         before = completes(up, COUNT)
@@ -121,7 +121,7 @@ def test_killed_redis_is_restarted_on_its_files_and_the_gateway_answers_again(
 
 @pytest.mark.timeout(240)
 def test_a_child_that_keeps_dying_stops_everything_with_a_clear_message(tmp_path: Path) -> None:
-    up = Up(tmp_path / "data", free_port())
+    up = Up(tmp_path / "data")
     tree: set[int] = set()
     try:
         killed: list[int] = []
@@ -152,9 +152,8 @@ def test_a_child_that_keeps_dying_stops_everything_with_a_clear_message(tmp_path
 
 @pytest.mark.timeout(240)
 def test_second_up_on_the_same_data_dir_refuses_and_changes_nothing(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    port = free_port()
-    up = Up(data_dir, port)
+    up = Up(tmp_path / "data")
+    data_dir = up.data_dir
     try:
         secret = (data_dir / SECRET_FILE).read_bytes()
         lock = (data_dir / LOCK_FILE).read_bytes()

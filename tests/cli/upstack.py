@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from gateway.cli.embedded import free_port
 from tests.support import ROOT, wait_until
 
 
@@ -63,9 +64,12 @@ def alive(pid: int) -> bool:
 
 
 class Up:
-    """``taskgate up`` in ``data_dir`` on ``port``; its output (banner and log) in ``log``."""
+    """``taskgate up`` in ``data_dir`` on ``port`` (a free one if not given); its output
+    (banner and log) in ``log``."""
 
-    def __init__(self, data_dir: Path, port: int) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        port = free_port() if port is None else port
+        self.data_dir, self.port = data_dir, port
         self.log = data_dir.parent / f"up-{time.monotonic_ns()}.log"
         self.out = open(self.log, "wb")  # noqa: SIM115
         self.env = clean_env(TASKGATE_DATA_DIR=str(data_dir), TASKGATE_PORT=str(port))

@@ -281,6 +281,19 @@ async def test_broker_down_answers_503_within_5s_and_healthz_stays_fast(
 # ---- 2. At least once across worker crashes ---------------------------------------------------
 
 
+async def twenty_steps(
+    gw: TestServer, sockets: Connect, tmp_path: Path
+) -> tuple[SocketClient, Path, str]:
+    """``faults.steps`` (20 steps of 0.1 s, each run logged in ``runs``) submitted for a new
+    user with a socket: the socket, the run log and the task id."""
+    name, runs = user(), tmp_path / "runs"
+    client = await sockets(base(gw), name)
+    body = {"task": "faults.steps", "input": {"steps": 20, "delay": 0.1, "path": str(runs)}}
+    status, snap = await submit(base(gw), name, body)
+    assert status == 202
+    return client, runs, snap["task_id"]
+
+
 def ran_again_once(stack: Stack, events: list[dict[str, Any]], runs: Path, task_id: str) -> None:
     """After a run was lost and delivered again: a clean stream with one terminal update, two
     runs in the task's log, and the record on its second attempt."""
@@ -293,12 +306,7 @@ def ran_again_once(stack: Stack, events: list[dict[str, Any]], runs: Path, task_
 async def test_killed_pool_process_reruns_and_owner_sees_one_end(
     stack: Stack, worker: CeleryWorker, gw: TestServer, sockets: Connect, tmp_path: Path
 ) -> None:
-    name, runs = user(), tmp_path / "runs"
-    client = await sockets(base(gw), name)
-    body = {"task": "faults.steps", "input": {"steps": 20, "delay": 0.1, "path": str(runs)}}
-    status, snap = await submit(base(gw), name, body)
-    assert status == 202
-    task_id = snap["task_id"]
+    client, runs, task_id = await twenty_steps(gw, sockets, tmp_path)
     events = client.events[task_id]
     await client.wait_for(lambda: any(e["progress"]["data"].get("pid") for e in events), 10)
     pid = next(e["progress"]["data"]["pid"] for e in events if e["progress"]["data"].get("pid"))
@@ -314,10 +322,7 @@ async def test_killed_pool_process_reruns_and_owner_sees_one_end(
 async def test_killed_worker_task_is_delivered_again_and_stalled_meanwhile(
     stack: Stack, worker: CeleryWorker, gw: TestServer, sockets: Connect, tmp_path: Path
 ) -> None:
-    name, runs = user(), tmp_path / "runs"
-    client = await sockets(base(gw), name)
-    body = {"task": "faults.steps", "input": {"steps": 20, "delay": 0.1, "path": str(runs)}}
-    task_id = (await submit(base(gw), name, body))[1]["task_id"]
+    client, runs, task_id = await twenty_steps(gw, sockets, tmp_path)
     events = client.events[task_id]
     await client.wait_for(lambda: any(e["progress"]["percent"] > 0 for e in events), 10)
     await asyncio.to_thread(stack.stop_worker, signal.SIGKILL)
