@@ -96,16 +96,24 @@ def test_flower_sees_workers_and_tasks(env: dict[str, str], flower: str) -> None
 
 
 async def _flower_task(
-    session: aiohttp.ClientSession, base: str, task_id: str, state: str, timeout: float = 30
+    session: aiohttp.ClientSession,
+    base: str,
+    task_id: str,
+    state: str,
+    timeout: float = 30,
+    *,
+    sent: bool = False,
 ) -> dict[str, Any]:
-    """Flower's record of ``task_id`` once it is in ``state``."""
+    """Flower's record of ``task_id`` once it is in ``state`` (and, with ``sent``, once its
+    task-sent event arrived too: the gateway's events thread may deliver it after the worker's
+    own events, and Flower then fills ``sent`` in without moving the state back)."""
     deadline = time.monotonic() + timeout
     info: dict[str, Any] = {}
     while time.monotonic() < deadline:
         async with session.get(f"{base}/api/task/info/{task_id}") as resp:
             if resp.status == 200:
                 info = await resp.json()
-                if info.get("state") == state:
+                if info.get("state") == state and (info.get("sent") or not sent):
                     return info
         await asyncio.sleep(0.1)
     raise AssertionError(f"Flower has not seen {task_id} {state} in {timeout}s: {info}")
@@ -150,7 +158,7 @@ async def test_tasks_the_gateway_publishes_show_as_sent_in_flower(
             ids[f"batch {n}"] = item["task_id"]
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
         for kind, task_id in ids.items():
-            info = await _flower_task(session, flower, task_id, "SUCCESS")
+            info = await _flower_task(session, flower, task_id, "SUCCESS", sent=True)
             # Sent by the gateway (the client of the event), received and run by the worker.
             assert info["sent"] and info["received"] and info["succeeded"], (kind, info)
             assert info["sent"] <= info["received"], (kind, info)
