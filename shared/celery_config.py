@@ -47,6 +47,12 @@ def restore_interval(settings: Settings) -> int:
     return max(1, min(10, visibility_timeout(settings) // 4))
 
 
+# Producers that are not workers (the events thread, ``shared.producer``) bound every Redis
+# socket operation: a frozen broker costs a timeout, never a wait without end. (Workers keep
+# kombu's blocking reads: their BRPOP waits for work by design.)
+REDIS_PUBLISH_TIMEOUTS = {"socket_timeout": 3.0, "socket_connect_timeout": 3.0}
+
+
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
     """kombu's transport options: publisher confirms on AMQP; prefix and redelivery on Redis."""
     if settings.broker_is_amqp:

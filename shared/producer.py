@@ -38,7 +38,6 @@ settings elsewhere).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -48,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from shared.celery_config import celery_config
+from shared.celery_config import REDIS_PUBLISH_TIMEOUTS, celery_config
 from shared.current_task import RunningTask, running_task
 from shared.delayed_layout import pack
 from shared.errors import BrokerUnavailable, Conflict, RateLimited, StoreUnavailable
@@ -60,7 +59,7 @@ from shared.records import CreateCode, SyncRecords, new_record_fields
 from shared.redis_client import sync_client
 from shared.send_options import Send, check_send
 from shared.settings import Settings
-from shared.store_errors import STORE_FAILURES, store_errors, store_unavailable
+from shared.store_errors import STORE_FAILURES, store_unavailable
 from shared.submission import field_error
 from shared.task_message import TaskMessage
 from shared.taskspec import TaskSpec
@@ -68,6 +67,8 @@ from shared.taskspec import TaskSpec
 if TYPE_CHECKING:
     from celery import Celery
 
+# How often a record that got no message is discarded before giving up (0.25 s apart).
+_TAKE_BACK_TRIES = 4
 log = logging.getLogger("taskgate.producer")
 
 
@@ -96,7 +97,12 @@ class Producer:
                 from celery import Celery
 
                 self._app = Celery("taskgate-producer", set_as_current=False)
-                self._app.conf.update(celery_config(self.settings))
+                conf = celery_config(self.settings)
+                if not self.settings.broker_is_amqp:
+                    # A frozen broker fails the send (BrokerUnavailable), it never hangs it.
+                    options = conf["broker_transport_options"]
+                    conf["broker_transport_options"] = {**options, **REDIS_PUBLISH_TIMEOUTS}
+                self._app.conf.update(conf)
             return self._app
 
     def close(self) -> None:
@@ -139,8 +145,13 @@ class Producer:
         fields = new_record_fields(task_id, sub.spec.name, sub.queue, time.time(), extra)
         records = self.records
         max_active = self.settings.max_active
-        with store_errors():
+        try:
             code, payload = records.create(owner, fields, max_active)
+        except STORE_FAILURES as exc:
+            # The create may have run with its reply lost: take it back, so that no record
+            # waits for a message that will never come.
+            self._take_back(owner, task_id)
+            raise store_unavailable(exc) from exc
         if code == CreateCode.AT_QUOTA:
             raise RateLimited(
                 f"too many active tasks (limit {max_active})",
@@ -160,8 +171,7 @@ class Producer:
                 self._hold(call, task_id, sub.due_at)
         except BaseException:
             # Nothing stays accepted: a record without a message would wait forever.
-            with contextlib.suppress(*STORE_FAILURES):
-                records.discard(owner, task_id)
+            self._take_back(owner, task_id)
             raise
         try:
             records.publish_snapshot(owner, payload)
@@ -169,6 +179,24 @@ class Producer:
             log.warning("task %s accepted but its PENDING update was not published", task_id)
         log.info("task %s (%s) sent for %s", task_id, sub.spec.name, owner)
         return TaskHandle(task_id, records)
+
+    def _take_back(self, owner: str, task_id: str) -> None:
+        """Discard a record that got no message, trying for about a second through a short
+        outage; a record that cannot be discarded is logged by id (it ends at retention)."""
+        for attempt in range(_TAKE_BACK_TRIES):
+            try:
+                self.records.discard(owner, task_id)
+                return
+            except STORE_FAILURES as exc:
+                if attempt == _TAKE_BACK_TRIES - 1:
+                    log.error(
+                        "task %s has a record but no message, and discarding it failed (%s); "
+                        "it stays PENDING until TASKGATE_RETENTION_S",
+                        task_id,
+                        exc,
+                    )
+                    return
+                time.sleep(0.25)
 
     def _headers(self, call: Send) -> dict[str, Any]:
         return {**call.headers, RECORDED_HEADER: True}

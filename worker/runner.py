@@ -11,6 +11,10 @@ What each run does, in order (docs/RELIABILITY.md explains why):
 4. runs the function and records exactly one terminal status. Terminal writes are retried
    through short Redis outages; progress updates are dropped during one (the record keeps the
    truth, the next update or the relay's resync repairs the view).
+
+A delivery that does not run (another run did or does the work, or the record is gone or has
+ended) raises Celery's ``Ignore``: the message is acked, no result is stored, and no chain or
+chord goes on from it (the run that did the work, or ``settle_workflow``, decides what follows).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from celery import Celery, Task
-from celery.exceptions import Reject, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -181,9 +185,14 @@ def _wait_for_live_run(store: SyncRecords, task_id: str, interval: float, attemp
     log.warning("task %s is running elsewhere (heartbeat %.1fs ago); waiting", task_id, age)
     while True:
         time.sleep(interval)
-        status, age, _ = retrying(lambda: _heartbeat_age(store, task_id), f"reading {task_id}")
+        status, age, at = retrying(lambda: _heartbeat_age(store, task_id), f"reading {task_id}")
         if status is None or status.strip('"') in TERMINAL_NAMES:
             log.info("task %s ended in its other run; not running it again", task_id)
+            return False
+        if at is not None and at > attempt:
+            # The other run ended this attempt in a retry: the retry's message runs the next.
+            log.info("task %s: attempt %d retried in its other run; not running it again",
+                     task_id, attempt)  # fmt: skip
             return False
         if status != '"RUNNING"' or age is None or age >= limit:
             log.warning("task %s: its other run went silent; taking over", task_id)
@@ -272,7 +281,7 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
         attempt = int(self.request.retries or 0) + 1
         while True:
             if not _wait_for_live_run(store, task_id, settings.task_heartbeat_s, attempt):
-                return None
+                raise Ignore()  # another run did or does this attempt's work
             # Runs are counted before they start: a run that kills its process cannot count
             # itself afterwards, and task_reject_on_worker_lost hands its message straight back.
             previous = retrying(lambda: store.attempts(task_id), f"reading attempts of {task_id}")
@@ -291,13 +300,13 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
         if started.missing:
             log.warning("task %s (%s) has no record (discarded or expired); not running it",
                         task_id, spec.name)  # fmt: skip
-            return None
+            raise Ignore()
         if started.already_terminal:
             log.info("task %s already ended (cancelled?); not running it", task_id)
             # Cancelled while queued (the gateway ended it), or a redelivery: its webhook, if
             # any and still pending, is queued from here.
             webhooks.after_terminal(store, task_id, None)
-            return None
+            raise Ignore()
         if previous:
             log.warning("task %s (%s): run %d (an earlier run was lost)", task_id, spec.name,
                         previous + 1)  # fmt: skip

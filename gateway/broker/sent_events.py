@@ -45,7 +45,7 @@ from typing import Any
 from gateway.broker.message import TaskMessage
 from gateway.broker.outbox import OutboxBroker
 from gateway.broker.redis_broker import Broker
-from shared.celery_config import celery_config
+from shared.celery_config import REDIS_PUBLISH_TIMEOUTS, celery_config
 from shared.settings import Settings
 
 log = logging.getLogger("taskgate.sent_events")
@@ -55,7 +55,6 @@ EVENTS_PER_MESSAGE = 200
 BACKOFF_S = 0.5
 BACKOFF_MAX_S = 30.0
 CLOSE_TIMEOUT_S = 5.0
-REDIS_TIMEOUTS = {"socket_timeout": 3.0, "socket_connect_timeout": 3.0}
 # A drop is logged at most this often (with the totals so far).
 DROP_LOG_EVERY_S = 60.0
 
@@ -165,7 +164,7 @@ class SentEvents:
         app = Celery("taskgate-events", set_as_current=False)
         app.conf.update(celery_config(self.settings))
         # On Redis, no wait without an end: a frozen broker costs a timeout, not the thread.
-        bounded = {} if self.settings.broker_is_amqp else dict(REDIS_TIMEOUTS)
+        bounded = {} if self.settings.broker_is_amqp else dict(REDIS_PUBLISH_TIMEOUTS)
         connection: Any = None
         dispatcher: Any = None
         failures = 0

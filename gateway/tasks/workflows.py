@@ -150,7 +150,8 @@ class Workflows:
                 )
                 raise create_error(refused[0], str(max_active).encode(), max_active)
             try:
-                await self._set_chord_sizes(start.chord_sizes)
+                wait = max(held.values(), default=now) - now
+                await self._set_chord_sizes(start.chord_sizes, self._lifetime(flow, wait))
                 await self._publish(start.messages, held)
             except (BrokerUnavailable, RedisError):
                 await self._discard(user, wid, ids)
@@ -183,10 +184,7 @@ class Workflows:
 
     async def _save(self, user: str, wid: str, flow: Workflow, now: float, wait: float) -> None:
         key = self.keys.workflow(wid)
-        settings = self.settings
-        # Outlives its children: they expire retention_s after they end.
-        steps = len(flow.steps)
-        ttl = settings.retention_s + int(settings.time_limit) * steps + int(wait) + 3600
+        ttl = self._lifetime(flow, wait)
         async with self.records.client.pipeline(transaction=True) as pipe:
             pipe.hset(
                 key,
@@ -208,8 +206,16 @@ class Workflows:
         except RedisError:
             pass
 
-    async def _set_chord_sizes(self, sizes: dict[str, int]) -> None:
-        # As celery.backends.redis.RedisBackend.set_chord_size, with the backend's key prefix.
+    def _lifetime(self, flow: Workflow, wait: float) -> int:
+        """Seconds the workflow's keys live: longer than its children, which expire
+        retention_s after they end (every step at its longest, after the longest delay)."""
+        settings = self.settings
+        steps = len(flow.steps)
+        return settings.retention_s + int(settings.time_limit) * steps + int(wait) + 3600
+
+    async def _set_chord_sizes(self, sizes: dict[str, int], ttl: int) -> None:
+        # As celery.backends.redis.RedisBackend.set_chord_size, with the backend's key prefix,
+        # but living as long as the workflow (a day, as Celery's, could end before the header).
         if not sizes:
             return
         client = self.backend.client()
@@ -217,7 +223,7 @@ class Workflows:
             for group_id, size in sizes.items():
                 prefix = self.keys.chord_meta(group_id)
                 pipe.delete(f"{prefix}.c")
-                pipe.set(f"{prefix}.s", size, ex=86400)
+                pipe.set(f"{prefix}.s", size, ex=ttl)
             await pipe.execute()
 
     async def _load(self, user: str, wid: Any) -> dict[bytes, bytes]:
@@ -273,6 +279,10 @@ class Workflows:
 
 
 def rollup_status(statuses: list[str]) -> str:
+    """The workflow's status from its children's. A child whose record expired (retention)
+    says nothing about how it ended, so it is left out when others say more."""
+    known = [s for s in statuses if s != "EXPIRED"]
+    statuses = known or statuses
     if all(s == "COMPLETED" for s in statuses):
         return "COMPLETED"
     if all(s in TERMINAL_NAMES or s == "EXPIRED" for s in statuses):

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -186,12 +189,48 @@ def test_a_task_id_given_twice_is_a_conflict_and_the_first_task_stays(idle: Sett
     assert footprint(idle) == {"records": 1, "messages": 1, "held": 0}
 
 
-def test_a_broker_that_refuses_leaves_nothing_accepted(penv: dict[str, str]) -> None:
+@contextlib.contextmanager
+def silent_broker() -> Iterator[str]:
+    """A loopback port that accepts connections and never answers (a frozen broker)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError, OSError):
+                held.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        listener.close()
+
+
+@pytest.mark.parametrize("broker", ["closed", "frozen"])
+def test_a_broker_that_refuses_leaves_nothing_accepted(penv: dict[str, str], broker: str) -> None:
+    """Closed: nothing listens on the port. Frozen: it accepts and never answers; the send
+    fails (the producer's Redis socket timeouts) instead of hanging with the record PENDING."""
+    with contextlib.ExitStack() as stack:
+        url = "redis://127.0.0.1:1/0"
+        if broker == "frozen":
+            url = stack.enter_context(silent_broker())
+        _refused_send_leaves_nothing(penv, url)
+
+
+def _refused_send_leaves_nothing(penv: dict[str, str], broker_url: str) -> None:
     settings = Settings.from_env(
         {
             **penv,
             "TASKGATE_KEY_PREFIX": f"tg-nb-{uuid.uuid4().hex[:8]}:",
-            "CELERY_BROKER_URL": "redis://127.0.0.1:1/0",  # nothing listens there
+            "CELERY_BROKER_URL": broker_url,
         }
     )
     producer.configure(settings)
