@@ -257,8 +257,8 @@ class Acceptor:
                     await discard
             raise store_unavailable(exc) from exc
         out, accepted = self._answers(codes, snaps)
-        if isinstance(self.broker, AnnouncingOutbox):
-            self.broker.announce([sent[i] for i in accepted], now)
+        if announcing:
+            cast(AnnouncingOutbox, self.broker).announce([sent[i] for i in accepted], now)
         self.count([subs[i] for i in accepted])
         return out
 
