@@ -21,7 +21,16 @@ from collections.abc import AsyncIterator
 import socketio
 from aiohttp import web
 
-from gateway.appkeys import BROKER, FANOUT, RECORDS, RELAY, SERVICE, SETTINGS, SIO
+from gateway.appkeys import (
+    BROKER,
+    FANOUT,
+    RECORDS,
+    RELAY,
+    SERVICE,
+    SETTINGS,
+    SIO,
+    TASK_EVENTS,
+)
 from gateway.auth import TokenRules, VerifiedTokens
 from gateway.broker.redis_broker import Broker
 from gateway.http.api import TOKENS, auth_middleware, errors_middleware
@@ -33,6 +42,7 @@ from gateway.http.probes import add_probe_routes
 from gateway.http.routes import add_api_routes
 from gateway.live.fanout import Fanout, user_room
 from gateway.live.heartbeat import heartbeat
+from gateway.live.ledger import TaskEvents
 from gateway.live.router import UpdateRouter
 from gateway.live.workflow_rollup import WorkflowNotifier
 from gateway.resources import (
@@ -89,6 +99,7 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
     sio.attach(app)
     app[SIO] = sio
     app[FANOUT] = Fanout(sio)
+    app[TASK_EVENTS] = TaskEvents(app[FANOUT])
 
     async def records_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_records(settings) as records:
@@ -108,7 +119,7 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
                 sio,
                 service,
                 secret,
-                app[FANOUT],
+                app[TASK_EVENTS],
                 on_bug=lambda: metrics.inc("taskgate_internal_errors_total", where="socketio"),
             )
             yield
@@ -120,7 +131,7 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
             await fanout.to_room(user_room(owner), "workflow", snap)
 
         notifier = WorkflowNotifier(service.workflows, emit_workflow)
-        relay = app[RELAY] = make_relay(settings, UpdateRouter(service, fanout, notifier))
+        relay = app[RELAY] = make_relay(settings, UpdateRouter(service, app[TASK_EVENTS], notifier))
         try:
             async with running(
                 ("taskgate-relay", relay.run()),

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from gateway.broker.redis_broker import Broker
 from gateway.live.fanout import Fanout
+from gateway.live.ledger import TaskEvents
 from gateway.live.relay import Relay
 from gateway.tasks.service import TaskService
 from shared.records import AsyncRecords
@@ -19,3 +20,4 @@ BROKER = web.AppKey("broker", Broker)
 RELAY = web.AppKey("relay", Relay)
 SIO = web.AppKey("sio", socketio.AsyncServer)
 FANOUT = web.AppKey("fanout", Fanout)
+TASK_EVENTS = web.AppKey("task_events", TaskEvents)

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from gateway.appkeys import BROKER, FANOUT, RELAY, SERVICE, SETTINGS, SIO
+from gateway.appkeys import BROKER, FANOUT, RELAY, SERVICE, SETTINGS, SIO, TASK_EVENTS
 from gateway.broker.outbox import OutboxBroker
 from gateway.broker.sent_events import sent_events_of
 from gateway.process import gctune
@@ -37,6 +37,10 @@ _HELP = {
     "taskgate_socketio_frames_total": (
         "counter",
         "Relay and heartbeat packets, by path: written straight to the socket, or queued",
+    ),
+    "taskgate_task_events_dropped_total": (
+        "counter",
+        "Task updates not sent to a user's room because it had been sent that seq or a newer one",
     ),
     "taskgate_submit_groups_total": (
         "counter",
@@ -134,6 +138,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
     fanout = app[FANOUT]
     gauges["taskgate_socketio_frames_total"][(("path", "direct"),)] = fanout.direct
     gauges["taskgate_socketio_frames_total"][(("path", "queued"),)] = fanout.queued
+    gauges["taskgate_task_events_dropped_total"][()] = app[TASK_EVENTS].dropped
     groups = app[SERVICE].submit_groups
     gauges["taskgate_submit_groups_total"][()] = groups.groups
     gauges["taskgate_submit_grouped_total"][()] = groups.items

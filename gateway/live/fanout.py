@@ -114,6 +114,10 @@ class Fanout:
         """Whether any socket of this process is in ``room``."""
         return bool(self.sio.manager.rooms.get(NAMESPACE, {}).get(room))
 
+    def members(self, room: str) -> list[str]:
+        """The Socket.IO sids of this process in ``room``."""
+        return list(self.sio.manager.rooms.get(NAMESPACE, {}).get(room) or ())
+
     def rooms(self, prefix: str) -> list[str]:
         """The rooms with a socket of this process whose names start with ``prefix``."""
         rooms = self.sio.manager.rooms.get(NAMESPACE, {})

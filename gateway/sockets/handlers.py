@@ -19,7 +19,8 @@ import socketio
 from redis.exceptions import RedisError
 
 from gateway.auth import LEEWAY_S, TokenRules, verify_token
-from gateway.live.fanout import Fanout, user_room
+from gateway.live.fanout import user_room
+from gateway.live.ledger import TaskEvents
 from gateway.sockets.guard import NAMESPACE, SocketGuard
 from gateway.tasks.service import TaskService
 from shared.errors import AuthError, TaskgateError
@@ -49,7 +50,7 @@ def register_socket_handlers(
     sio: socketio.AsyncServer,
     service: TaskService,
     secret: Secret,
-    fanout: Fanout,
+    events: TaskEvents,
     on_bug: Callable[[], None] | None = None,
 ) -> SocketGuard:
     """The events, on ``sio``; ``on_bug`` is called for each unhandled error (a metric)."""
@@ -59,6 +60,8 @@ def register_socket_handlers(
     )
     guard.install()
     expiry_timers: dict[str, asyncio.TimerHandle] = {}
+    # sid -> (user, the point it joined its room: TaskEvents.joined)
+    joined: dict[str, tuple[str, int]] = {}
     closing: set[asyncio.Task[None]] = set()
 
     async def user_of(sid: str) -> str:
@@ -66,10 +69,14 @@ def register_socket_handlers(
         user: str = session["user"]
         return user
 
-    async def send_snapshots(sid: str, snaps: list[Snapshot]) -> None:
-        # Every socket is in a room named by its sid: the relay's send path, to one socket.
-        for snap in snaps:
-            await fanout.to_room(sid, "task", snap)
+    async def send_snapshots(sid: str, snaps: list[Snapshot], *, asked: bool = False) -> int:
+        """Catch-up: what the socket lacks of ``snaps`` (read after it joined its room), or
+        all of them when it ``asked``."""
+        entry = joined.get(sid)
+        if entry is None:  # gone meanwhile
+            return 0
+        user, at = entry
+        return await events.catch_up(sid, user, at, snaps, asked=asked)
 
     def expire(sid: str) -> None:
         expiry_timers.pop(sid, None)
@@ -89,6 +96,7 @@ def register_socket_handlers(
             raise socketio.exceptions.ConnectionRefusedError(exc.message) from None
         await sio.save_session(sid, {"user": identity.user, "exp": identity.expires_at})
         await sio.enter_room(sid, user_room(identity.user))
+        joined[sid] = (identity.user, events.joined())
         delay = max(0.0, identity.expires_at + LEEWAY_S - time.time())
         expiry_timers[sid] = asyncio.get_running_loop().call_later(delay, expire, sid)
         # Sent after the handshake completes, so the client has its handlers in place.
@@ -99,6 +107,9 @@ def register_socket_handlers(
         timer = expiry_timers.pop(sid, None)
         if timer is not None:
             timer.cancel()
+        entry = joined.pop(sid, None)
+        if entry is not None:
+            events.forget(entry[0], sid)
 
     async def _send_live(sid: str, user: str) -> None:
         try:
@@ -129,8 +140,8 @@ def register_socket_handlers(
             snaps = await service.watch(await user_of(sid), wanted)
         except Exception as exc:
             return _error(exc, on_bug)
-        await send_snapshots(sid, snaps)
-        return {"ok": True, "sent": len(snaps)}
+        sent = await send_snapshots(sid, snaps, asked=True)
+        return {"ok": True, "sent": sent}
 
     @sio.on("*")  # type: ignore[untyped-decorator]
     async def unknown_event(event: Any, sid: str, *_: Any) -> dict[str, Any]:
