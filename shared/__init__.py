@@ -14,12 +14,12 @@ from shared.errors import (
     TaskgateError,
     UnknownTask,
 )
-from shared.inputs import Field, InputSchema
 from shared.keys import Keys
 from shared.registry import TaskContext, TaskSpec, get_task, task
 from shared.schema import SCHEMA_VERSION, Snapshot, Update
 from shared.settings import Settings
 from shared.status import TERMINAL, TaskStatus
+from shared.task_input import TaskInput
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -29,8 +29,6 @@ __all__ = [
     "BrokerUnavailable",
     "ConfigError",
     "Conflict",
-    "Field",
-    "InputSchema",
     "InvalidInput",
     "Keys",
     "NotFound",
@@ -40,6 +38,7 @@ __all__ = [
     "Snapshot",
     "TaskCancelled",
     "TaskContext",
+    "TaskInput",
     "TaskSpec",
     "TaskStatus",
     "TaskgateError",

@@ -7,9 +7,9 @@ script, a task), and ``.s()`` / ``.si()`` for Celery's own ``chain``, ``group`` 
 
 A send does what the gateway does with a submit body, in the same order:
 
-1. checks the input against the task's ``InputSchema`` and the options against the
-   contract (``shared.send_options``); a bad one is ``InvalidInput`` naming it, and nothing
-   is written;
+1. checks the input against the task's input model (``shared.task_input``) and the options
+   against the contract (``shared.send_options``); a bad one is ``InvalidInput`` naming it,
+   and nothing is written;
 2. writes the PENDING record (``create.lua``, with the owner's ``TASKGATE_MAX_ACTIVE`` quota:
    ``RateLimited`` when full);
 3. publishes the Celery message (protocol 2, JSON, with the task type's ``timelimit`` and the

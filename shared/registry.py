@@ -2,11 +2,15 @@
 
 ::
 
+    from pydantic import Field
     from shared.registry import task
-    from shared.inputs import Field, InputSchema
+    from shared.task_input import TaskInput
 
-    @task("reports.build", queue="heavy", schema=InputSchema({"rows": Field("int", low=1)}))
-    def build(ctx, rows):
+    class BuildInput(TaskInput):
+        rows: int = Field(ge=1, le=1_000_000)
+
+    @task("reports.build", queue="heavy", schema=BuildInput)
+    def build(ctx, rows: int):
         for i in range(rows):
             ctx.progress(100 * (i + 1) / rows, f"row {i + 1}")
         return {"rows": rows}
@@ -28,10 +32,12 @@ import importlib
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
+from pydantic import BaseModel
+
 from shared import producer
 from shared.errors import ConfigError, UnknownTask
 from shared.handle import TaskHandle
-from shared.inputs import InputSchema
+from shared.task_input import InputModel, NoInput
 from shared.taskspec import RetryPolicy, TaskFn, TaskSpec
 
 __all__ = [
@@ -165,7 +171,7 @@ _REGISTRY: dict[str, TaskSpec] = {}
 def task(
     name: str,
     *,
-    schema: InputSchema,
+    schema: type[BaseModel] = NoInput,
     queue: str = "fast",
     queues: tuple[str, ...] = (),
     description: str = "",
@@ -182,7 +188,8 @@ def task(
 
     ``soft_time_limit`` raises ``SoftTimeLimitExceeded`` inside the task (it ends TIMED_OUT);
     ``time_limit`` kills the process running it. Each must be above 0, and the soft one not
-    above the hard one."""
+    above the hard one. ``schema`` is the input's pydantic model (``shared.task_input``): a
+    model that is not one, or lets unknown fields through, is a ``ConfigError`` here."""
     for label, limit in (("soft_time_limit", soft_time_limit), ("time_limit", time_limit)):
         if limit is not None and (isinstance(limit, bool) or not limit > 0):
             raise ValueError(f"task {name!r}: {label} must be a number of seconds above 0")
@@ -190,6 +197,7 @@ def task(
         raise ValueError(f"task {name!r}: soft_time_limit is above time_limit")
     if max_retries is not None and (isinstance(max_retries, bool) or not 0 <= max_retries <= 100):
         raise ValueError(f"task {name!r}: max_retries must be from 0 to 100")
+    model = InputModel.of(schema, name)
     policy = None
     if retry_for or max_retries is not None:
         # retry_backoff: True for 1 s doubling, a number for that first delay (as in Celery).
@@ -208,7 +216,7 @@ def task(
         if existing is not None and existing.fn is not fn:
             raise ValueError(f"task name {name!r} is registered twice")
         doc = description or (fn.__doc__ or "").strip()
-        spec = TaskSpec(name, fn, schema, queue, doc, queues, soft_time_limit, time_limit, policy)
+        spec = TaskSpec(name, fn, model, queue, doc, queues, soft_time_limit, time_limit, policy)
         _REGISTRY[name] = spec
         return RegisteredTask(spec, fn)
 

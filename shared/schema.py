@@ -8,9 +8,13 @@ the bytes on the channel are exactly the record after the change.
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import Annotated, Any
 
 import orjson
+from pydantic import Field, WithJsonSchema
+from typing_extensions import TypedDict  # pydantic reads these on Python < 3.12
+
+from shared.status import TaskStatus
 
 SCHEMA_VERSION = 1
 
@@ -36,11 +40,14 @@ class WebhookInfo(TypedDict):
 
 
 class Snapshot(TypedDict):
+    """The one definition of a snapshot: its fields (``SNAPSHOT_FIELDS``, the order the Lua
+    scripts write them in) and the OpenAPI document's ``Snapshot`` (``snapshot_json_schema``)."""
+
     task_id: str
     task: str
     queue: str
-    status: str
-    seq: int
+    status: Annotated[str, WithJsonSchema({"type": "string", "enum": list(TaskStatus.__members__)})]
+    seq: Annotated[int, Field(ge=1)]
     progress: Progress
     result: Any
     error: ErrorInfo | None
@@ -55,7 +62,7 @@ class Snapshot(TypedDict):
     webhook: WebhookInfo | None
     # The attempt running or next (1-based; null before the first run), and when a RETRYING
     # task runs again (null otherwise).
-    attempt: int | None
+    attempt: Annotated[int, Field(ge=1)] | None
     next_attempt_at: float | None
     # When a task submitted with ``countdown`` or ``eta`` is due (null for the others).
     eta: float | None
@@ -72,26 +79,19 @@ class Update(TypedDict):
 
 # Fields of the record hash that make up the snapshot, in order. Each value is stored already
 # JSON-encoded so the Lua script can assemble the snapshot by concatenation, with no re-encoding.
-SNAPSHOT_FIELDS: tuple[str, ...] = (
-    "task_id",
-    "task",
-    "queue",
-    "status",
-    "seq",
-    "progress",
-    "result",
-    "error",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "stalled",
-    "workflow_id",
-    "webhook",
-    "attempt",
-    "next_attempt_at",
-    "eta",
-    "parent_id",
-)
+SNAPSHOT_FIELDS: tuple[str, ...] = tuple(Snapshot.__annotations__)
+
+
+def snapshot_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a snapshot, from ``Snapshot`` (``$ref``-free, for the OpenAPI
+    document): every field is always there, ``null`` where it has no value."""
+    from pydantic import TypeAdapter
+
+    from shared.task_input import inline_refs
+
+    schema = inline_refs(TypeAdapter(Snapshot).json_schema())
+    schema.pop("title", None)
+    return schema
 
 
 def dumps(value: Any) -> bytes:

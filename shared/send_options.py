@@ -2,8 +2,9 @@
 
 ``check_send`` is the producer's (``shared.producer``) counterpart of the gateway's submit
 parser (``gateway.tasks.submission``), with the gateway's own rules for the values Celery's
-``apply_async`` takes: the input against the task's ``InputSchema``, the queue among the task's
-(routes applied) and priority 0-9 (``shared.submission.queue_and_priority``), ``countdown`` /
+``apply_async`` takes: the input against the task's input model (``shared.task_input``), the
+queue among the task's (routes applied) and priority 0-9
+(``shared.submission.queue_and_priority``), ``countdown`` /
 ``eta`` / ``expires`` (``shared.submission.parse_timing``; ``eta`` and ``expires`` may be
 datetimes); besides, a caller's headers (JSON, none of Celery's own or taskgate's), a task id
 (a UUID), and the owner: ``user=``, else the ``taskgate_user`` header, else the running task's

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shared.inputs import InputSchema
+from shared.task_input import InputModel
 
 TaskFn = Callable[..., Any]
 
@@ -43,7 +43,7 @@ class RetryPolicy:
 class TaskSpec:
     name: str
     fn: TaskFn
-    schema: InputSchema
+    schema: InputModel
     queue: str = "fast"
     description: str = ""
     # Other queues a client may choose for this task (``queue`` in the submit body).

@@ -2,28 +2,34 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import time
-from typing import Any
+from enum import StrEnum
+from typing import Annotated, Any
 
-from shared.inputs import Field, InputSchema
+import orjson
+from pydantic import Field
+
 from shared.registry import TaskContext, task
+from shared.task_input import TaskInput
 
 
 class DemoFailure(Exception):
     """The error ``demo.fail`` raises on purpose."""
 
 
+class CountInput(TaskInput):
+    steps: int = Field(10, ge=1, le=10000, description="How many steps to count")
+    delay: float = Field(0.1, ge=0, le=10, description="Seconds to wait at each step")
+
+
 @task(
     "demo.count",
     queue="fast",
     queues=("heavy",),
-    schema=InputSchema(
-        {
-            "steps": Field("int", default=10, low=1, high=10000),
-            "delay": Field("float", default=0.1, low=0, high=10),
-        }
-    ),
+    schema=CountInput,
 )
 def count(ctx: TaskContext, steps: int, delay: float) -> dict[str, Any]:
     """Reports progress at each step; returns how many steps it counted."""
@@ -34,16 +40,12 @@ def count(ctx: TaskContext, steps: int, delay: float) -> dict[str, Any]:
     return {"counted": steps}
 
 
-@task(
-    "demo.fail",
-    queue="fast",
-    schema=InputSchema(
-        {
-            "message": Field("str", default="demo failure", max_length=1000),
-            "after": Field("int", default=0, low=0, high=10000),
-        }
-    ),
-)
+class FailInput(TaskInput):
+    message: str = Field("demo failure", max_length=1000, description="The error message")
+    after: int = Field(0, ge=0, le=10000, description="Steps to run before failing")
+
+
+@task("demo.fail", queue="fast", schema=FailInput)
 def fail(ctx: TaskContext, message: str, after: int) -> None:
     """Fails with ``message`` after ``after`` steps."""
     for i in range(1, after + 1):
@@ -52,12 +54,11 @@ def fail(ctx: TaskContext, message: str, after: int) -> None:
     raise DemoFailure(message)
 
 
-@task(
-    "demo.sleep",
-    queue="fast",
-    queues=("heavy",),
-    schema=InputSchema({"seconds": Field("float", default=5.0, low=0, high=3600)}),
-)
+class SleepInput(TaskInput):
+    seconds: float = Field(5.0, ge=0, le=3600, description="How long to sleep")
+
+
+@task("demo.sleep", queue="fast", queues=("heavy",), schema=SleepInput)
 def sleep(ctx: TaskContext, seconds: float) -> dict[str, Any]:
     """Sleeps with progress; stops early when cancelled."""
     start = time.monotonic()
@@ -69,11 +70,11 @@ def sleep(ctx: TaskContext, seconds: float) -> dict[str, Any]:
     return {"slept": seconds}
 
 
-@task(
-    "demo.add",
-    queue="fast",
-    schema=InputSchema({"value": Field("float", default=0.0, low=-1e12, high=1e12)}),
-)
+class AddInput(TaskInput):
+    value: float = Field(0.0, ge=-1e12, le=1e12, description="The number to add")
+
+
+@task("demo.add", queue="fast", schema=AddInput)
 def add(ctx: TaskContext, value: float) -> dict[str, Any]:
     """Adds ``value`` to the totals it is handed in a workflow (a chain's previous result, a
     chord's header results); shows results flowing through chain and chord."""
@@ -88,11 +89,11 @@ def add(ctx: TaskContext, value: float) -> dict[str, Any]:
     return {"total": total}
 
 
-@task(
-    "demo.primes",
-    queue="heavy",
-    schema=InputSchema({"limit": Field("int", default=1_000_000, low=2, high=50_000_000)}),
-)
+class PrimesInput(TaskInput):
+    limit: int = Field(1_000_000, ge=2, le=50_000_000, description="Count the primes below this")
+
+
+@task("demo.primes", queue="heavy", schema=PrimesInput)
 def primes(ctx: TaskContext, limit: int) -> dict[str, Any]:
     """Counts the primes below ``limit`` with a segmented sieve (CPU-bound)."""
     root = math.isqrt(limit) + 1
@@ -127,10 +128,14 @@ class FlakyError(Exception):
     """The retryable error ``demo.flaky`` raises on its first attempts."""
 
 
+class FlakyInput(TaskInput):
+    fail_times: int = Field(2, ge=0, le=10, description="Attempts that fail before one succeeds")
+
+
 @task(
     "demo.flaky",
     queue="fast",
-    schema=InputSchema({"fail_times": Field("int", default=2, low=0, high=10)}),
+    schema=FlakyInput,
     retry_for=(FlakyError,),
     max_retries=5,
     retry_backoff=0.5,
@@ -142,3 +147,52 @@ def flaky(ctx: TaskContext, fail_times: int) -> dict[str, Any]:
     if ctx.attempt <= fail_times:
         raise FlakyError(f"attempt {ctx.attempt} of {fail_times + 1} fails on purpose")
     return {"attempts": ctx.attempt}
+
+
+class ReportFormat(StrEnum):
+    csv = "csv"
+    json = "json"
+
+
+class ReportOptions(TaskInput):
+    format: ReportFormat = Field(description="csv or json")
+    header: bool = Field(True, description="Start with a header line (csv)")
+
+
+Column = Annotated[str, Field(min_length=1, max_length=64)]
+# How many of the report's first lines the result carries (the report itself is not kept).
+PREVIEW_LINES = 5
+
+
+class ReportInput(TaskInput):
+    rows: int = Field(ge=1, le=100_000, description="How many rows the report has")
+    columns: list[Column] = Field(min_length=1, max_length=20, description="Column names")
+    options: ReportOptions
+
+
+@task("demo.report", queue="fast", schema=ReportInput)
+def report(
+    ctx: TaskContext, rows: int, columns: list[str], options: ReportOptions
+) -> dict[str, Any]:
+    """Builds a small report with progress; its input is nested, a list and an enum."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    if options.format is ReportFormat.csv and options.header:
+        writer.writerow(columns)
+    chunk = max(1, rows // 20)
+    for i in range(rows):
+        values = [f"{name}-{i + 1}" for name in columns]
+        if options.format is ReportFormat.csv:
+            writer.writerow(values)
+        else:
+            out.write(orjson.dumps(dict(zip(columns, values, strict=True))).decode() + "\n")
+        if (i + 1) % chunk == 0 or i + 1 == rows:
+            ctx.progress(100.0 * (i + 1) / rows, f"row {i + 1:,} of {rows:,}")
+    text = out.getvalue()
+    return {
+        "format": options.format.value,
+        "rows": rows,
+        "columns": columns,
+        "bytes": len(text.encode()),
+        "preview": text.splitlines()[:PREVIEW_LINES],
+    }

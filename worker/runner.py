@@ -230,9 +230,27 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
     def execute(self: Task, *args: Any, **kwargs: Any) -> Any:
         task_id: str = self.request.id
         store = records.get()
+
+        def adopt_native(task: Task) -> str:
+            """Give a message sent with Celery's own API (send_task, .delay(), a canvas, beat)
+            its record; the owner it was adopted for."""
+            owner = owner_of(task.request, settings)
+            queue = queue_of(task.request, spec.queue)
+            retrying(
+                lambda: adopt(store, task_id, spec.name, queue, owner, settings),
+                f"adopting {task_id}",
+            )
+            return owner
+
         try:
-            data = spec.schema.validate(kwargs)
+            data = spec.schema.arguments(kwargs)
         except InvalidInput as exc:
+            # Not run; recorded FAILED, also when Celery's own API sent it (a record first).
+            recorded = header(self.request, RECORDED_HEADER) or retrying(
+                lambda: store.owner(task_id), f"reading the owner of {task_id}"
+            )
+            if not recorded:
+                adopt_native(self)
             finish(store, task_id, TaskStatus.FAILED, error=_error(exc))
             return None
 
@@ -266,12 +284,7 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
             if not started.missing or header(task.request, RECORDED_HEADER):
                 return started, None
             # Sent with Celery's own API (send_task, .delay(), a canvas, beat): no record yet.
-            owner = owner_of(task.request, settings)
-            queue = queue_of(task.request, spec.queue)
-            retrying(
-                lambda: adopt(store, task_id, spec.name, queue, owner, settings),
-                f"adopting {task_id}",
-            )
+            owner = adopt_native(task)
             # A signature built inside a task (shared.producer) names that task its parent.
             parent = header(task.request, PARENT_HEADER)
             linked = isinstance(parent, str) and 0 < len(parent) <= 64

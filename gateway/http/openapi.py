@@ -24,6 +24,7 @@ from gateway.http.workflow_schemas import workflow_ack_schema, workflow_componen
 from gateway.tasks.service import MAX_BATCH
 from gateway.tasks.submission import IDEMPOTENCY_KEY_MAX, MAX_DELAY_S
 from shared.registry import TaskSpec, all_tasks
+from shared.schema import snapshot_json_schema
 from shared.settings import Settings
 from shared.status import TaskStatus
 from shared.webhooks import MAX_URL_LENGTH
@@ -438,48 +439,8 @@ def submit_body_schema(ctx: Context) -> Schema:
 
 
 def snapshot_schema() -> Schema:
-    nullable_number = {"type": ["number", "null"]}
-    return {
-        "type": "object",
-        "properties": {
-            "task_id": {"type": "string"},
-            "task": {"type": "string"},
-            "queue": {"type": "string"},
-            "status": {"type": "string", "enum": list(TaskStatus.__members__)},
-            "seq": {"type": "integer", "minimum": 1},
-            "progress": {
-                "type": "object",
-                "properties": {
-                    "percent": {"type": "number"},
-                    "message": {"type": ["string", "null"]},
-                    "data": {"type": "object"},
-                },
-                "required": ["percent"],
-            },
-            "result": {},
-            "error": {
-                "oneOf": [
-                    {"type": "null"},
-                    {
-                        "type": "object",
-                        "properties": {
-                            "type": {"type": "string"},
-                            "message": {"type": "string"},
-                        },
-                        "required": ["type", "message"],
-                    },
-                ]
-            },
-            "created_at": {"type": "number"},
-            "started_at": nullable_number,
-            "finished_at": nullable_number,
-            "attempt": {"type": ["integer", "null"], "minimum": 1},
-            "next_attempt_at": nullable_number,
-            "eta": nullable_number,
-            "parent_id": {"type": ["string", "null"]},
-        },
-        "required": ["task_id", "task", "queue", "status", "seq", "progress", "created_at"],
-    }
+    """From ``shared.schema.Snapshot``, the one definition (the Lua scripts' field list too)."""
+    return snapshot_json_schema()
 
 
 def error_schema() -> Schema:

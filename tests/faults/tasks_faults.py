@@ -11,9 +11,10 @@ import time
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from pydantic import Field
 
-from shared.inputs import Field, InputSchema
 from shared.registry import TaskContext, task
+from shared.task_input import TaskInput
 
 
 def _note(path: str, line: str) -> None:
@@ -22,17 +23,26 @@ def _note(path: str, line: str) -> None:
             f.write(line + "\n")
 
 
-@task(
-    "faults.steps",
-    queue="fast",
-    schema=InputSchema(
-        {
-            "steps": Field("int", default=10, low=1, high=10000),
-            "delay": Field("float", default=0.1, low=0, high=10),
-            "path": Field("str", default="", max_length=4096),
-        }
-    ),
-)
+class StepsInput(TaskInput):
+    steps: int = Field(10, ge=1, le=10000)
+    delay: float = Field(0.1, ge=0, le=10)
+    path: str = Field("", max_length=4096)
+
+
+class PathInput(TaskInput):
+    path: str = ""
+
+
+class SecondsInput(TaskInput):
+    seconds: float = Field(le=60)
+
+
+class RetryLaterInput(TaskInput):
+    countdown: float = Field(3, ge=0, le=60)
+    path: str = ""
+
+
+@task("faults.steps", queue="fast", schema=StepsInput)
 def steps(ctx: TaskContext, steps: int, delay: float, path: str) -> dict[str, Any]:
     """demo.count that says which process runs it, and notes each run in ``path``."""
     _note(path, f"run {ctx.task_id} {os.getpid()}")
@@ -42,7 +52,7 @@ def steps(ctx: TaskContext, steps: int, delay: float, path: str) -> dict[str, An
     return {"counted": steps}
 
 
-@task("faults.die", queue="fast", schema=InputSchema({"path": Field("str", default="")}))
+@task("faults.die", queue="fast", schema=PathInput)
 def die(ctx: TaskContext, path: str) -> None:
     """Kills its own worker process (a segfault, the OOM killer), every time it runs."""
     _note(path, f"run {ctx.task_id} {os.getpid()}")
@@ -50,7 +60,7 @@ def die(ctx: TaskContext, path: str) -> None:
     os._exit(137)
 
 
-@task("faults.stubborn", queue="fast", schema=InputSchema({"seconds": Field("float", high=60)}))
+@task("faults.stubborn", queue="fast", schema=SecondsInput)
 def stubborn(ctx: TaskContext, seconds: float) -> dict[str, Any]:
     """Ignores the soft time limit, so only the hard limit can stop it."""
     end = time.monotonic() + seconds
@@ -65,7 +75,7 @@ def stubborn(ctx: TaskContext, seconds: float) -> dict[str, Any]:
 @task(
     "faults.quick_limit",
     queue="fast",
-    schema=InputSchema({"seconds": Field("float", high=60)}),
+    schema=SecondsInput,
     soft_time_limit=1,
     time_limit=2,
 )
@@ -80,9 +90,7 @@ def quick_limit(ctx: TaskContext, seconds: float) -> dict[str, Any]:
 @task(
     "faults.retry_later",
     queue="fast",
-    schema=InputSchema(
-        {"countdown": Field("float", default=3, low=0, high=60), "path": Field("str", default="")}
-    ),
+    schema=RetryLaterInput,
     max_retries=2,
 )
 def retry_later(ctx: TaskContext, countdown: float, path: str) -> dict[str, Any]:

@@ -22,7 +22,6 @@ from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.inputs import Field
 from shared.registry import all_tasks
 from shared.settings import Settings
 from tests.support import SocketClient, isolated_env, make_token, serve_gateway
@@ -58,7 +57,9 @@ def submit_bodies(*, strict: bool) -> st.SearchStrategy[Any]:
         [*sorted(all_tasks()), "os.system", "builtins.eval", "", "demo.count ", "DEMO.COUNT",
          "celery.chord_unlock", "worker.demo.count", "../demo.count"]
     ) | st.text(max_size=30)  # fmt: skip
-    fields = st.sampled_from(["steps", "delay", "seconds", "limit", "message", "after"])
+    fields = st.sampled_from(
+        ["steps", "delay", "seconds", "limit", "message", "after", "rows", "columns", "options"]
+    )
     inputs = st.dictionaries(fields | st.text(max_size=8), values, max_size=4) | values
     options = st.dictionaries(
         st.sampled_from(
@@ -72,27 +73,44 @@ def submit_bodies(*, strict: bool) -> st.SearchStrategy[Any]:
     return st.one_of(near_valid_bodies(), structured, values)
 
 
-def field_values(spec: Field) -> st.SearchStrategy[Any]:
-    """Values around a field's bounds: mostly inside, sometimes just outside."""
-    low = -10.0 if spec.low is None else spec.low
-    high = low + 100 if spec.high is None else spec.high
-    if spec.kind == "int":
-        return st.integers(int(low) - 2, int(high) + 2)
-    if spec.kind == "float":
+def schema_values(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
+    """Values for a JSON Schema (a task's ``input_schema``, ``$ref``-free) around its bounds:
+    mostly inside, sometimes just outside; nested objects, lists and enums included."""
+    if "enum" in schema:
+        return st.sampled_from(schema["enum"]) | st.text(max_size=6)
+    if "anyOf" in schema:
+        return st.one_of([schema_values(s) for s in schema["anyOf"]])
+    kind = schema.get("type")
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", -10.0)
+        high = schema.get("maximum", low + 100)
+        if kind == "integer":
+            return st.integers(int(low) - 2, int(high) + 2)
         return st.floats(low - 1, high + 1, allow_nan=False)
-    if spec.kind == "str":
-        return st.text(max_size=(spec.max_length or 50) + 5)
-    return st.booleans()
+    if kind == "string":
+        return st.text(max_size=schema.get("maxLength", 50) + 5)
+    if kind == "boolean":
+        return st.booleans()
+    if kind == "array":
+        most = schema.get("maxItems", 5)
+        return st.lists(schema_values(schema.get("items", {})), max_size=most + 1)
+    if kind == "object":
+        fields = {k: schema_values(v) for k, v in schema.get("properties", {}).items()}
+        required = set(schema.get("required", ()))
+        return st.fixed_dictionaries(
+            {k: v for k, v in fields.items() if k in required},
+            optional={k: v for k, v in fields.items() if k not in required},
+        )
+    return json_values(strict=True)
 
 
 def near_valid_bodies() -> st.SearchStrategy[dict[str, Any]]:
     """Bodies built from each task's schema, so that many are accepted."""
     per_task = []
     for name, spec in sorted(all_tasks().items()):
-        fields = {k: field_values(f) for k, f in spec.schema.fields.items()}
         per_task.append(
             st.fixed_dictionaries(
-                {"task": st.just(name), "input": st.fixed_dictionaries({}, optional=fields)},
+                {"task": st.just(name), "input": schema_values(spec.schema.json_schema())},
                 optional={
                     "priority": st.integers(-1, 10),
                     "queue": st.sampled_from([spec.queue, *spec.queues, "celery"]),

@@ -19,7 +19,9 @@ from gateway.appkeys import SERVICE
 from gateway.http.openapi import JSON, OPERATIONS, routes_of
 from gateway.tasks.workflow_body import MAX_CARRIED, MAX_DEPTH, MAX_STEPS, MAX_TASKS
 from shared.registry import all_tasks
+from shared.schema import SNAPSHOT_FIELDS, Snapshot
 from shared.settings import Settings
+from shared.status import TaskStatus
 from tests.support import auth, footprint, isolated_env, make_token, serve_gateway
 from tests.tasks.workflows_support import add, submit, user, wait_workflow
 
@@ -47,7 +49,19 @@ async def test_document_is_openapi_31_built_from_the_registry(http: TestClient) 
     by_name = {v["properties"]["task"]["const"]: v for v in variants}
     assert set(by_name) == set(all_tasks())
     steps = by_name["demo.count"]["properties"]["input"]["anyOf"][0]["properties"]["steps"]
-    assert steps == {"type": "integer", "minimum": 1, "maximum": 10000, "default": 10}
+    assert steps == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 10000,
+        "default": 10,
+        "title": "Steps",
+        "description": "How many steps to count",
+    }
+    # Nested, list and enum inputs come through as the model states them, $ref-free.
+    report = by_name["demo.report"]["properties"]["input"]["anyOf"][0]
+    assert report == all_tasks()["demo.report"].schema.json_schema()
+    assert report["properties"]["options"]["properties"]["format"]["enum"] == ["csv", "json"]
+    assert "$ref" not in json.dumps(doc["components"]["schemas"]["SubmitBody"])
     assert by_name["demo.count"]["additionalProperties"] is False
 
 
@@ -117,6 +131,44 @@ async def test_nested_workflow_answers_match_the_document(http: TestClient) -> N
     assert resp.status == 202
     cancel_schema.validate(await resp.json())
     snap_schema.validate(await wait_workflow(http, who, ack["workflow_id"]))
+
+
+async def test_the_snapshot_schema_is_the_code_s_and_real_snapshots_match_it(
+    http: TestClient, sockets: Any
+) -> None:
+    """One definition: the document's Snapshot has exactly ``shared.schema.Snapshot``'s fields
+    (which the Lua scripts write, tests/store/test_lua_scripts.py), each always present; and
+    the snapshots a real task goes through (answer, socket events, GET) are valid against it."""
+    doc = await (await http.get("/api/openapi.json")).json()
+    schema = doc["components"]["schemas"]["Snapshot"]
+    assert list(schema["properties"]) == list(SNAPSHOT_FIELDS) == list(Snapshot.__annotations__)
+    assert schema["required"] == list(SNAPSHOT_FIELDS)
+    assert schema["properties"]["status"]["enum"] == list(TaskStatus.__members__)
+    check = against(doc, {"$ref": "#/components/schemas/Snapshot"})
+    who = user()
+    client = await sockets(who)
+    seen: list[dict[str, Any]] = []
+    for body in (
+        {
+            "task": "demo.report",
+            "input": {"rows": 40, "columns": ["a"], "options": {"format": "csv"}},
+        },
+        {"task": "demo.fail", "input": {"message": "boom"}},
+    ):
+        resp = await http.post("/api/tasks", json=body, headers=auth(who))
+        assert resp.status == 202, await resp.text()
+        answer = await resp.json()
+        final = await client.wait_terminal(answer["task_id"])
+        got = await (await http.get(f"/api/tasks/{answer['task_id']}", headers=auth(who))).json()
+        seen += [answer, *client.events[answer["task_id"]], got]
+        assert got["status"] == final["status"]
+    for snap in seen:
+        check.validate(snap)
+    assert {s["status"] for s in seen} >= {"PENDING", "RUNNING", "COMPLETED", "FAILED"}
+    # Every field is always there: a snapshot without one is not valid.
+    broken = {**seen[-1]}
+    del broken["stalled"]
+    assert not check.is_valid(broken)
 
 
 async def test_the_workflow_body_schema_refuses_what_the_gateway_refuses(

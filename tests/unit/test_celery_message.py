@@ -10,8 +10,8 @@ from typing import Any
 
 from gateway.broker.message import build_task_message
 from gateway.broker.redis_broker import RedisBroker, redis_priority
-from shared.inputs import InputSchema
 from shared.settings import Settings
+from shared.task_input import InputModel, NoInput
 from tests.support import offline_env
 from worker.celery_app import make_celery
 
@@ -57,12 +57,14 @@ def test_a_task_types_own_limits_travel_in_the_timelimit_header() -> None:
         return None
 
     # Built, not registered: the registry of this test process stays as the task modules left it.
-    spec = TaskSpec("unit.limited", limited, InputSchema({}), soft_time_limit=3, time_limit=5)
+    spec = TaskSpec(
+        "unit.limited", limited, InputModel.of(NoInput), soft_time_limit=3, time_limit=5
+    )
     assert build_message(Submission(spec, {}, "fast", 0, None), "t-1").headers["timelimit"] == [
         5,
         3,
     ]
-    plain = TaskSpec("unit.plain", limited, InputSchema({}))
+    plain = TaskSpec("unit.plain", limited, InputModel.of(NoInput))
     assert build_message(Submission(plain, {}, "fast", 0, None), "t-2").headers["timelimit"] == [
         None,
         None,

@@ -6,14 +6,19 @@ from __future__ import annotations
 from typing import Any
 
 from celery import chain
+from pydantic import Field
 
 from shared.handle import TaskHandle
-from shared.inputs import Field, InputSchema
 from shared.registry import TaskContext, task
+from shared.task_input import TaskInput
 from worker.demo import add, count
 
 
-@task("ptest.parent", schema=InputSchema({"steps": Field("int", default=1, low=1, high=10)}))
+class ParentInput(TaskInput):
+    steps: int = Field(1, ge=1, le=10)
+
+
+@task("ptest.parent", schema=ParentInput)
 def parent(ctx: TaskContext, steps: int) -> dict[str, Any]:
     """Starts four children and a two-step chain; returns their ids."""
     by_ctx = ctx.start("demo.count", steps=steps, delay=0)
