@@ -15,7 +15,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import p1_submit, p2_batch, p3_relay, p4_latency, p5_connections
+from bench import p1_submit, p2_batch, p3_relay, p4_latency, p5_connections, p6_validation
 from bench.harness import (
     ForeignLoad,
     Results,
@@ -26,12 +26,12 @@ from bench.harness import (
 )
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-ALL = ("p1", "p2", "p3", "p4", "p5")
+ALL = ("p1", "p2", "p3", "p4", "p5", "p6")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--only", default=",".join(ALL), help="comma list of p1..p5 (p3 has P4a)")
+    parser.add_argument("--only", default=",".join(ALL), help="comma list of p1..p6 (p3 has P4a)")
     parser.add_argument(
         "--p5-seconds",
         type=float,
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                     n_clients=args.p5_clients,
                     redis_pid=redis_pid,
                 ),
+                "p6": lambda: p6_validation.run(results),
             }
             for name in ALL:
                 if name not in chosen:

@@ -137,9 +137,19 @@ async def test_a_socket_submit_gets_the_same_details(sockets: Connect) -> None:
 
 async def test_too_deep_an_input_is_refused_cleanly(http: TestClient) -> None:
     deep: Any = 1
-    for _ in range(MAX_DEPTH + 5):
+    for _ in range(40):
         deep = [deep]
     details = await refused(http, report(columns=deep))
+    assert details["field"] == "input.columns[0]", details
+    for _ in range(300):  # deeper than JSON is carried here: refused as a whole
+        deep = [deep]
+    details = await refused(http, report(rows=deep))
+    assert details["field"] == "input", details
+    # ... and so is a whole float deep down, on the path that turns those into integers.
+    nested: Any = 2.0
+    for _ in range(MAX_DEPTH + 5):
+        nested = [nested]
+    details = await refused(http, report(rows=nested))
     assert details["field"] == "input", details
 
 
