@@ -1,16 +1,21 @@
 // The taskgate page: one Socket.IO connection (the official client), a list of live progress
-// bars, forms for the demo tasks, and a panel of queues and workers. State rules live in state.js.
+// bars, a form for every task type the gateway offers (GET /api/task-types), and a panel of
+// queues and workers. State rules live in state.js, form rules in forms.js.
 
 import { io } from "/vendor/socket.io-client/socket.io.esm.min.js";
-import { DEMO_TASKS, QUEUES, buildSubmission } from "./forms.js";
+import { buildSubmission, fieldFor, formModels, labelFor, serverErrors } from "./forms.js";
+import { clearErrors, el, readForm, renderForm, showErrors } from "./formview.js";
 import {
   TaskStore,
+  WorkflowStore,
+  busyIds,
   canCancel,
   classifyConnectError,
   describeElapsed,
   describeError,
   describePhase,
   describeResult,
+  describeWorkflow,
   isTerminal,
   maxAttemptsByType,
   peekToken,
@@ -26,7 +31,11 @@ const OFFLINE_AFTER_MS = 15_000;
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const store = new TaskStore({ limit: 200 });
+const workflows = new WorkflowStore();
 const rows = new Map();
+const flowRows = new Map();
+// Workflows asked for over HTTP (a task of one showed up before any `workflow` event).
+const flowsAsked = new Set();
 const ui = {
   connection: $("#connection"),
   notice: $("#notice"),
@@ -34,6 +43,7 @@ const ui = {
   who: $("#who"),
   forms: $("#forms"),
   tasks: $("#tasks"),
+  workflows: $("#workflows"),
   empty: $("#empty"),
   summary: $("#summary"),
   cluster: $("#cluster"),
@@ -52,6 +62,10 @@ let currentUser = null;
 // Runs each task type may have (GET /api/task-types), for "attempt n of m".
 let maxAttempts = new Map();
 let taskTypesLoaded = false;
+// The task a Run just submitted: its row is kept in view while it changes (it grows as messages
+// and results come, and the browser's scroll anchoring would push it away), until it ends or the
+// user scrolls.
+let follow = null;
 
 // Exposed for the browser tests and for a curious person in the console; read-only use.
 window.taskgate = {
@@ -59,8 +73,12 @@ window.taskgate = {
   get socket() {
     return socket;
   },
+  workflows,
   get taskTypesLoaded() {
     return taskTypesLoaded;
+  },
+  get clusterRenders() {
+    return clusterRenders;
   },
 };
 
@@ -110,9 +128,15 @@ function setConnection(state, detail = "") {
   ui.connection.dataset.state = state;
   $(".label", ui.connection).textContent = detail ? `${labels[state]} ${detail}` : labels[state];
   document.body.dataset.connection = state;
+  syncRunButtons();
+}
+
+function syncRunButtons() {
+  const connected = ui.connection.dataset.state === "connected";
   for (const button of document.querySelectorAll(".task-form button[type=submit]")) {
-    button.disabled = state !== "connected";
-    button.title = state === "connected" ? "" : "Not connected to the gateway";
+    if (button.dataset.busy) continue;
+    button.disabled = !connected;
+    button.title = connected ? "" : "Not connected to the gateway";
   }
 }
 
@@ -130,12 +154,15 @@ function start(newToken) {
     // Another user on this tab: none of what we show is theirs.
     currentUser = user;
     store.clear();
+    workflows.clear();
+    flowsAsked.clear();
     historyLoaded = false;
     scheduleRender();
   }
   ui.who.hidden = !user;
   ui.who.textContent = user ? `signed in as ${user}` : "";
   setConnection("connecting");
+  refreshCluster(); // not connected yet: the panel says it waits, as the header does
   socket = io({
     auth: { token },
     forceNew: true,
@@ -190,7 +217,16 @@ function start(newToken) {
   });
 
   socket.on("task", (snap) => {
-    if (store.apply(snap) === "applied") scheduleRender();
+    const before = store.get(snap?.task_id)?.status;
+    if (store.apply(snap) !== "applied") return;
+    scheduleRender();
+    const t = store.get(snap.task_id);
+    if (t.status !== before) statusChanged(t);
+    if (typeof t.workflow_id === "string" && t.workflow_id) askWorkflow(t.workflow_id);
+  });
+
+  socket.on("workflow", (snap) => {
+    if (workflows.apply(snap) === "applied") scheduleRender();
   });
 
   socket.on("heartbeat", (beat) => {
@@ -222,6 +258,7 @@ function refused(message) {
   sessionStorage.removeItem(TOKEN_KEY);
   ui.who.hidden = true;
   setConnection("offline", "– not signed in");
+  refreshCluster();
   showNotice(
     `The gateway refused this token: ${message}. Get a new one (taskgate token USER) and ` +
       "open /?token=…, or paste it here.",
@@ -258,7 +295,10 @@ async function loadHistory() {
   try {
     const { status, body } = await api("/api/tasks?limit=50");
     if (status === 200 && Array.isArray(body?.tasks)) {
-      for (const snap of body.tasks) store.apply(snap);
+      for (const snap of body.tasks) {
+        store.apply(snap);
+        if (typeof snap?.workflow_id === "string" && snap.workflow_id) askWorkflow(snap.workflow_id);
+      }
       scheduleRender();
     }
   } catch {
@@ -266,19 +306,37 @@ async function loadHistory() {
   }
 }
 
-/** The task types, for the retry counts; tried again on the next connect if this fails. */
+/** The task types: a form for each, and the retry counts; tried again on the next connect. */
 async function loadTaskTypes() {
   try {
     const { status, body } = await api("/api/task-types");
-    if (status !== 200) return;
+    if (status !== 200) {
+      ui.forms.dataset.state = "failed";
+      ui.forms.replaceChildren(el("p", { className: "muted" }, `Task types unavailable (HTTP ${status}).`));
+      return;
+    }
     maxAttempts = maxAttemptsByType(body);
+    buildForms(formModels(body));
     taskTypesLoaded = true;
     for (const [id, row] of rows) {
       const t = store.get(id);
       if (t) updateRow(row, t);
     }
   } catch {
-    // Rows say "attempt n" without "of m" meanwhile.
+    ui.forms.dataset.state = "failed";
+    ui.forms.replaceChildren(el("p", { className: "muted" }, "Task types unavailable; trying again on reconnect."));
+  }
+}
+
+/** The rolled-up state of a workflow whose task showed up before any `workflow` event. */
+async function askWorkflow(id) {
+  if (flowsAsked.has(id) || workflows.get(id)) return;
+  flowsAsked.add(id);
+  try {
+    const { status, body } = await api(`/api/workflows/${encodeURIComponent(id)}`);
+    if (status === 200 && workflows.apply(body) === "applied") scheduleRender();
+  } catch {
+    flowsAsked.delete(id); // the next task event asks again
   }
 }
 
@@ -286,26 +344,45 @@ async function loadTaskTypes() {
 
 let clusterTimer = null;
 let clusterRun = 0;
+let clusterRenders = 0;
+let clusterSoon = null;
+// The last answers, kept while connected; `null` until they come.
+const cluster = { queues: null, workers: null };
 
+/**
+ * Load both halves of the panel while connected; each is drawn as soon as it comes (the workers'
+ * answer waits for Celery's inspect, seconds). Not connected, the panel says so, as the header
+ * does, and shows nothing that could be out of date.
+ */
 async function refreshCluster() {
   clearTimeout(clusterTimer);
+  clearTimeout(clusterSoon);
   const run = ++clusterRun;
-  let next = CLUSTER_EVERY_MS;
-  if (token && socket?.connected) {
-    const [queues, workers] = await Promise.all([
-      fetchPanel("/api/queues", "queues"),
-      fetchPanel("/api/workers", "workers"),
-    ]);
-    if (run !== clusterRun) return; // a newer refresh started meanwhile
-    renderCluster(queues, workers);
-    ui.cluster.dataset.loaded = "true";
-    if (queues.items) offerQueues(queues.items.map((q) => q.name));
-    if (queues.missing && workers.missing) next = CLUSTER_MISSING_EVERY_MS;
-  } else {
-    const why = { why: "not connected" };
-    renderCluster(why, why);
+  if (!(token && socket?.connected)) {
+    cluster.queues = cluster.workers = null;
+    renderCluster();
+    return; // the next connect refreshes
   }
+  renderCluster();
+  const got = (key) => (answer) => {
+    if (run !== clusterRun || !socket?.connected) return;
+    cluster[key] = answer;
+    renderCluster();
+  };
+  const [queues, workers] = await Promise.all([
+    fetchPanel("/api/queues", "queues").then(got("queues")),
+    fetchPanel("/api/workers", "workers").then(got("workers")),
+  ]).then(() => [cluster.queues, cluster.workers]);
+  if (run !== clusterRun) return; // a newer refresh started meanwhile
+  const next = queues?.missing && workers?.missing ? CLUSTER_MISSING_EVERY_MS : CLUSTER_EVERY_MS;
   clusterTimer = setTimeout(refreshCluster, next);
+}
+
+/** A task started or ended: the busy counts change; refresh soon (coalesced). */
+function statusChanged(t) {
+  if (isTerminal(t.status)) renderCluster(); // drop it from the counts at once
+  clearTimeout(clusterSoon);
+  if (socket?.connected) clusterSoon = setTimeout(refreshCluster, 400);
 }
 
 async function fetchPanel(path, key) {
@@ -319,11 +396,24 @@ async function fetchPanel(path, key) {
   }
 }
 
-function renderCluster(queues, workers) {
+function renderCluster() {
+  clusterRenders += 1;
+  const connected = Boolean(token && socket?.connected);
+  const { queues, workers } = cluster;
+  const state = !connected ? "waiting" : queues && workers ? "loaded" : "loading";
+  ui.cluster.dataset.state = state;
+  ui.cluster.dataset.loaded = String(state === "loaded");
+  ui.cluster.setAttribute("aria-busy", String(state === "loading"));
+  if (!connected) {
+    ui.cluster.replaceChildren(
+      el("p", { className: "muted waiting" }, "Shown once the page is connected to the gateway."),
+    );
+    return;
+  }
   const root = document.createDocumentFragment();
-  const qHead = el("h3", {}, "Queues");
-  root.append(qHead);
-  if (queues.items) {
+  root.append(el("h3", {}, "Queues"));
+  if (!queues) root.append(el("p", { className: "muted loading" }, "Loading…"));
+  else if (queues.items) {
     const list = el("ul", { className: "queues" });
     for (const q of queues.items) {
       list.append(
@@ -339,18 +429,19 @@ function renderCluster(queues, workers) {
     root.append(el("p", { className: "muted unavailable" }, `Unavailable (${queues.why}).`));
   }
   root.append(el("h3", {}, "Workers"));
-  if (workers.items) {
+  if (!workers) root.append(el("p", { className: "muted loading" }, "Loading… (asking the workers)"));
+  else if (workers.items) {
     const list = el("ul", { className: "workers" });
     for (const w of workers.items) {
-      const active = Array.isArray(w.active) ? w.active.length : 0;
+      const busy = busyIds(w, (id) => store.get(id)?.status);
       list.append(
-        el("li", { className: "worker" }, [
+        el("li", { className: "worker", dataset: { busy: busy.join(" ") } }, [
           el("span", { className: "w-name", title: w.name }, w.name),
           el("span", { className: "w-queues" }, `queues: ${(w.queues || []).join(", ") || "–"}`),
           el(
             "span",
             { className: "w-stats" },
-            `${active} of ${w.concurrency ?? "?"} busy · ${w.processed ?? 0} processed`,
+            `${busy.length} of ${w.concurrency ?? "?"} busy · ${w.processed ?? 0} processed`,
           ),
         ]),
       );
@@ -365,61 +456,34 @@ function renderCluster(queues, workers) {
 
 // ---- forms -------------------------------------------------------------------------------
 
-function buildForms() {
-  for (const spec of DEMO_TASKS) {
-    const form = el("form", { className: "task-form", dataset: { task: spec.name }, noValidate: true });
-    const id = (name) => `f-${spec.name.replace(".", "-")}-${name}`;
-    const inputs = spec.fields.map((f) => {
-      const input = el("input", {
-        id: id(f.name),
-        name: f.name,
-        value: String(f.value),
-        type: f.type === "str" ? "text" : "number",
-      });
-      if (f.type !== "str") {
-        input.min = String(f.min);
-        input.max = String(f.max);
-        input.step = String(f.step ?? 1);
-        input.inputMode = f.type === "int" ? "numeric" : "decimal";
-      }
-      return el("div", { className: "field" }, [el("label", { htmlFor: id(f.name) }, f.label), input]);
-    });
-    const queue = el("select", { id: id("queue"), name: "queue" }, [
-      ...QUEUES.map((q) => el("option", { value: q, selected: q === spec.queue }, q)),
-    ]);
-    const priority = el("select", { id: id("priority"), name: "priority" }, [
-      ...Array.from({ length: 10 }, (_, i) => el("option", { value: String(i) }, String(i))),
-    ]);
-    const out = el("output", { className: "form-status", role: "status" });
-    form.append(
-      el("div", { className: "form-head" }, [
-        el("h3", {}, spec.name),
-        el("p", { className: "muted" }, spec.about),
-      ]),
-      el("div", { className: "fields" }, [
-        ...inputs,
-        el("div", { className: "field" }, [el("label", { htmlFor: id("queue") }, "Queue"), queue]),
-        el("div", { className: "field" }, [el("label", { htmlFor: id("priority") }, "Priority"), priority]),
-      ]),
-      el("div", { className: "form-foot" }, [
-        el("button", { type: "submit", disabled: true, title: "Not connected to the gateway" }, "Run"),
-        out,
-      ]),
-    );
-    form.addEventListener("submit", (event) => {
-      event.preventDefault();
-      submitForm(form, spec, out);
-    });
-    ui.forms.append(form);
-  }
+/** A form for each task type; a form being typed in is kept when the types load again. */
+function buildForms(models) {
+  const old = new Map([...ui.forms.querySelectorAll(".task-form")].map((f) => [f.dataset.task, f]));
+  const forms = models.map((model) => {
+    const kept = old.get(model.name);
+    if (kept && JSON.stringify(kept._model) === JSON.stringify(model)) return kept;
+    return renderForm(model, { onSubmit: submitForm });
+  });
+  if (!forms.length) forms.push(el("p", { className: "muted" }, "This gateway offers no task types."));
+  ui.forms.replaceChildren(...forms);
+  ui.forms.dataset.state = "loaded";
+  syncRunButtons();
 }
 
-async function submitForm(form, spec, out) {
-  const values = Object.fromEntries(new FormData(form).entries());
-  const built = buildSubmission(spec, values);
+function statusOf(form) {
+  return $("output.form-status", form);
+}
+
+async function submitForm(form) {
+  const model = form._model;
+  const out = statusOf(form);
+  clearErrors(form);
+  const built = buildSubmission(model, readForm(form));
   out.dataset.taskId = "";
-  if (built.error) {
-    showFormStatus(out, built.error.message, true);
+  if (built.errors) {
+    const unplaced = showErrors(form, built.errors);
+    const first = built.errors[0];
+    showFormStatus(out, [`${labelFor(model, first.field)}: ${first.message}`, ...unplaced].join("; "), true);
     return;
   }
   if (!socket?.connected) {
@@ -428,32 +492,28 @@ async function submitForm(form, spec, out) {
   }
   const button = $("button[type=submit]", form);
   button.disabled = true;
+  button.dataset.busy = "1";
   try {
     const ack = await socket.timeout(ACK_TIMEOUT_MS).emitWithAck("submit", built.body);
     if (ack?.error) {
-      const field = ack.error.details?.field ? ` (${ack.error.details.field})` : "";
-      showFormStatus(out, `${ack.error.message}${field}`, true);
+      const problems = serverErrors(ack.error).map((e) => ({ ...e, field: fieldFor(model, e.field) }));
+      const unplaced = showErrors(form, problems);
+      const named = problems
+        .filter((p) => p.field !== "form")
+        .map((p) => `${labelFor(model, p.field)}: ${p.message}`);
+      showFormStatus(out, named.length ? named.join("; ") : [ack.error.message, ...unplaced].join("; "), true);
       return;
     }
-    store.addSubmitted(ack, { task: spec.name, queue: built.body.queue ?? spec.queue, now: serverNow() });
+    store.addSubmitted(ack, { task: model.name, queue: built.body.queue ?? model.queue, now: serverNow() });
+    follow = ack.task_id;
     scheduleRender();
     out.dataset.taskId = ack.task_id;
     showFormStatus(out, `Submitted ${ack.task_id.slice(0, 8)}.`, false);
   } catch {
     showFormStatus(out, "No answer from the gateway; the task may or may not have been accepted.", true);
   } finally {
-    button.disabled = !socket?.connected;
-  }
-}
-
-/** Queues the gateway knows about become choices in every form. */
-function offerQueues(names) {
-  for (const select of document.querySelectorAll(".task-form select[name=queue]")) {
-    const have = new Set([...select.options].map((o) => o.value));
-    for (const name of names) {
-      if (typeof name === "string" && name && !have.has(name))
-        select.append(el("option", { value: name }, name));
-    }
+    delete button.dataset.busy;
+    syncRunButtons();
   }
 }
 
@@ -496,7 +556,72 @@ function render() {
       if (row) ui.tasks.append(row);
     }
   }
+  renderWorkflows();
   renderSummary();
+  if (follow && rows.has(follow)) {
+    // "nearest" moves nothing when the row is already in view, in the page and in the task list.
+    rows.get(follow).scrollIntoView({ block: "nearest" });
+    if (isTerminal(store.get(follow)?.status)) follow = null;
+  }
+}
+
+// The user scrolls or types: stop keeping the new task in view.
+for (const type of ["wheel", "touchstart", "keydown"]) {
+  window.addEventListener(type, () => (follow = null), { passive: true });
+}
+
+function renderWorkflows() {
+  let added = false;
+  for (const id of workflows.takeDirty()) {
+    const w = workflows.get(id);
+    let row = flowRows.get(id);
+    if (!w) {
+      row?.remove();
+      flowRows.delete(id);
+      continue;
+    }
+    if (!row) {
+      row = el("li", { className: "workflow", dataset: { workflowId: id } }, [
+        el("div", { className: "task-head" }, [
+          el("span", { className: "task-name" }, w.kind),
+          el("code", { className: "task-id", title: id }, id.slice(0, 8)),
+          el("span", { className: "status" }),
+        ]),
+        el("div", { className: "bar", role: "progressbar" }, el("div", { className: "fill" })),
+        el("p", { className: "flow-line" }),
+      ]);
+      const bar = $(".bar", row);
+      bar.setAttribute("aria-valuemin", "0");
+      bar.setAttribute("aria-valuemax", "100");
+      bar.setAttribute("aria-label", `${w.kind} ${id.slice(0, 8)}`);
+      flowRows.set(id, row);
+      added = true;
+    }
+    row.dataset.status = w.status;
+    row.dataset.seq = String(w.seq);
+    const status = $(".status", row);
+    status.textContent = w.status;
+    status.dataset.status = w.status;
+    const pct = Math.round(w.percent * 10) / 10;
+    const bar = $(".bar", row);
+    bar.setAttribute("aria-valuenow", String(pct));
+    bar.setAttribute("aria-valuetext", `${pct}%, ${w.status}`);
+    $(".fill", bar).style.width = `${w.percent}%`;
+    $(".flow-line", row).textContent = `${Math.floor(pct)}% · ${describeWorkflow(w)}`;
+    // The tasks of this workflow say which one they belong to.
+    for (const child of w.children ?? []) {
+      const taskRow = rows.get(child.task_id);
+      if (taskRow) setFlowTag(taskRow, w);
+    }
+  }
+  if (added) for (const w of workflows.list()) ui.workflows.append(flowRows.get(w.workflow_id));
+  ui.workflows.hidden = workflows.size === 0;
+}
+
+function setFlowTag(row, w) {
+  const tag = $(".task-flow", row);
+  tag.hidden = false;
+  tag.textContent = `in ${w?.kind ?? "workflow"} ${row.dataset.workflowId.slice(0, 8)}`;
 }
 
 function makeRow(t) {
@@ -514,6 +639,11 @@ function updateRow(row, t) {
   row.dataset.seq = String(t.seq);
   $(".task-name", row).textContent = t.task ?? "task";
   $(".task-queue", row).textContent = t.queue ?? "";
+  if (typeof t.workflow_id === "string" && t.workflow_id) {
+    row.dataset.workflowId = t.workflow_id;
+    setFlowTag(row, workflows.get(t.workflow_id));
+  }
+  row.dataset.stalled = String(t.status === "RUNNING" && t.stalled === true);
   const status = $(".status", row);
   status.textContent = t.status;
   status.dataset.status = t.status;
@@ -576,12 +706,13 @@ async function cancelTask(taskId, row) {
 
 function renderSummary() {
   const { active, done, failed } = store.summary();
-  ui.empty.hidden = store.size > 0;
+  ui.empty.hidden = store.size > 0 || workflows.size > 0;
   ui.summary.textContent = store.size ? `${active} running · ${done} done · ${failed} failed or stopped` : "";
 }
 
 $("#clear-ended").addEventListener("click", () => {
   for (const t of store.list()) if (isTerminal(t.status)) store.remove(t.task_id);
+  for (const w of workflows.list()) if (isTerminal(w.status)) workflows.remove(w.workflow_id);
   scheduleRender();
 });
 
@@ -594,26 +725,11 @@ setInterval(() => {
   }
 }, 1000);
 
-// ---- helpers -----------------------------------------------------------------------------
-
-function el(tag, props = {}, children = []) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "dataset") Object.assign(node.dataset, value);
-    else if (key === "role") node.setAttribute("role", value);
-    else node[key] = value;
-  }
-  node.append(...(Array.isArray(children) ? children : [children]));
-  return node;
-}
-
 // ---- start -------------------------------------------------------------------------------
 
-buildForms();
 const initial = adoptTokenFromUrl();
 if (initial) {
   start(initial);
-  refreshCluster();
 } else {
   setConnection("offline", "– not signed in");
   showNotice(

@@ -289,13 +289,15 @@ export function formatClock(seconds) {
 /**
  * The row's note on where a task is in its life beyond its status: "retrying (attempt 2 of 6)"
  * between attempts (`attempt` is the coming one), "attempt 3 of 6" while a later attempt runs,
- * "due at 12:30:05" for a delayed task. `maxAttempts` (from the task types) may be unknown.
+ * "due at 12:30:05" for a delayed task, "stalled: …" while a RUNNING task's worker misses its
+ * heartbeats (`stalled: true`). `maxAttempts` (from the task types) may be unknown.
  * `clockOffset` is server time minus local time in seconds; under a second it is noise from
  * measuring it and is not applied.
  */
 export function describePhase(t, { maxAttempts = null, clockOffset = 0 } = {}) {
   const of = Number.isInteger(maxAttempts) && maxAttempts > 0 ? ` of ${maxAttempts}` : "";
   const attempt = Number.isInteger(t.attempt) ? t.attempt : null;
+  if (t.status === "RUNNING" && t.stalled === true) return "stalled: its worker has gone quiet";
   if (t.status === "RETRYING" && attempt !== null) return `retrying (attempt ${attempt}${of})`;
   if (t.status === "RUNNING" && attempt > 1) return `attempt ${attempt}${of}`;
   if (t.status === "PENDING" && Number.isFinite(t.eta)) {
@@ -303,4 +305,80 @@ export function describePhase(t, { maxAttempts = null, clockOffset = 0 } = {}) {
     return `due at ${formatClock(t.eta - skew)}`;
   }
   return "";
+}
+
+/**
+ * The ids a worker is busy with, as `GET /api/workers` lists them (`active`), less the ones this
+ * page already knows have ended: Celery's inspect answer is cached and lags the task's end.
+ */
+export function busyIds(worker, statusOf) {
+  const active = Array.isArray(worker?.active) ? worker.active : [];
+  return active.filter((id) => typeof id === "string" && !isTerminal(statusOf(id)));
+}
+
+/**
+ * The rolled-up `workflow` snapshots (the socket's `workflow` event, `GET /api/workflows/{id}`):
+ * like tasks, one whose `seq` is not above the last applied is dropped.
+ */
+export class WorkflowStore {
+  constructor() {
+    this.workflows = new Map();
+    this.dirty = new Set();
+  }
+
+  get size() {
+    return this.workflows.size;
+  }
+
+  get(id) {
+    return this.workflows.get(id);
+  }
+
+  apply(snap) {
+    if (!snap || typeof snap.workflow_id !== "string" || !Number.isInteger(snap.seq)) return "invalid";
+    const known = this.workflows.get(snap.workflow_id);
+    if (known && snap.seq <= known.seq) return "stale";
+    const percent = Math.max(known?.percent ?? 0, clampPercent(snap.percent));
+    this.workflows.set(snap.workflow_id, { ...snap, percent });
+    this.dirty.add(snap.workflow_id);
+    return "applied";
+  }
+
+  remove(id) {
+    if (this.workflows.delete(id)) this.dirty.add(id);
+  }
+
+  clear() {
+    for (const id of this.workflows.keys()) this.dirty.add(id);
+    this.workflows.clear();
+  }
+
+  takeDirty() {
+    const ids = [...this.dirty];
+    this.dirty.clear();
+    return ids;
+  }
+
+  list() {
+    return [...this.workflows.values()].sort((a, b) => (b.created_at ?? 0) - (a.created_at ?? 0));
+  }
+}
+
+/** A workflow's line: "chain · 2 of 3 tasks done · 1 running". */
+export function describeWorkflow(w) {
+  const children = Array.isArray(w?.children) ? w.children : [];
+  const count = (pred) => children.filter((c) => pred(c.status)).length;
+  const done = count((s) => s === "COMPLETED");
+  const parts = [`${w?.kind ?? "workflow"}`, `${done} of ${children.length} tasks done`];
+  const running = count((s) => s === "RUNNING" || s === "RETRYING");
+  if (running) parts.push(`${running} running`);
+  const waiting = count((s) => s === "PENDING");
+  if (waiting && !isTerminal(w?.status)) parts.push(`${waiting} waiting`);
+  const failed = count((s) => s === "FAILED" || s === "TIMED_OUT");
+  if (failed) parts.push(`${failed} failed`);
+  const cancelled = count((s) => s === "CANCELLED");
+  if (cancelled) parts.push(`${cancelled} cancelled`);
+  const gone = count((s) => s === "EXPIRED");
+  if (gone) parts.push(`${gone} no longer kept`);
+  return parts.join(" · ");
 }

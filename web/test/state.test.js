@@ -4,12 +4,15 @@ import { describe, test } from "node:test";
 
 import {
   TaskStore,
+  WorkflowStore,
+  busyIds,
   canCancel,
   classifyConnectError,
   describeElapsed,
   describeError,
   describePhase,
   describeResult,
+  describeWorkflow,
   formatClock,
   formatDuration,
   isTerminal,
@@ -317,5 +320,46 @@ describe("retries and delays", () => {
     assert.equal(describePhase(t, { clockOffset: 60 }), "due at 09:04:07");
     assert.equal(describePhase({ ...t, eta: null }), "");
     assert.equal(describePhase({ ...t, status: "RUNNING" }), "");
+  });
+});
+
+describe("stalls, busy workers and workflow roll-ups", () => {
+  test("a stalled RUNNING task says so; once it moves on the note goes", () => {
+    assert.equal(describePhase(snap(4, { stalled: true })), "stalled: its worker has gone quiet");
+    assert.equal(describePhase(snap(5, { stalled: false })), "");
+    assert.equal(describePhase(snap(6, { status: "COMPLETED", stalled: true })), "");
+  });
+
+  test("a worker's busy ids leave out the tasks this page saw end", () => {
+    const status = { a: "RUNNING", b: "COMPLETED" };
+    assert.deepEqual(
+      busyIds({ active: ["a", "b", "c"] }, (id) => status[id]),
+      ["a", "c"],
+    );
+    assert.deepEqual(busyIds({}, () => undefined), []);
+  });
+
+  test("workflow snapshots apply by seq and their percent never goes back", () => {
+    const flows = new WorkflowStore();
+    const w = (seq, percent, status = "RUNNING") => ({
+      workflow_id: "w1",
+      kind: "chain",
+      status,
+      seq,
+      percent,
+      created_at: 1,
+      children: [
+        { task_id: "a", status: "COMPLETED", percent: 100, seq: 4 },
+        { task_id: "b", status: "RUNNING", percent: 20, seq: 3 },
+        { task_id: "c", status: "PENDING", percent: 0, seq: 1 },
+      ],
+    });
+    assert.equal(flows.apply(w(8, 40)), "applied");
+    assert.equal(flows.apply(w(8, 90)), "stale");
+    assert.equal(flows.apply(w(9, 30)), "applied");
+    assert.equal(flows.get("w1").percent, 40);
+    assert.deepEqual(flows.takeDirty(), ["w1"]);
+    assert.equal(describeWorkflow(flows.get("w1")), "chain · 1 of 3 tasks done · 1 running · 1 waiting");
+    assert.equal(flows.apply({ nope: 1 }), "invalid");
   });
 });
