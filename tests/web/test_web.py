@@ -4,7 +4,8 @@ download), all against a real gateway process and the session's real Celery work
 
 node, chromium and web/node_modules are required: a missing one fails with a clear message (CI
 installs them: scripts/system-deps.sh and ``npm ci`` in web/), it is never skipped.
-Set ``TASKGATE_UPDATE_SCREENSHOT=1`` to write the screenshot to docs/screenshot.png.
+Set ``TASKGATE_UPDATE_SCREENSHOT=1`` (or run ``make screenshots``) to write the screenshots to
+docs/screenshot-390.png and docs/screenshot-1280.png.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ BROWSER_DIR = ROOT / "tests" / "web" / "browser"
 WEB_DIR = ROOT / "web"
 CHROMIUM = os.environ.get("TASKGATE_CHROMIUM", "/usr/bin/chromium")
 NODE_TIMEOUT_S = 100.0
+VIEWPORTS = ("390x844", "1280x800")
+SCREENSHOT_WIDTHS = (390, 1280)
 
 
 def _node() -> str:
@@ -43,7 +46,7 @@ def _node() -> str:
 def _require_browser_deps() -> None:
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"chromium not found at {CHROMIUM}: run scripts/system-deps.sh (as root)")
-    for package in ("socket.io-client", "playwright-core"):
+    for package in ("socket.io-client", "playwright-core", "axe-core"):
         if not (WEB_DIR / "node_modules" / package / "package.json").is_file():
             pytest.fail(f"web/node_modules/{package} missing: run `npm ci` in web/ (make setup)")
 
@@ -221,10 +224,58 @@ def test_page_refuses_expired_and_bad_tokens_clearly(web_gateway: GatewayProcess
 
 
 def test_page_screenshot_with_bars_in_flight(web_gateway: GatewayProcess, tmp_path: Path) -> None:
+    """Writes docs/screenshot-390.png and docs/screenshot-1280.png with
+    ``TASKGATE_UPDATE_SCREENSHOT=1`` (``make screenshots``); a temp dir otherwise."""
     update = os.environ.get("TASKGATE_UPDATE_SCREENSHOT") == "1"
-    path = ROOT / "docs" / "screenshot.png" if update else tmp_path / "screenshot.png"
-    run_scenario("screenshot", web_gateway, make_token("alice"), TASKGATE_SCREENSHOT=str(path))
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = ROOT / "docs" if update else tmp_path
+    run_scenario("screenshot", web_gateway, make_token("demo"), TASKGATE_SCREENSHOT_DIR=str(out))
+    for width in SCREENSHOT_WIDTHS:
+        assert (out / f"screenshot-{width}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("viewport", VIEWPORTS)
+def test_page_layout_fits_the_screen(web_gateway: GatewayProcess, viewport: str) -> None:
+    """No sideways scroll (360 px too), status pill whole, header in at most two rows, the task
+    list before (phone) or beside (desktop) the forms, the new task in view after Run, and
+    demo.fail's message field the width of its form."""
+    result = run_scenario("layout", web_gateway, make_token(user()), TASKGATE_VIEWPORT=viewport)
+    width = int(viewport.split("x")[0])
+    for when, m in result["widths"].items():
+        assert m["scrollWidth"] <= m["clientWidth"], (when, m)
+    assert result["widths"]["loaded"]["clientWidth"] == width
+    assert result["widths"]["at360"]["clientWidth"] == 360
+    assert result["headerRows"] <= 2
+
+
+@pytest.mark.parametrize("viewport", VIEWPORTS)
+def test_page_has_no_serious_accessibility_violations(
+    web_gateway: GatewayProcess, viewport: str
+) -> None:
+    """axe-core (web/node_modules) in the page: no "serious" or "critical" violation, on the
+    empty page and with tasks of each kind and a form error shown."""
+    result = run_scenario("a11y", web_gateway, make_token(user()), TASKGATE_VIEWPORT=viewport)
+    assert result["ok"]
+
+
+def test_page_builds_forms_from_task_types(web_gateway: GatewayProcess) -> None:
+    """A form per task type of GET /api/task-types (demo.report, demo.add with no page code);
+    demo.report's list, nested group, enum and boolean; queue choice; bad values named at the
+    field client-side (nothing sent) and from the server's 422 (input.options.format)."""
+    result = run_scenario("schema-forms", web_gateway, make_token(user()))
+    assert {"demo.report", "demo.add"} <= set(result["forms"])
+    assert result["client"] == {"rows": "at least 1", "column": "required"}
+
+
+def test_page_panel_agrees_with_the_header_and_counts_ended_tasks_out(
+    web_gateway: GatewayProcess,
+) -> None:
+    result = run_scenario("panel", web_gateway, make_token(user()))
+    assert result["ok"]
+
+
+def test_page_shows_a_workflow_roll_up(web_gateway: GatewayProcess) -> None:
+    result = run_scenario("workflow", web_gateway, make_token(user()))
+    assert result["line"] == "100% · chain · 2 of 2 tasks done"
 
 
 def test_page_survives_a_gateway_restart_mid_task(web_gateway: GatewayProcess) -> None:

@@ -27,6 +27,12 @@ export function env(name) {
   return value;
 }
 
+/** The viewport a scenario runs at: TASKGATE_VIEWPORT="390x844", else 1280x860. */
+export function viewportFromEnv() {
+  const m = /^(\d+)x(\d+)$/.exec(process.env.TASKGATE_VIEWPORT ?? "");
+  return m ? { width: Number(m[1]), height: Number(m[2]) } : { width: 1280, height: 860 };
+}
+
 /** A fresh chromium profile in a temp dir; `close()` removes it. */
 export async function launchBrowser({ viewport = { width: 1280, height: 860 } } = {}) {
   if (!existsSync(CHROMIUM)) throw new Error(`chromium not found at ${CHROMIUM} (apt-get install chromium)`);
