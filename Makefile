@@ -37,3 +37,8 @@ bench: system-deps setup
 
 clean:
 	rm -rf $(VENV) web/node_modules .taskgate .pytest_cache .mypy_cache .ruff_cache
+
+# docs/screenshot-390.png and docs/screenshot-1280.png, from the page in chromium with tasks in flight.
+.PHONY: screenshots
+screenshots: setup
+	TASKGATE_UPDATE_SCREENSHOT=1 $(VENV)/bin/pytest -q tests/web -k screenshot
