@@ -20,16 +20,30 @@ safe to, which is when nothing could be sent before it out of order:
 - the transport's send buffer is below ``DIRECT_BUFFER_LIMIT`` (a slow reader).
 
 Otherwise the packet goes through python-engineio's queue as before, and keeps its order.
+
+Knowing that takes private attributes: ``asyncio.Queue._getters`` (the writer parked in
+``get()``), aiohttp's ``WebSocketResponse._writer`` and its writer's ``_closing`` and
+``transport``. ``direct_internals_missing`` checks them when a ``Fanout`` is made (aiohttp is
+pinned to the tested minor series); if one is gone it logs an error naming it and every packet
+takes the public path, python-engineio's queue: slower, never wrong. A shape that changes under
+a running gateway (an ``AttributeError`` in ``write_direct``) does the same.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import logging
 import struct
 from typing import Any
 
+import aiohttp
 import orjson
 import socketio
+from aiohttp import web
+from aiohttp.http import WebSocketWriter
+
+log = logging.getLogger("taskgate.fanout")
 
 NAMESPACE = "/"
 # Sockets served between two yields to the loop when sending to everyone.
@@ -58,6 +72,20 @@ def text_frame(payload: bytes) -> bytes:
     else:
         header = struct.pack("!BBQ", _TEXT_FIN, 127, n)
     return header + payload
+
+
+def direct_internals_missing() -> list[str]:
+    """The private attributes ``write_direct`` reads that this Python and aiohttp lack."""
+    missing = []
+    if not isinstance(getattr(asyncio.Queue(), "_getters", None), collections.deque):
+        missing.append("asyncio.Queue()._getters")
+    if not hasattr(web.WebSocketResponse(), "_writer"):
+        missing.append("aiohttp.web.WebSocketResponse()._writer")
+    init_names = getattr(getattr(WebSocketWriter.__init__, "__code__", None), "co_names", ())
+    for name in ("_closing", "transport"):
+        if name not in init_names:
+            missing.append(f"aiohttp.http.WebSocketWriter().{name}")
+    return missing
 
 
 def write_direct(socket: Any, frame: bytes) -> bool:
@@ -90,17 +118,33 @@ def user_room(user: str) -> str:
 
 
 class Fanout:
-    def __init__(self, sio: socketio.AsyncServer) -> None:
+    def __init__(self, sio: socketio.AsyncServer, *, direct: bool = True) -> None:
         self.sio = sio
         # How many packets went straight to the transport and how many took the queue.
         self.direct = 0
         self.queued = 0
+        missing = direct_internals_missing() if direct else []
+        if missing:
+            log.error(
+                "direct socket writes disabled, every packet takes python-engineio's queue: "
+                "missing %s (aiohttp %s is outside the tested range?)",
+                ", ".join(missing),
+                aiohttp.__version__,
+            )
+        self.direct_enabled = direct and not missing
 
     async def _send(self, eio_sid: str, text: str, frame: bytes) -> None:
         socket = self.sio.eio.sockets.get(eio_sid)
-        if socket is not None and write_direct(socket, frame):
-            self.direct += 1
-            return
+        if socket is not None and self.direct_enabled:
+            try:
+                written = write_direct(socket, frame)
+            except AttributeError as exc:
+                log.error("direct socket writes disabled: %s", exc)
+                self.direct_enabled = False
+                written = False
+            if written:
+                self.direct += 1
+                return
         self.queued += 1
         await self.sio.eio.send(eio_sid, text)
 

@@ -51,7 +51,7 @@ log = logging.getLogger("taskgate.sockets")
 # The internals named in the module doc were read in the sources of python-socketio 5.12.0 to
 # 5.16.3 and python-engineio 4.11.0 to 4.13.3, and this suite passes on python-socketio 5.18.1
 # with python-engineio 4.15.1. Outside this range, check them again before widening it.
-SUPPORTED = "python-socketio >=5.12,<6 with python-engineio >=4.11,<5"
+SUPPORTED = "python-socketio >=5.12,<5.19 with python-engineio >=4.11,<4.16"
 
 NAMESPACE = "/"
 # Socket.IO packet types (the first character of a text packet).

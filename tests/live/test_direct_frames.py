@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp.test_utils import TestServer
@@ -122,3 +123,41 @@ async def test_a_socket_with_a_full_send_buffer_gets_its_updates_through_the_que
     assert fan.direct == direct_before and fan.queued == queued_before + 20
     await client.wait_for(lambda: len(client.events[tid]) == 20, timeout=5)
     assert [e["seq"] for e in client.events[tid]] == list(range(1, 21))
+
+
+def test_the_private_attributes_of_direct_writes_are_there_in_the_tested_versions() -> None:
+    """The startup check (``direct_internals_missing``) passes with the pinned versions; a
+    release that moves one of them makes it name it (the next test shows what happens then)."""
+    assert fanout_module.direct_internals_missing() == []
+
+
+async def test_when_aiohttp_changed_shape_every_packet_takes_the_public_path(
+    env: dict[str, str],
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(
+        fanout_module,
+        "direct_internals_missing",
+        lambda: ["aiohttp.web.WebSocketResponse()._writer"],
+    )
+    settings = fresh(env)
+    server = await serve_gateway(aiohttp_server, settings)
+    fan: Fanout = server.app[FANOUT]
+    assert fan.direct_enabled is False
+    assert "direct socket writes disabled" in caplog.text and "_writer" in caplog.text
+    who = f"fallback-{uuid.uuid4().hex[:6]}"
+    client = await SocketClient(str(server.make_url("")), make_token(who)).connect()
+    try:
+        http_url = str(server.make_url("/api/tasks"))
+        async with aiohttp.ClientSession() as session:
+            async with session.post(http_url, json=BODY, headers=auth(who)) as resp:
+                assert resp.status == 202
+                task_id = (await resp.json())["task_id"]
+        # No worker consumes this prefix's queues: the PENDING update is what arrives.
+        await client.wait_for(lambda: bool(client.events[task_id]), 10)
+        assert [e["seq"] for e in client.events[task_id]] == [1]
+        assert fan.direct == 0 and fan.queued >= 1
+    finally:
+        await client.close()
