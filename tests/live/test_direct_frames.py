@@ -151,10 +151,12 @@ async def test_when_aiohttp_changed_shape_every_packet_takes_the_public_path(
     client = await SocketClient(str(server.make_url("")), make_token(who)).connect()
     try:
         http_url = str(server.make_url("/api/tasks"))
-        async with aiohttp.ClientSession() as session:
-            async with session.post(http_url, json=BODY, headers=auth(who)) as resp:
-                assert resp.status == 202
-                task_id = (await resp.json())["task_id"]
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(http_url, json=BODY, headers=auth(who)) as resp,
+        ):
+            assert resp.status == 202
+            task_id = (await resp.json())["task_id"]
         # No worker consumes this prefix's queues: the PENDING update is what arrives.
         await client.wait_for(lambda: bool(client.events[task_id]), 10)
         assert [e["seq"] for e in client.events[task_id]] == [1]
