@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from shared.sentinel import is_sentinel_url, parse_sentinel_url
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -54,10 +55,12 @@ REDIS_PUBLISH_TIMEOUTS = {"socket_timeout": 3.0, "socket_connect_timeout": 3.0}
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
-    """kombu's transport options: publisher confirms on AMQP; prefix and redelivery on Redis."""
+    """kombu's transport options: publisher confirms on AMQP; prefix and redelivery on Redis
+    (and the master's name and the sentinels' credentials on a sentinel URL)."""
     if settings.broker_is_amqp:
         return {"confirm_publish": True}
     return {
+        **_sentinel_options(settings.effective_broker_url),
         "global_keyprefix": settings.keys.broker_prefix,
         "visibility_timeout": visibility_timeout(settings),
         # kombu sweeps every interval * throttle seconds (10 * 10 by default); with a throttle
@@ -72,6 +75,27 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _sentinel_options(url: str | None) -> dict[str, Any]:
+    return parse_sentinel_url(url).kombu_options() if url and is_sentinel_url(url) else {}
+
+
+def _celery_url(url: str | None) -> str | None:
+    """``url`` as Celery reads it: taskgate's ``redis+sentinel://`` becomes kombu's
+    ``sentinel://...;sentinel://...`` (``shared.sentinel``); any other is unchanged."""
+    return parse_sentinel_url(url).kombu_url() if url and is_sentinel_url(url) else url
+
+
+def _sentinel_ssl(settings: Settings) -> dict[str, Any]:
+    """Celery's TLS settings for the master behind a ``rediss+sentinel://`` URL."""
+    out: dict[str, Any] = {}
+    broker, backend = settings.effective_broker_url, settings.effective_backend_url
+    if broker and is_sentinel_url(broker) and (use := parse_sentinel_url(broker).kombu_ssl()):
+        out["broker_use_ssl"] = use
+    if backend and is_sentinel_url(backend) and (use := parse_sentinel_url(backend).kombu_ssl()):
+        out["redis_backend_use_ssl"] = use
+    return out
+
+
 def task_queue(name: str) -> Queue:
     """The kombu queue ``name``, declared as every taskgate queue is (see ``MAX_PRIORITY``)."""
     from kombu import Queue  # type: ignore[attr-defined]
@@ -84,10 +108,12 @@ def task_queue(name: str) -> Queue:
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery's configuration mapping for ``settings`` (for ``app.conf.update``)."""
     return {
-        "broker_url": settings.effective_broker_url,
-        "result_backend": settings.effective_backend_url,
+        "broker_url": _celery_url(settings.effective_broker_url),
+        "result_backend": _celery_url(settings.effective_backend_url),
+        **_sentinel_ssl(settings),
         "broker_transport_options": broker_transport_options(settings),
         "result_backend_transport_options": {
+            **_sentinel_options(settings.effective_backend_url),
             "global_keyprefix": settings.keys.broker_prefix,
             "visibility_timeout": visibility_timeout(settings),
         },

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from shared.beat import BeatEntry, parse_schedule
 from shared.errors import ConfigError
 from shared.keys import Keys
+from shared.sentinel import KOMBU_SCHEME, SCHEMES, SentinelURLError, parse_sentinel_url
 
 T = TypeVar("T")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -160,12 +161,13 @@ class Settings:
         """Read and check every variable; raise ``ConfigError`` on the first bad one."""
         env = os.environ if environ is None else environ
         r = _Reader(env)
-        redis_url = r.url("TASKGATE_REDIS_URL", ("redis://", "rediss://", "unix://"))
+        redis_url = r.url("TASKGATE_REDIS_URL", ("redis://", "rediss://", "unix://", *SCHEMES))
         broker_url = r.url(
-            "CELERY_BROKER_URL", ("redis://", "rediss://", "amqp://", "amqps://", "pyamqp://")
+            "CELERY_BROKER_URL",
+            ("redis://", "rediss://", *SCHEMES, "amqp://", "amqps://", "pyamqp://"),
         )
-        backend_url = r.url("CELERY_BACKEND_URL", ("redis://", "rediss://")) or r.url(
-            "CELERY_RESULT_BACKEND", ("redis://", "rediss://")
+        backend_url = r.url("CELERY_BACKEND_URL", ("redis://", "rediss://", *SCHEMES)) or r.url(
+            "CELERY_RESULT_BACKEND", ("redis://", "rediss://", *SCHEMES)
         )
         secret_raw = env.get("TASKGATE_SECRET")
         soft = r.number("CELERY_TASK_SOFT_TIME_LIMIT", 300.0, float, low=0.1)
@@ -256,6 +258,14 @@ class Settings:
         )
 
 
+def _without_password(url: str) -> str:
+    head, sep, rest = url.partition("://")
+    userinfo, at, tail = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{head}://{userinfo.split(':', 1)[0]}:***@{tail}"
+
+
 class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
@@ -270,9 +280,20 @@ class _Reader:
         return self._raw(name) is not None
 
     def url(self, name: str, schemes: tuple[str, ...]) -> str | None:
+        """A URL of one of ``schemes``; a sentinel URL is parsed here (``shared.sentinel``),
+        so a bad one fails at start. Passwords are never shown."""
         value = self._raw(name)
-        if value is not None and not value.startswith(schemes):
-            raise ConfigError(f"{name}: {value!r} must start with one of {', '.join(schemes)}")
+        if value is None:
+            return None
+        try:
+            if value.lower().startswith((*SCHEMES, KOMBU_SCHEME)):
+                parse_sentinel_url(value)
+                return value
+        except SentinelURLError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+        if not value.startswith(schemes):
+            shown = _without_password(value)
+            raise ConfigError(f"{name}: {shown!r} must start with one of {', '.join(schemes)}")
         return value
 
     def number(
