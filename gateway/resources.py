@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
@@ -23,11 +24,31 @@ from gateway.tasks.control import CeleryControl
 from gateway.tasks.delayed import watch_delayed
 from gateway.tasks.service import TaskService
 from gateway.tasks.stalls import watch_stalls
+from shared.errors import ConfigError
 from shared.records import AsyncRecords
-from shared.redis_client import async_client
+from shared.redis_client import async_client, cluster_enabled
 from shared.settings import Settings
+from shared.store_errors import STORE_FAILURES
 
 STORE_TIMEOUT_S = 3.0
+log = logging.getLogger(__name__)
+
+
+async def refuse_cluster(client: Any, variable: str) -> None:
+    """Fail the start with a ``ConfigError`` naming ``variable`` if its server is a Redis
+    Cluster node: every submit would fail (MOVED, CROSSSLOT) while PING answers. A Redis that
+    is down now is not refused (it may come back; ``/readyz`` checks again every time)."""
+    try:
+        cluster = await cluster_enabled(client)
+    except STORE_FAILURES as exc:
+        log.warning("%s: not reachable at start (%s); will retry on use", variable, exc)
+        return
+    if cluster:
+        raise ConfigError(
+            f"{variable}: the server is a Redis Cluster node (cluster_enabled:1), which "
+            "taskgate does not support (its scripts use keys of many slots); "
+            "use one Redis, or Sentinel (redis+sentinel://...)"
+        )
 
 
 @contextlib.asynccontextmanager
@@ -41,6 +62,7 @@ async def open_records(settings: Settings) -> AsyncIterator[AsyncRecords]:
         socket_connect_timeout=STORE_TIMEOUT_S,
     )
     try:
+        await refuse_cluster(client, "TASKGATE_REDIS_URL")
         yield AsyncRecords(client, settings.keys, settings.retention_s)
     finally:
         await client.aclose()
@@ -59,8 +81,11 @@ async def open_broker(settings: Settings, broker: Broker | None = None) -> Async
     """The broker of ``CELERY_BROKER_URL`` (or ``broker``, for benchmarks and tests),
     announcing what it publishes as Celery ``task-sent`` events when those are on."""
     async with open_sent_events(settings) as events:
-        the_broker = announcing(with_outbox(settings, broker or make_broker(settings)), events)
+        made = broker or make_broker(settings)
+        the_broker = announcing(with_outbox(settings, made), events)
         try:
+            if isinstance(made, RedisBroker):
+                await refuse_cluster(made.client, "CELERY_BROKER_URL")
             yield the_broker
         finally:
             await the_broker.close()

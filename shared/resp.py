@@ -13,7 +13,9 @@ connects again. Whether a command that timed out ran is unknown to the caller, a
 client.
 
 URLs: ``redis://``, ``rediss://`` (TLS) and ``unix://``, with user, password and database as
-redis-py reads them (``redis.asyncio.connection.parse_url``).
+redis-py reads them (``redis.asyncio.connection.parse_url``); and ``redis+sentinel://``
+(``shared.sentinel``): each connect then asks the sentinels for the master (``current_url``)
+and checks with ``ROLE`` that it reached one. Sending on a connection is the same either way.
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, 
 from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeout
+
+from shared.sentinel import (
+    SentinelURL,
+    check_role,
+    is_sentinel_url,
+    master_address,
+    parse_sentinel_url,
+)
 
 Arg = str | bytes | int
 # Connect and reply timeout when none is given (the gateway's store timeout).
@@ -88,6 +98,28 @@ async def open_connection(url: str, protocol: asyncio.Protocol, timeout: float) 
                 int(opts.get("port", 6379)),
                 ssl=context,
             )
+
+
+# ---- Sentinel: where to connect, and whether it is the master (only on connect) ----------
+
+
+def sentinel_of(url: str) -> SentinelURL | None:
+    """The parsed sentinel URL, or None for a plain one."""
+    return parse_sentinel_url(url) if is_sentinel_url(url) else None
+
+
+async def current_url(url: str, sentinel: SentinelURL | None, timeout: float) -> str:
+    """``url`` itself, or the ``redis://`` URL of the master the sentinels name now."""
+    if sentinel is None:
+        return url
+    host, port = await master_address(sentinel, timeout)
+    return sentinel.master_url(host, port)
+
+
+ROLE = b"*1\r\n$4\r\nROLE\r\n"
+
+
+# ---- end of Sentinel --------------------------------------------------------------------
 
 
 def handshake(url: str, *, select: bool = True) -> list[bytes]:
@@ -185,6 +217,7 @@ class Pipeline:
     def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
         self.url = url
         self.timeout = timeout
+        self._sentinel = sentinel_of(url)
         self._proto: _Replies | None = None
         self._connecting: asyncio.Lock | None = None
 
@@ -231,13 +264,16 @@ class Pipeline:
                 return self._proto  # another caller connected meanwhile
             proto = _Replies()
             try:
-                await open_connection(self.url, proto, self.timeout)
-                hello = [self._write(proto, [cmd]) for cmd in handshake(self.url)]
+                url = await current_url(self.url, self._sentinel, self.timeout)
+                await open_connection(url, proto, self.timeout)
+                hello = [self._write(proto, [cmd]) for cmd in handshake(url)]
                 for fut in hello:
                     try:
                         await self.reply(fut)
                     except ResponseError as exc:
                         raise AuthenticationError(str(exc)) from None
+                if self._sentinel is not None:  # a stale address may be a replica by now
+                    check_role(await self.reply(self._write(proto, [ROLE])), "Redis")
             except TimeoutError:
                 proto.abort(RedisConnectionError("connect timed out"))
                 raise RedisTimeout(f"could not connect to Redis within {self.timeout:g}s") from None

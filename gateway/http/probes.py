@@ -3,13 +3,16 @@ every configured queue consumed by a live worker)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
 
 from gateway.appkeys import BROKER, RECORDS, SERVICE, SETTINGS
 from gateway.http.api import json_response
-from gateway.tasks.health import QueueWorkers, readiness
+from gateway.tasks.health import PING_TIMEOUT_S, QueueWorkers, readiness
+from shared.redis_client import server_problem
+from shared.store_errors import STORE_FAILURES
 
 QUEUE_WORKERS = web.AppKey("queue_workers", QueueWorkers)
 
@@ -19,10 +22,21 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """503 unless Redis and the broker answer and each of ``settings.queues`` has a live
-    worker (``QueueWorkers``: the workers' own answer to an inspect, cached briefly). The body
-    says what is wrong, and names the queues without a worker."""
-    checks: dict[str, Any] = dict(await readiness(request.app[RECORDS].client, request.app[BROKER]))
+    """503 unless Redis (a writable master, not a cluster node) and the broker answer and each
+    of ``settings.queues`` has a live worker (``QueueWorkers``: the workers' own answer to an
+    inspect, cached briefly). The body says what is wrong, and names the queues without a
+    worker."""
+    client = request.app[RECORDS].client
+    checks: dict[str, Any] = dict(await readiness(client, request.app[BROKER]))
+    if checks.get("redis") == "ok":
+        # PING answers on a replica and on a cluster node too, where no submit can work.
+        try:
+            async with asyncio.timeout(PING_TIMEOUT_S):
+                problem = await server_problem(client)
+            if problem is not None:
+                checks["redis"] = f"unusable: the server is {problem}"
+        except STORE_FAILURES as exc:
+            checks["redis"] = f"unreachable: {type(exc).__name__}"
     queue_workers = request.app.get(QUEUE_WORKERS)
     if queue_workers is not None:
         if checks.get("broker") == "ok":

@@ -7,7 +7,9 @@ hiredis's reader and queues every complete reply at once; the relay wakes once p
 takes them all. Only what a subscriber needs is spoken: AUTH, SUBSCRIBE, PING.
 
 URLs: ``redis://``, ``rediss://`` (TLS) and ``unix://``, with user and password as redis-py
-reads them (``redis.asyncio.connection.parse_url``).
+reads them (``redis.asyncio.connection.parse_url``); ``redis+sentinel://`` too: each connect
+asks the sentinels for the master and refuses a server whose ``ROLE`` is not master, so the
+relay's reconnect after a failover reaches the new master (``shared.resp.current_url``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,16 @@ import hiredis
 from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from shared.resp import RespProtocol, command, handshake, open_connection
+from shared.resp import (
+    ROLE,
+    RespProtocol,
+    command,
+    current_url,
+    handshake,
+    open_connection,
+    sentinel_of,
+)
+from shared.sentinel import check_role
 
 
 class _Protocol(RespProtocol):
@@ -65,12 +76,16 @@ class Subscriber:
         self._proto = _Protocol()
 
     async def connect(self, timeout: float) -> None:
+        sentinel = sentinel_of(self.url)
         async with asyncio.timeout(timeout):
-            await open_connection(self.url, self._proto, timeout)
-            for cmd in handshake(self.url, select=False):  # pub/sub ignores the database
+            url = await current_url(self.url, sentinel, timeout)
+            await open_connection(url, self._proto, timeout)
+            for cmd in handshake(url, select=False):  # pub/sub ignores the database
                 reply = await self._request(cmd)
                 if isinstance(reply, hiredis.ReplyError):
                     raise AuthenticationError(str(reply))
+            if sentinel is not None:  # a stale address may be a replica by now
+                check_role(await self._request(ROLE), "the pub/sub Redis")
 
     async def subscribe(self, channel: str) -> None:
         reply = await self._request(command("SUBSCRIBE", channel))
