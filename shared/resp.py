@@ -21,15 +21,24 @@ and checks with ``ROLE`` that it reached one. Sending on a connection is the sam
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import hiredis
-from redis._parsers.base import BaseParser
+import redis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
-from redis.exceptions import AuthenticationError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeout
 
@@ -41,6 +50,7 @@ from shared.sentinel import (
     parse_sentinel_url,
 )
 
+log = logging.getLogger("taskgate.resp")
 Arg = str | bytes | int
 # Connect and reply timeout when none is given (the gateway's store timeout).
 DEFAULT_TIMEOUT_S = 3.0
@@ -70,11 +80,73 @@ def command(*args: Arg) -> bytes:
     return b"*%d\r\n" % len(args) + pack_args(args)
 
 
-def reply_error(reply: hiredis.ReplyError) -> ResponseError:
+def _redis_error_parser() -> Any:
+    """redis-py's own mapping of an error reply to its exception class
+    (``redis._parsers.base.BaseParser.parse_error``: private, pinned with redis <8.2), or None
+    when that moved: then ``reply_error`` maps the errors the accept path acts on itself."""
+    try:
+        from redis._parsers.base import BaseParser
+
+        parse = BaseParser.parse_error
+    except (ImportError, AttributeError):
+        log.error("redis-py's error parser moved (redis %s): using taskgate's own mapping",
+                  redis.__version__)  # fmt: skip
+        return None
+    return parse
+
+
+_PARSE_ERROR = _redis_error_parser()
+# The public classes of the replies the gateway acts on, by their first word.
+_PUBLIC_ERRORS: dict[str, type[RedisError]] = {
+    "NOSCRIPT": NoScriptError,
+    "LOADING": BusyLoadingError,
+    "READONLY": ReadOnlyError,
+    "OOM": OutOfMemoryError,
+}
+
+
+def reply_error(reply: hiredis.ReplyError) -> RedisError:
     """An error reply as the exception redis-py raises for it (``NoScriptError``, ...)."""
-    parse: Any = BaseParser.parse_error  # untyped in redis-py
-    exc = parse(str(reply))
-    return exc if isinstance(exc, ResponseError) else ResponseError(str(reply))
+    text = str(reply)
+    if _PARSE_ERROR is not None:
+        exc = _PARSE_ERROR(text)
+        if isinstance(exc, RedisError):
+            return exc
+    word, _, rest = text.partition(" ")
+    cls = _PUBLIC_ERRORS.get(word)
+    return cls(rest) if cls is not None else ResponseError(text)
+
+
+_CERT_REQS = {
+    "none": ssl.CERT_NONE,
+    "optional": ssl.CERT_OPTIONAL,
+    "required": ssl.CERT_REQUIRED,
+}
+
+
+def tls_context(opts: Mapping[str, Any]) -> ssl.SSLContext:
+    """The TLS context for a ``rediss://`` URL's options, as redis-py reads them: the CA to
+    trust (``ssl_ca_certs``, a file, or ``ssl_ca_path``, a directory; else the system's), the
+    client certificate and key (``ssl_certfile``, ``ssl_keyfile``, ``ssl_password``), the
+    server's certificate check (``ssl_cert_reqs``: none, optional, required) and its host name
+    check (``ssl_check_hostname``, on unless the certificate is not checked)."""
+    reqs = opts.get("ssl_cert_reqs", "required")
+    if isinstance(reqs, str):
+        if reqs.lower() not in _CERT_REQS:
+            raise ValueError(f"ssl_cert_reqs: {reqs!r} is not none, optional or required")
+        reqs = _CERT_REQS[reqs.lower()]
+    context = ssl.create_default_context(
+        cafile=opts.get("ssl_ca_certs"), capath=opts.get("ssl_ca_path")
+    )
+    if opts.get("ssl_certfile"):
+        context.load_cert_chain(
+            opts["ssl_certfile"], opts.get("ssl_keyfile"), opts.get("ssl_password")
+        )
+    check_hostname = opts.get("ssl_check_hostname", True)
+    if reqs == ssl.CERT_NONE or check_hostname in (False, "false", "False", "0"):
+        context.check_hostname = False
+    context.verify_mode = ssl.VerifyMode(reqs)
+    return context
 
 
 async def open_connection(url: str, protocol: asyncio.Protocol, timeout: float) -> None:
@@ -88,10 +160,7 @@ async def open_connection(url: str, protocol: asyncio.Protocol, timeout: float) 
         else:
             context: ssl.SSLContext | None = None
             if opts.get("connection_class") is SSLConnection:
-                context = ssl.create_default_context()
-                if opts.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
-                    context.check_hostname = False
-                    context.verify_mode = ssl.CERT_NONE
+                context = tls_context(opts)
             await loop.create_connection(
                 lambda: protocol,
                 opts.get("host", "localhost"),
