@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import hiredis
 import pytest
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -67,3 +68,26 @@ async def test_bytes_that_are_not_resp_end_the_subscriber() -> None:
         sub.close()
         server.close()
         await server.wait_closed()
+
+
+def test_error_replies_map_to_redis_py_classes_with_or_without_its_private_parser(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """redis-py's parser (private, pinned) is used when it is there; when a release moved it,
+    taskgate's own mapping gives the same public classes for the replies the gateway acts on."""
+    from redis.exceptions import BusyLoadingError, NoScriptError, ReadOnlyError, ResponseError
+
+    from shared import resp
+
+    cases = {
+        "NOSCRIPT No matching script": NoScriptError,
+        "LOADING Redis is loading": BusyLoadingError,
+        "READONLY You can't write against a read only replica.": ReadOnlyError,
+        "ERR unknown command": ResponseError,
+    }
+    assert resp._PARSE_ERROR is not None  # the tested redis-py has it
+    for text, cls in cases.items():
+        assert type(resp.reply_error(hiredis.ReplyError(text))) is cls, text
+    monkeypatch.setattr(resp, "_PARSE_ERROR", None)
+    for text, cls in cases.items():
+        assert type(resp.reply_error(hiredis.ReplyError(text))) is cls, text
