@@ -23,13 +23,15 @@ A send does what the gateway does with a submit body, in the same order:
 
 The owner: ``user=``, else the ``taskgate_user`` header, else (inside a task) the owner of the
 task running, else ``TASKGATE_SERVICE_USER``. Inside a task the child's record also names the
-task running as its ``parent_id``.
+task running as its ``parent_id``. The trace (``shared.tracing``): a ``traceparent`` in
+``headers=``, else (inside a task) the running task's, else a new one; the record's
+``trace_id`` and the message's ``traceparent`` header say it.
 
 Signatures (``.s()``, ``.si()``, ``.signature()``) are checked the same way when built, but get
 their record when a worker takes them (``worker.adopt``), as any canvas sent with Celery's
 own API: a signature may be built and never sent, and Celery picks its id only then. They carry
 the owner (``taskgate_user``) when one is known and, inside a task, the parent
-(``taskgate_parent``).
+(``taskgate_parent``) and its trace (``traceparent``).
 
 ``producer()`` is the process's producer, built from the environment (``Settings.from_env``)
 on first use; ``configure(settings)`` puts another in its place (tests, an app that reads its
@@ -52,7 +54,7 @@ from shared.current_task import RunningTask, running_task
 from shared.delayed_layout import pack
 from shared.errors import BrokerUnavailable, Conflict, RateLimited, StoreUnavailable
 from shared.handle import TaskHandle
-from shared.headers import HEADER_USER, PARENT_HEADER, RECORDED_HEADER
+from shared.headers import HEADER_USER, PARENT_HEADER, RECORDED_HEADER, TRACE_HEADER
 from shared.keys import new_task_ids
 from shared.priority import broker_priority
 from shared.records import CreateCode, SyncRecords, new_record_fields
@@ -63,6 +65,7 @@ from shared.store_errors import STORE_FAILURES, store_unavailable
 from shared.submission import field_error
 from shared.task_message import TaskMessage
 from shared.taskspec import TaskSpec
+from shared.tracing import TraceParent, new_trace, parse_traceparent, span_id_of
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -142,6 +145,9 @@ class Producer:
             extra["eta"] = sub.due_at
         if call.parent_id is not None:
             extra["parent_id"] = call.parent_id
+        trace = _trace(call)
+        extra["trace_id"] = trace.trace_id
+        traceparent = trace.header(span_id_of(task_id))
         fields = new_record_fields(task_id, sub.spec.name, sub.queue, time.time(), extra)
         records = self.records
         max_active = self.settings.max_active
@@ -166,9 +172,9 @@ class Producer:
             raise StoreUnavailable(f"task store did not confirm the create (code {code}); retry")
         try:
             if sub.due_at is None:
-                self._publish(call, task_id)
+                self._publish(call, task_id, traceparent)
             else:
-                self._hold(call, task_id, sub.due_at)
+                self._hold(call, task_id, sub.due_at, traceparent)
         except BaseException:
             # Nothing stays accepted: a record without a message would wait forever.
             self._take_back(owner, task_id)
@@ -198,10 +204,10 @@ class Producer:
                     return
                 time.sleep(0.25)
 
-    def _headers(self, call: Send) -> dict[str, Any]:
-        return {**call.headers, RECORDED_HEADER: True}
+    def _headers(self, call: Send, traceparent: str) -> dict[str, Any]:
+        return {**call.headers, RECORDED_HEADER: True, TRACE_HEADER: traceparent}
 
-    def _publish(self, call: Send, task_id: str) -> None:
+    def _publish(self, call: Send, task_id: str, traceparent: str) -> None:
         from kombu.exceptions import OperationalError
 
         sub = call.sub
@@ -218,13 +224,13 @@ class Producer:
                 expires=expires,
                 time_limit=sub.spec.time_limit,
                 soft_time_limit=sub.spec.soft_time_limit,
-                headers=self._headers(call),
+                headers=self._headers(call, traceparent),
                 parent_id=call.parent_id,
             )
         except refused as exc:
             raise BrokerUnavailable(f"broker unreachable: {type(exc).__name__}") from exc
 
-    def _hold(self, call: Send, task_id: str, due_at: float) -> None:
+    def _hold(self, call: Send, task_id: str, due_at: float, traceparent: str) -> None:
         """Keep the message until due where the gateways' mover (``gateway.tasks.delayed``)
         publishes it from: ``Keys.delayed`` scored by the due time, the message in
         ``Keys.delayed_messages`` (``shared.delayed_layout``)."""
@@ -245,7 +251,7 @@ class Producer:
             sub.spec.name,
             sub.queue,
             sub.priority,
-            {**message.headers, **self._headers(call)},
+            {**message.headers, **self._headers(call, traceparent)},
             orjson.dumps(list(message.body)),
         )
         keys = self.settings.keys
@@ -278,6 +284,9 @@ class Producer:
             headers[HEADER_USER] = call.owner
         if call.parent_id is not None:
             headers[PARENT_HEADER] = call.parent_id
+            inherited = _running_trace()
+            if inherited is not None and TRACE_HEADER not in headers:
+                headers[TRACE_HEADER] = inherited.header(span_id_of(call.parent_id))
         options: dict[str, Any] = {
             "queue": sub.queue,
             "priority": broker_priority(sub.priority, self.settings.broker_is_amqp),
@@ -287,6 +296,24 @@ class Producer:
         if headers:
             options["headers"] = headers
         return Signature(sub.spec.name, (), sub.input, options, immutable=immutable, app=self.app)
+
+
+def _running_trace() -> TraceParent | None:
+    """The trace of the task running here (its ``ctx.trace_id``), if any."""
+    trace_id = getattr(running_task(), "trace_id", None)
+    return TraceParent(trace_id) if isinstance(trace_id, str) and trace_id else None
+
+
+def _trace(call: Send) -> TraceParent:
+    """The trace a send belongs to: its ``traceparent`` header, else the running task's (a
+    child shares its parent's), else a new one."""
+    given = call.headers.get(TRACE_HEADER)
+    if given is not None:
+        try:
+            return parse_traceparent(given)
+        except ValueError as exc:
+            raise field_error(f"headers.{TRACE_HEADER}", str(exc)) from None
+    return _running_trace() or new_trace()
 
 
 def _when(at: float | None) -> datetime | None:

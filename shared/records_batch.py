@@ -29,6 +29,7 @@ from shared.records import CreateCode, new_record_fields, update_bytes, updates_
 from shared.resp import Arg, Pipeline, pack_args
 from shared.schema import SNAPSHOT_FIELDS
 from shared.scripts import ScriptCall, source
+from shared.tracing import request_trace
 
 CHUNK = 1000
 # The first run of a streamed batch (``chunks``): small, so Redis starts on it while the
@@ -234,15 +235,25 @@ def pending_updates(owner: str, snapshots: Sequence[Mapping[str, Any]]) -> list[
     return [update_bytes(owner, orjson.dumps(s)) for s in snapshots]
 
 
-def pending_common(created: float) -> dict[str, Any]:
+def pending_common(
+    created: float, trace_id: str | None = None, *, ambient: bool = True
+) -> dict[str, Any]:
     """The fields every new PENDING record starts with, but for its own id, task and queue,
-    and those that are null (a field never stored reads as null)."""
+    and those that are null (a field never stored reads as null). ``trace_id``: the trace they
+    all belong to (``shared.tracing``), else (``ambient``) that of the request being handled,
+    if any (a workflow's steps)."""
     fields = new_record_fields("", "", "", created)
-    return {
+    common = {
         name: value
         for name, value in fields.items()
         if value is not None and name not in ("task_id", "task", "queue")
     }
+    if trace_id is None and ambient:
+        request = request_trace()
+        trace_id = request.trace_id if request is not None else None
+    if trace_id is not None:
+        common["trace_id"] = trace_id
+    return common
 
 
 def pending_snapshot(common: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:

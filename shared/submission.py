@@ -20,6 +20,7 @@ from typing import Any
 from shared.errors import InvalidInput
 from shared.priority import MAX_PRIORITY
 from shared.taskspec import TaskSpec
+from shared.tracing import TraceParent, parse_traceparent
 
 # The longest delay or expiry a submit may ask for.
 MAX_DELAY_S = 30 * 86400
@@ -39,6 +40,9 @@ class Submission:
     # as Unix times; ``None``: now, never.
     due_at: float | None = None
     expires_at: float | None = None
+    # The trace it belongs to (``shared.tracing``); ``None``: the sender says none (the
+    # producer picks one when it sends).
+    trace: TraceParent | None = None
 
 
 def field_error(field: str, reason: str) -> InvalidInput:
@@ -59,6 +63,14 @@ def refuse_unknown(names: Iterable[Any], accepted: Collection[str]) -> None:
                 "accepted": sorted(accepted),
             },
         )
+
+
+def traceparent_field(value: Any, field: str = "traceparent") -> TraceParent:
+    """A W3C ``traceparent`` given by a caller, or a 422 naming ``field``."""
+    try:
+        return parse_traceparent(value)
+    except ValueError as exc:
+        raise field_error(field, str(exc)) from None
 
 
 def queue_and_priority(

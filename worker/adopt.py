@@ -4,7 +4,8 @@ Teams call Celery from Python (``send_task``, ``.delay()``, a canvas, beat, a ta
 another); those messages carry no record. When a worker takes one for a registered task, the
 record is written here, atomically (``create.lua``: a concurrent adoption of the same id finds
 it and does nothing), owned by the message header ``taskgate_user`` when present, else by
-``TASKGATE_SERVICE_USER``; then the task runs like any other. A message for a name that is not
+``TASKGATE_SERVICE_USER``, in the trace its ``traceparent`` header names, else in a new one;
+then the task runs like any other. A message for a name that is not
 registered ends ``FAILED`` with ``error.type`` ``UnknownTask`` (recorded, logged, counted).
 """
 
@@ -18,6 +19,7 @@ from shared.headers import HEADER_USER, MAX_OWNER_LEN
 from shared.headers import RECORDED_HEADER as RECORDED_HEADER
 from shared.records import CREATE_LUA, CreateCode, SyncRecords, create_call, new_record_fields
 from shared.settings import Settings
+from shared.tracing import new_trace
 
 log = logging.getLogger("taskgate.worker")
 
@@ -48,11 +50,20 @@ def owner_of(headers_or_request: Any, settings: Settings) -> str:
 
 
 def adopt(
-    store: SyncRecords, task_id: str, name: str, queue: str, owner: str, settings: Settings
+    store: SyncRecords,
+    task_id: str,
+    name: str,
+    queue: str,
+    owner: str,
+    settings: Settings,
+    trace_id: str | None = None,
 ) -> bool:
-    """Write the PENDING record of a message that has none; False if one appeared meanwhile
-    (another delivery adopted it first: the record decides what happens next)."""
-    fields = new_record_fields(task_id, name, queue, time.time())
+    """Write the PENDING record of a message that has none, in trace ``trace_id`` (``None``: a
+    new one); False if one appeared meanwhile (another delivery adopted it first: the record
+    decides what happens next)."""
+    fields = new_record_fields(
+        task_id, name, queue, time.time(), {"trace_id": trace_id or new_trace().trace_id}
+    )
     call = create_call(store.keys, owner, fields, 0, settings.retention_s)
     script = store.client.register_script(CREATE_LUA)
     code, _ = script(keys=call.keys, args=call.args)

@@ -17,6 +17,7 @@ from shared.errors import NotFound, RetryRequested, TaskCancelled
 from shared.handle import TaskHandle
 from shared.records import SyncRecords
 from shared.registry import RegisteredTask, get_task
+from shared.tracing import new_trace
 
 log = logging.getLogger("taskgate.worker")
 # A progress update lost to a Redis outage is dropped, not retried: the task keeps running and
@@ -37,9 +38,13 @@ class Context:
         attempt: int = 1,
         *,
         owner: str | None = None,
+        trace_id: str | None = None,
     ) -> None:
         self.task_id = task_id
         self.attempt = attempt
+        # The W3C trace this task belongs to (its snapshot's ``trace_id``; shared.tracing):
+        # children it starts share it.
+        self.trace_id = trace_id or new_trace().trace_id
         # The previous step's result in a chain, the header results in a chord's body.
         self.parent_result: Any = None
         self._records = records

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from shared.headers import RECORDED_HEADER
+from shared.headers import RECORDED_HEADER, TRACE_HEADER
 from shared.task_message import TaskMessage as TaskMessage
 
 _ORIGIN = f"taskgate@{socket.gethostname()}:{os.getpid()}"
@@ -36,9 +36,10 @@ def build_task_message(
     group_index: int | None = None,
     timelimit: tuple[float | None, float | None] = (None, None),
     expires: str | None = None,
+    traceparent: str | None = None,
 ) -> TaskMessage:
     """A protocol-2 message; ``timelimit`` is Celery's ``(hard, soft)`` in seconds (``None``:
-    the worker's default)."""
+    the worker's default); ``traceparent``: the W3C header (``shared.tracing``)."""
     args = args or []
     kwargs = kwargs or {}
     headers: dict[str, Any] = {
@@ -65,5 +66,7 @@ def build_task_message(
         # without one (its record was discarded after a refused publish, or expired).
         RECORDED_HEADER: True,
     }
+    if traceparent is not None:
+        headers[TRACE_HEADER] = traceparent
     body = orjson.dumps([args, kwargs, embed or _EMBED])
     return TaskMessage(task_id, task, queue, priority, headers, body)

@@ -15,8 +15,9 @@ from aiohttp import web
 
 from gateway.auth import TokenRules, issue_token
 from gateway.cli.embedded import SECRET_FILE, embedded
+from shared import tracing
 from shared.errors import ConfigError
-from shared.logging import setup_logging
+from shared.logs import setup as setup_logs
 from shared.settings import Secret, Settings
 
 DEMO_USER = "demo"
@@ -77,7 +78,8 @@ def cmd_gateway(_: argparse.Namespace) -> int:
     settings = Settings.from_env()
     settings.require_secret()
     settings.require_redis()
-    setup_logging(settings.log_level)
+    setup_logs(settings.log_level, settings.log_format)
+    tracing.configure("taskgate-gateway")
     _install_uvloop()
     asyncio.run(serve(settings, f"taskgate gateway on http://{settings.host}:{settings.port}/"))
     return 0
@@ -91,7 +93,7 @@ def cmd_up(_: argparse.Namespace) -> int:
     # SIGTERM before the loop runs unwinds like Ctrl-C, so the children are still stopped.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     settings = Settings.from_env()
-    setup_logging(settings.log_level)
+    setup_logs(settings.log_level, settings.log_format)
     data_dir = Path(settings.data_dir)
     # Ctrl-C reaches only this process; the children (own process groups) are stopped in order.
     # A second `up` on this data folder is refused here, before it writes anything there.
@@ -112,6 +114,7 @@ def cmd_up(_: argparse.Namespace) -> int:
             "Ctrl-C stops everything."
         )
         os.environ.update({k: env[k] for k in ("TASKGATE_REDIS_URL", "TASKGATE_SECRET")})
+        tracing.configure("taskgate-gateway")
         _install_uvloop()
         asyncio.run(serve(settings, banner, stop_on=stack.supervisor.on_give_up))
         failure = stack.supervisor.failure

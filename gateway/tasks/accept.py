@@ -32,7 +32,7 @@ from gateway.broker.redis_broker import Broker
 from gateway.broker.sent_events import AnnouncingOutbox
 from gateway.process import gctune
 from gateway.tasks.delayed import DelayedQueue, delays
-from gateway.tasks.submission import Submission, build_messages, new_records
+from gateway.tasks.submission import Submission, build_messages, new_records, shared_trace
 from shared.errors import BrokerUnavailable, RateLimited, StoreUnavailable, TaskgateError
 from shared.keys import new_task_ids
 from shared.records import AsyncRecords, CreateCode, new_record_fields
@@ -40,6 +40,8 @@ from shared.records_batch import CHUNK, BatchRecords, chunks, pending_common, pe
 from shared.schema import Snapshot
 from shared.settings import Settings
 from shared.store_errors import store_errors, store_unavailable
+from shared.tracing import enabled as tracing_enabled
+from shared.tracing import finished, span_id_of
 from shared.webhooks import webhook_fields
 
 log = logging.getLogger("taskgate.accept")
@@ -122,6 +124,8 @@ class Acceptor:
         extra = webhook_fields(sub.callback_url) or {}
         if sub.due_at is not None:
             extra["eta"] = sub.due_at
+        if sub.trace is not None:
+            extra["trace_id"] = sub.trace.trace_id
         fields = new_record_fields(task_id, sub.spec.name, sub.queue, time.time(), extra or None)
         code, payload = await self.records.create(user, fields, self.settings.max_active)
         if code != CREATED:
@@ -135,8 +139,9 @@ class Acceptor:
             return []
         now = time.time()
         ids = new_task_ids(len(subs))
-        # What all records share is sent once; per record only what differs.
-        common = pending_common(now)
+        # What all records share is sent once; per record only what differs. The tasks of one
+        # request share its trace; a group of single submits names one each.
+        common = pending_common(now, shared_trace(subs), ambient=False)
         new = NewTasks(user, subs, ids, common, now)
         later = [i for i, sub in enumerate(subs) if sub.due_at is not None]
         if later:
@@ -185,7 +190,7 @@ class Acceptor:
         """Records, then one broker push, then one publish (a broker apart from the records)."""
         user, subs, ids, common, now = new
         with gctune.paused():
-            records = new_records(subs, ids)
+            records = new_records(subs, ids, "trace_id" not in common)
             snaps = [cast(Snapshot, pending_snapshot(common, r)) for r in records]
         creating = asyncio.ensure_future(
             self.batch.create(user, common, records, now, self.settings.max_active)
@@ -202,6 +207,7 @@ class Acceptor:
         if accepted:
             try:
                 await broker.publish([messages[i] for i in accepted])
+                self._traced([subs[i] for i in accepted], [ids[i] for i in accepted], new.now)
             except (BrokerUnavailable, RedisError) as exc:
                 with contextlib.suppress(RedisError):
                     await self.records.discard_many(user, [ids[i] for i in accepted])
@@ -233,7 +239,7 @@ class Acceptor:
             async with runs:
                 for part in parts:
                     with gctune.paused():
-                        records = new_records(subs[part], ids[part])
+                        records = new_records(subs[part], ids[part], "trace_id" not in common)
                         chunk = [cast(Snapshot, pending_snapshot(common, r)) for r in records]
                         messages = build_messages(subs[part], ids[part])
                         inline = self.broker.inline(messages, [orjson.dumps(c) for c in chunk])
@@ -257,10 +263,30 @@ class Acceptor:
                     await discard
             raise store_unavailable(exc) from exc
         out, accepted = self._answers(codes, snaps)
+        self._traced([subs[i] for i in accepted], [ids[i] for i in accepted], now)
         if announcing:
             cast(AnnouncingOutbox, self.broker).announce([sent[i] for i in accepted], now)
         self.count([subs[i] for i in accepted])
         return out
+
+    def _traced(self, subs: Sequence[Submission], ids: Sequence[str], since: float) -> None:
+        """Each published task's publish span (``shared.tracing``), from the accept's start: its
+        id is the one the message names as the run's parent. Nothing without OpenTelemetry."""
+        if not tracing_enabled():
+            return
+        finished(
+            "publish",
+            (
+                (
+                    sub.trace,
+                    span_id_of(tid),
+                    {"taskgate.task_id": tid, "taskgate.task": sub.spec.name},
+                )
+                for sub, tid in zip(subs, ids, strict=True)
+                if sub.trace is not None
+            ),
+            int(since * 1e9),
+        )
 
     async def _messages(self, subs: Sequence[Submission], ids: list[str]) -> list[TaskMessage]:
         """The Celery messages, built a chunk at a time with a turn of the loop in between (so

@@ -20,7 +20,8 @@ from shared.submission import MAX_DELAY_S as MAX_DELAY_S
 from shared.submission import Submission as Submission
 from shared.submission import field_error as field_error
 from shared.submission import parse_timing as parse_timing
-from shared.submission import queue_and_priority, refuse_unknown
+from shared.submission import queue_and_priority, refuse_unknown, traceparent_field
+from shared.tracing import TraceParent, new_trace, request_trace, span_id_of
 from shared.webhooks import WebhookPolicy, WebhookRefused, webhook_fields
 
 SUBMIT_FIELDS = frozenset(
@@ -34,6 +35,8 @@ SUBMIT_FIELDS = frozenset(
         "countdown",
         "eta",
         "expires",
+        # W3C trace context (shared.tracing); HTTP callers may send the header instead.
+        "traceparent",
     }
 )
 IDEMPOTENCY_KEY_MAX = 200
@@ -72,7 +75,16 @@ def parse_submission(
         except WebhookRefused as exc:
             raise field_error("callback_url", str(exc)) from None
     due_at, expires_at = parse_timing(body, max_delay_s)
-    return Submission(spec, data, queue, priority, key, callback, due_at, expires_at)
+    trace = _trace(body.get("traceparent"))
+    return Submission(spec, data, queue, priority, key, callback, due_at, expires_at, trace)
+
+
+def _trace(given: Any) -> TraceParent:
+    """The body's ``traceparent``, else the request's trace (``tracing.in_request``: all the
+    tasks of one HTTP request share it), else a new trace."""
+    if given is not None:
+        return traceparent_field(given)
+    return request_trace() or new_trace()
 
 
 def iso(at: float) -> str:
@@ -92,7 +104,9 @@ def valid_task_id(task_id: object) -> TypeGuard[str]:
 
 
 def build_message(sub: Submission, task_id: str, **extra: Any) -> TaskMessage:
-    """The Celery message of one submission, with the task type's own time limits."""
+    """The Celery message of one submission, with the task type's own time limits and its
+    trace (the task's publish span as the parent: ``tracing.span_id_of``)."""
+    trace = sub.trace
     return build_task_message(
         task_id,
         sub.spec.name,
@@ -101,8 +115,21 @@ def build_message(sub: Submission, task_id: str, **extra: Any) -> TaskMessage:
         priority=sub.priority,
         timelimit=sub.spec.timelimit,
         expires=iso(sub.expires_at) if sub.expires_at is not None else None,
+        traceparent=trace.header(span_id_of(task_id)) if trace is not None else None,
         **extra,
     )
+
+
+def shared_trace(subs: Sequence[Submission]) -> str | None:
+    """The trace id all of ``subs`` belong to (a batch's, a request's), or ``None`` when they
+    are of several traces (or of none): then each record names its own."""
+    first = subs[0].trace if subs else None
+    if first is None:
+        return None
+    for sub in subs:
+        if sub.trace is not first and (sub.trace is None or sub.trace.trace_id != first.trace_id):
+            return None
+    return first.trace_id
 
 
 def build_messages(subs: Sequence[Submission], ids: Sequence[str]) -> list[TaskMessage]:
@@ -110,9 +137,12 @@ def build_messages(subs: Sequence[Submission], ids: Sequence[str]) -> list[TaskM
     return [build_message(sub, tid) for sub, tid in zip(subs, ids, strict=True)]
 
 
-def new_records(subs: Sequence[Submission], ids: Sequence[str]) -> list[dict[str, Any]]:
+def new_records(
+    subs: Sequence[Submission], ids: Sequence[str], traced: bool = False
+) -> list[dict[str, Any]]:
     """What differs between new records: id, task, queue and webhook (and, when any of them
-    is delayed, when each is due: every record of a run has the same fields)."""
+    is delayed, when each is due; with ``traced``, each one's trace id, when they are not all
+    of one trace: every record of a run has the same fields)."""
     delayed = any(s.due_at is not None for s in subs)
     out = []
     for s, tid in zip(subs, ids, strict=True):
@@ -124,5 +154,7 @@ def new_records(subs: Sequence[Submission], ids: Sequence[str]) -> list[dict[str
         }
         if delayed:
             record["eta"] = s.due_at
+        if traced:
+            record["trace_id"] = s.trace.trace_id if s.trace is not None else None
         out.append(record)
     return out

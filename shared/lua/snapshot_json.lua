@@ -12,7 +12,7 @@
 local SNAPSHOT_FIELDS = {
   'task_id', 'task', 'queue', 'status', 'seq', 'progress', 'result', 'error', 'created_at',
   'started_at', 'finished_at', 'stalled', 'workflow_id', 'webhook', 'attempt', 'next_attempt_at',
-  'eta', 'parent_id',
+  'eta', 'parent_id', 'trace_id',
 }
 local function snapshot(key)
   local vals = redis.call('HMGET', key, unpack(SNAPSHOT_FIELDS))
