@@ -34,7 +34,7 @@ from gateway.appkeys import (
 from gateway.auth import TokenRules, VerifiedTokens
 from gateway.broker.redis_broker import Broker
 from gateway.http.api import TOKENS, auth_middleware, errors_middleware
-from gateway.http.metrics import METRICS, Metrics, count_requests, metrics_handler
+from gateway.http.metrics import attach, count_requests, metrics_handler, watch_loop_lag
 from gateway.http.openapi import add_openapi_route
 from gateway.http.origins import OriginPolicy
 from gateway.http.page import add_page_routes
@@ -81,7 +81,7 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
-    app[METRICS] = Metrics()
+    metrics = attach(app)
     app[TOKENS] = VerifiedTokens(secret, TokenRules.from_settings(settings))
     # The same policy as HTTP CORS; python-engineio refuses a handshake from any other Origin.
     sio = socketio.AsyncServer(
@@ -103,6 +103,8 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
 
     async def records_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_records(settings) as records:
+            # The tasks this gateway ends (a cancel before they started) are counted here.
+            records.observer = metrics.status_changed
             app[RECORDS] = records
             yield
 
@@ -114,13 +116,15 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
     async def service_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_service(settings, app[RECORDS], app[BROKER]) as service:
             app[SERVICE] = service
-            metrics = app[METRICS]
             register_socket_handlers(
                 sio,
                 service,
                 secret,
                 app[TASK_EVENTS],
-                on_bug=lambda: metrics.inc("taskgate_internal_errors_total", where="socketio"),
+                on_bug=lambda: metrics.internal_errors.labels("socketio").inc(),
+                on_event=metrics.socket_event,
+                on_connect=lambda outcome: metrics.socket_connects.labels(outcome).inc(),
+                on_store=lambda: metrics.store_errors.labels("socketio").inc(),
             )
             yield
 
@@ -131,11 +135,13 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> web.Appli
             await fanout.to_room(user_room(owner), "workflow", snap)
 
         notifier = WorkflowNotifier(service.workflows, emit_workflow)
-        relay = app[RELAY] = make_relay(settings, UpdateRouter(service, app[TASK_EVENTS], notifier))
+        router = UpdateRouter(service, app[TASK_EVENTS], notifier, lag=metrics.delivery_lag.observe)
+        relay = app[RELAY] = make_relay(settings, router)
         try:
             async with running(
                 ("taskgate-relay", relay.run()),
                 ("taskgate-heartbeat", heartbeat(fanout, settings.heartbeat_s)),
+                ("taskgate-loop-lag", watch_loop_lag(metrics)),
             ):
                 yield
         finally:

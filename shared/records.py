@@ -24,7 +24,7 @@ and ARGV in the order of its header, and its return codes are the ``IntEnum`` cl
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Literal
@@ -260,6 +260,12 @@ def _discard_commands(pipe: Any, keys: Keys, owner: str, task_ids: Sequence[str]
     pipe.zrem(keys.user_active(owner), *task_ids)
 
 
+# A status change a transition applied: the status set, and the snapshot after it (JSON). Each
+# change applies in exactly one process (the script compares and sets atomically), so a count
+# taken here, summed over processes, counts every change once.
+StatusObserver = Callable[[TaskStatus, bytes | None], None]
+
+
 class SyncRecords:
     """Record access for workers (blocking redis-py; workers are threads/processes, not loops)."""
 
@@ -271,10 +277,16 @@ class SyncRecords:
         self._create = client.register_script(CREATE_LUA)
         self._snapshot = client.register_script(SNAPSHOT_LUA)
         self._heartbeat = client.register_script(HEARTBEAT_LUA)
+        # Told of every status change this process applied (metrics: ``StatusObserver``).
+        self.observer: StatusObserver | None = None
 
     def transition(self, task_id: str, mode: Mode, **kw: Any) -> TransitionResult:
         call = transition_call(self.keys, task_id, self.retention_s, mode, **kw)
-        return _transition_result(self._transition(keys=call.keys, args=call.args))
+        result = _transition_result(self._transition(keys=call.keys, args=call.args))
+        status = kw.get("status")
+        if status is not None and result.applied and self.observer is not None:
+            self.observer(status, result.snapshot)
+        return result
 
     def create(
         self, owner: str, fields: dict[str, Any], max_active: int
@@ -335,10 +347,16 @@ class AsyncRecords:
         self._create = client.register_script(CREATE_LUA)
         self._snapshot = client.register_script(SNAPSHOT_LUA)
         self._stall = client.register_script(STALL_LUA)
+        # Told of every status change this process applied (metrics: ``StatusObserver``).
+        self.observer: StatusObserver | None = None
 
     async def transition(self, task_id: str, mode: Mode, **kw: Any) -> TransitionResult:
         call = transition_call(self.keys, task_id, self.retention_s, mode, **kw)
-        return _transition_result(await self._transition(keys=call.keys, args=call.args))
+        result = _transition_result(await self._transition(keys=call.keys, args=call.args))
+        status = kw.get("status")
+        if status is not None and result.applied and self.observer is not None:
+            self.observer(status, result.snapshot)
+        return result
 
     async def create(
         self, owner: str, fields: dict[str, Any], max_active: int

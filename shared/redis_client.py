@@ -20,6 +20,7 @@ the master, so a client follows a failover. The gateway's pool is a blocking one
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import redis
@@ -33,6 +34,7 @@ from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.utils import get_lib_version
 
+from shared.pool_metrics import POOL
 from shared.sentinel import is_sentinel_url, parse_sentinel_url
 
 _DRIVER = DriverInfo(name="redis-py", lib_version=get_lib_version())  # type: ignore[no-untyped-call]
@@ -64,7 +66,7 @@ def async_client(
     kwargs.setdefault("retry_on_error", [RedisConnectionError])
     if is_sentinel_url(url):
         return _async_sentinel_client(url, pool_size, pool_timeout, kwargs)
-    pool = aioredis.BlockingConnectionPool.from_url(
+    pool = _TimedBlockingPool.from_url(
         url, max_connections=pool_size, timeout=pool_timeout, driver_info=_DRIVER, **kwargs
     )
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
@@ -89,7 +91,34 @@ def sync_client(url: str, **kwargs: Any) -> redis.Redis:
     return redis.Redis.from_url(url, driver_info=_DRIVER, **kwargs)
 
 
-class _BlockingSentinelPool(AsyncSentinelPool, aioredis.BlockingConnectionPool):
+# A connection handed over within this is not counted as a wait (the lock and the checkout).
+WAIT_THRESHOLD_S = 0.001
+_NO_CONNECTION = "No connection available."
+
+
+class _Timed:
+    """Counts the waits for a pooled connection, and those that gave up
+    (``shared.pool_metrics.POOL``), around the public ``get_connection``."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            connection = await super().get_connection(*args, **kwargs)  # type: ignore[misc]
+        except RedisConnectionError as exc:
+            if str(exc) == _NO_CONNECTION:
+                POOL.gave_up(time.perf_counter() - started)
+            raise
+        waited = time.perf_counter() - started
+        if waited > WAIT_THRESHOLD_S:
+            POOL.waited(waited)
+        return connection
+
+
+class _TimedBlockingPool(_Timed, aioredis.BlockingConnectionPool):
+    """The gateway's pool: waits for a free connection, and counts the waits."""
+
+
+class _BlockingSentinelPool(_Timed, AsyncSentinelPool, aioredis.BlockingConnectionPool):
     """redis-py's sentinel pool (connects to the master the sentinels name) that waits for a
     free connection, as ``BlockingConnectionPool`` does, instead of failing at once."""
 

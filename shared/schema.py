@@ -8,11 +8,15 @@ the bytes on the channel are exactly the record after the change.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import (
+    Annotated,
+    Any,
+    NotRequired,  # pydantic reads these on Python < 3.12
+)
 
 import orjson
 from pydantic import Field, WithJsonSchema
-from typing_extensions import TypedDict  # pydantic reads these on Python < 3.12
+from typing_extensions import TypedDict
 
 from shared.status import TaskStatus
 
@@ -69,12 +73,18 @@ class Snapshot(TypedDict):
     # The task whose code started this one (``ctx.start``, a producer call inside a task), or
     # null.
     parent_id: str | None
+    # The W3C trace the task belongs to (32 hex digits; shared.tracing): the caller's
+    # traceparent, else one the gateway (or, for a Celery-native message, the worker) started.
+    trace_id: str | None
 
 
 class Update(TypedDict):
     v: int
     owner: str
     snapshot: Snapshot
+    # When Redis published it (Unix seconds, ``publish.lua``: the script that changed the
+    # record), for the delivery-lag metric; absent from messages of older writers.
+    at: NotRequired[float | None]
 
 
 # Fields of the record hash that make up the snapshot, in order. Each value is stored already
@@ -147,4 +157,5 @@ def decode_updates(data: bytes | str) -> list[Update]:
             raise ValueError("update without snapshot")
         if not isinstance(snap.get("task_id"), str) or not isinstance(snap.get("seq"), int):
             raise ValueError("snapshot without task_id or seq")
-    return [{"v": SCHEMA_VERSION, "owner": owner, "snapshot": snap} for snap in snaps]
+    at = msg.get("at")
+    return [{"v": SCHEMA_VERSION, "owner": owner, "snapshot": snap, "at": at} for snap in snaps]

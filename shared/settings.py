@@ -86,6 +86,13 @@ class Settings:
     key_prefix: str = "taskgate:"
     task_modules: tuple[str, ...] = ("worker.demo",)
     log_level: str = "INFO"
+    # ``text`` (readable lines) or ``json`` (one object per line: shared.logs).
+    log_format: str = "text"
+    # A worker's metrics server (worker.metrics): its port (0: none), host, and the directory
+    # prometheus-client's multiprocess mode keeps the pool's counts in.
+    worker_metrics_port: int = 0
+    worker_metrics_host: str = "127.0.0.1"
+    metrics_dir: str | None = None
     heartbeat_s: float = 15.0
     max_body_bytes: int = 1024 * 1024
     data_dir: str = ".taskgate"
@@ -228,6 +235,11 @@ class Settings:
             log_level=r.choice(
                 "TASKGATE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
             ),
+            log_format=r.choice("TASKGATE_LOG_FORMAT", "TEXT", ("TEXT", "JSON")).lower(),
+            worker_metrics_port=r.number("TASKGATE_WORKER_METRICS_PORT", 0, int, low=0, high=65535),
+            worker_metrics_host=(env.get("TASKGATE_WORKER_METRICS_HOST") or "").strip()
+            or "127.0.0.1",
+            metrics_dir=r.text("PROMETHEUS_MULTIPROC_DIR"),
             heartbeat_s=r.number("TASKGATE_HEARTBEAT_S", 15.0, float, low=0.1),
             max_body_bytes=r.number("TASKGATE_MAX_BODY", 1024 * 1024, int, low=1024),
             data_dir=env.get("TASKGATE_DATA_DIR", ".taskgate").strip() or ".taskgate",

@@ -17,19 +17,32 @@ from typing import Any
 from celery import Celery
 from celery.exceptions import TimeLimitExceeded
 from celery.schedules import crontab
-from celery.signals import task_failure, task_revoked, task_unknown
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    task_failure,
+    task_postrun,
+    task_prerun,
+    task_revoked,
+    task_unknown,
+    worker_init,
+    worker_process_shutdown,
+)
 from redis.exceptions import RedisError
 
+from shared import logs, tracing
 from shared.beat import BeatEntry, unknown_names
 from shared.celery_config import celery_config
 from shared.errors import ConfigError
-from shared.logging import setup_logging
+from shared.headers import TRACE_HEADER
 from shared.records import SyncRecords
 from shared.registry import all_tasks, check_time_limits, load_task_modules
 from shared.settings import Settings
 from shared.status import TaskStatus
-from worker.adopt import adopt, owner_of
+from worker.adopt import adopt, header, owner_of
 from worker.maintenance import register_maintenance
+from worker.metrics import UNREGISTERED, metrics
+from worker.metrics import serve as serve_metrics
 from worker.runner import finish, hard_time_limit_error, register_celery_task
 from worker.store import RecordsPerProcess
 from worker.webhooks import register_webhooks
@@ -66,6 +79,12 @@ def make_celery(settings: Settings) -> Celery:
         except ValueError as exc:
             raise ConfigError(f"TASKGATE_BEAT_SCHEDULE: {entry.label}: {exc}") from None
     app.conf.beat_schedule = schedule
+
+    @worker_init.connect(weak=False)  # type: ignore[untyped-decorator]
+    def _serve_metrics(**_: Any) -> None:
+        # In the main process, before the pool forks (worker.metrics): a port that cannot be
+        # had stops the worker here, loudly.
+        serve_metrics(settings)
 
     @task_revoked.connect(weak=False)  # type: ignore[untyped-decorator]
     def _on_revoked(
@@ -154,7 +173,8 @@ def record_unknown(
     owner = owner_of(headers if isinstance(headers, dict) else {}, settings)
     log.error("message %s names unknown task %r; recorded FAILED for %s", task_id, name, owner)
     try:
-        adopt(store, task_id, name[:200], str(queue), owner, settings)
+        if adopt(store, task_id, name[:200], str(queue), owner, settings):
+            metrics().adopted.labels(UNREGISTERED).inc()
         finish(
             store,
             task_id,
@@ -199,6 +219,38 @@ def _survive_broker_restart() -> None:
     setattr(channel, "_taskgate_patched", True)  # noqa: B010
 
 
+def observe(settings: Settings) -> None:
+    """Logs in ``TASKGATE_LOG_FORMAT`` and spans when configured (``shared.tracing``).
+
+    Celery sets up the worker's logging itself (and again in each pool process): with ``json``
+    its handlers get ``shared.logs``' formatter once it has (``after_setup_logger``,
+    ``after_setup_task_logger``). Each task's lines name it and its trace from its start to its
+    end (``task_prerun``/``task_postrun``; the runner adds the record's trace and the owner)."""
+    logs.setup(settings.log_level, settings.log_format)
+    if settings.log_format == "json":
+
+        @after_setup_logger.connect(weak=False)  # type: ignore[untyped-decorator]
+        @after_setup_task_logger.connect(weak=False)  # type: ignore[untyped-decorator]
+        def _json_lines(logger: logging.Logger | None = None, **_: Any) -> None:
+            if logger is not None:
+                logs.use_json(logger)
+
+    @task_prerun.connect(weak=False)  # type: ignore[untyped-decorator]
+    def _bind_task(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+        traceparent = header(getattr(task, "request", None), TRACE_HEADER)
+        logs.replace_bound(task_id=task_id, trace_id=tracing.trace_id_of(traceparent))
+
+    @task_postrun.connect(weak=False)  # type: ignore[untyped-decorator]
+    def _unbind_task(**_: Any) -> None:
+        logs.replace_bound()
+
+    if tracing.configure("taskgate-worker"):
+
+        @worker_process_shutdown.connect(weak=False)  # type: ignore[untyped-decorator]
+        def _flush_spans(**_: Any) -> None:
+            tracing.flush()
+
+
 @functools.cache
 def default_app() -> Celery:
     """The app ``celery -A worker`` finds: settings from the environment, checked once."""
@@ -208,7 +260,7 @@ def default_app() -> Celery:
     except ConfigError as exc:
         sys.stderr.write(f"taskgate: {exc}\n")
         raise SystemExit(2) from None
-    setup_logging(settings.log_level)
+    observe(settings)
     if not settings.broker_is_amqp:
         _survive_broker_restart()
     try:

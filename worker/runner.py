@@ -43,6 +43,8 @@ from shared.status import TERMINAL_NAMES, TaskStatus
 from worker import webhooks
 from worker.adopt import RECORDED_HEADER, adopt, header, owner_of, queue_of
 from worker.context import Context
+from worker.metrics import metrics
+from worker.run_trace import message_trace_id, run_trace, traced_run
 from worker.store import RecordsPerProcess
 from worker.workflow import settle_workflow
 
@@ -236,10 +238,20 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
             its record; the owner it was adopted for."""
             owner = owner_of(task.request, settings)
             queue = queue_of(task.request, spec.queue)
-            retrying(
-                lambda: adopt(store, task_id, spec.name, queue, owner, settings),
+            adopted = retrying(
+                lambda: adopt(
+                    store,
+                    task_id,
+                    spec.name,
+                    queue,
+                    owner,
+                    settings,
+                    message_trace_id(task.request),
+                ),
                 f"adopting {task_id}",
             )
+            if adopted:
+                metrics().adopted.labels(spec.name).inc()
             return owner
 
         try:
@@ -323,14 +335,23 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
         if previous:
             log.warning("task %s (%s): run %d (an earlier run was lost)", task_id, spec.name,
                         previous + 1)  # fmt: skip
-        ctx = Context(task_id, store, attempt, owner=owner)
+        trace = run_trace(self.request, started.snapshot)
+        ctx = Context(task_id, store, attempt, owner=owner, trace_id=trace.trace_id)
         # In a chain or a chord's body, Celery passes the previous result(s) first.
         ctx.parent_result = args[0] if args else None
         if started.cancel_requested:
             finish(store, task_id, TaskStatus.CANCELLED)
             return None
-        with Heartbeat(store, task_id, settings.task_heartbeat_s):
-            return _run(self, spec, ctx, store, task_id, data, settings)
+        active = metrics().active.labels(queue_of(self.request, spec.queue))
+        active.inc()
+        try:
+            with (
+                Heartbeat(store, task_id, settings.task_heartbeat_s),
+                traced_run(spec, task_id, trace, owner),
+            ):
+                return _run(self, spec, ctx, store, task_id, data, settings)
+        finally:
+            active.dec()
 
 
 def _run(

@@ -11,6 +11,12 @@ import os
 from shared.records import SyncRecords
 from shared.redis_client import sync_client
 from shared.settings import Settings
+from shared.status import TaskStatus
+from worker.metrics import metrics
+
+
+def _observe(status: TaskStatus, snapshot: bytes | None) -> None:
+    metrics().status_changed(status, snapshot)
 
 
 class RecordsPerProcess:
@@ -31,5 +37,8 @@ class RecordsPerProcess:
                 health_check_interval=30,
             )
             self._records = SyncRecords(client, self.settings.keys, self.settings.retention_s)
+            # Task metrics from the status changes this process applies (worker.metrics); made
+            # at the first change, after worker_init set up the metrics' directory.
+            self._records.observer = _observe
             self._pid = os.getpid()
         return self._records

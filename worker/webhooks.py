@@ -40,6 +40,7 @@ from shared.webhooks import (
     sign,
     signing_secret,
 )
+from worker.metrics import metrics
 from worker.store import RecordsPerProcess
 
 log = logging.getLogger("taskgate.webhooks")
@@ -163,6 +164,8 @@ class Delivery:
         result = self.annotations.annotate(task_id, "webhook", new, expect=raw)
         if not result.applied:
             return "state changed meanwhile", None
+        # Counted once the attempt is recorded (one deliverer's annotation wins).
+        metrics().webhooks.labels("retrying" if state == "pending" else state).inc()
         if state != "pending":
             log.info("webhook of %s %s after %d attempt(s)", task_id, state, attempts)
             return state, None

@@ -114,8 +114,17 @@ def start_redis(supervisor: Supervisor, data_dir: Path) -> str:
 
 def start_workers(supervisor: Supervisor, env: Mapping[str, str], data_dir: Path) -> None:
     """One worker per queue; ``CELERY_FAST_WORKER_CONCURRENCY`` / ``CELERY_HEAVY_WORKER_
-    CONCURRENCY`` (a positive integer) set each one's pool size, else Celery's default."""
-    for queue in QUEUES:
+    CONCURRENCY`` (a positive integer) set each one's pool size, else Celery's default. With
+    ``TASKGATE_WORKER_METRICS_PORT`` set, the n-th worker serves its metrics on that port + n,
+    its counts in ``data_dir/metrics/<queue>`` (worker.metrics)."""
+    metrics_port = env.get("TASKGATE_WORKER_METRICS_PORT", "").strip()
+    for n, queue in enumerate(QUEUES):
+        worker_env = dict(env)
+        if metrics_port.isdigit() and int(metrics_port):
+            files = data_dir / "metrics" / queue
+            files.mkdir(parents=True, exist_ok=True)
+            worker_env["TASKGATE_WORKER_METRICS_PORT"] = str(int(metrics_port) + n)
+            worker_env["PROMETHEUS_MULTIPROC_DIR"] = str(files)
         argv = [
             sys.executable, "-m", "celery", "-A", "worker", "worker",
             "-Q", queue, "-n", f"{queue}@%h", "--loglevel", "INFO",
@@ -124,7 +133,7 @@ def start_workers(supervisor: Supervisor, env: Mapping[str, str], data_dir: Path
         if concurrency is not None:
             argv += ["--concurrency", str(concurrency)]
         supervisor.start(
-            ChildSpec(f"worker-{queue}", argv, dict(env), data_dir / f"worker-{queue}.log")
+            ChildSpec(f"worker-{queue}", argv, worker_env, data_dir / f"worker-{queue}.log")
         )
 
 

@@ -15,9 +15,19 @@ from gateway.appkeys import SERVICE, SETTINGS
 from gateway.auth import VerifiedTokens, bearer
 from gateway.http.metrics import METRICS
 from gateway.http.task_types import task_types
-from shared.errors import AuthError, BadRequest, PayloadTooLarge, RequestTimeout, TaskgateError
+from shared import logs
+from shared.errors import (
+    AuthError,
+    BadRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    StoreUnavailable,
+    TaskgateError,
+)
 from shared.registry import all_tasks
 from shared.store_errors import store_unavailable
+from shared.submission import traceparent_field
+from shared.tracing import in_request, new_trace, span
 
 log = logging.getLogger("taskgate.http")
 
@@ -29,6 +39,10 @@ TOKENS = web.AppKey("tokens", VerifiedTokens)
 BODY_TIMEOUT_S = 30.0
 # Paths under /api/ that need no token: the API's own description.
 PUBLIC_PATHS = frozenset({"/api/openapi.json"})
+# The submits: each request is one trace (its ``traceparent`` header, else a new one), which
+# all the tasks it submits share (``shared.tracing``).
+SUBMIT_PATHS = frozenset({"/api/tasks", "/api/tasks/batch", "/api/workflows"})
+TRACEPARENT = "traceparent"
 
 
 def json_response(
@@ -68,6 +82,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         response.headers["WWW-Authenticate"] = "Bearer"
         return response
     except TaskgateError as exc:
+        if isinstance(exc, StoreUnavailable):
+            request.app[METRICS].store_errors.labels("http").inc()
         return error_response(exc)
     except web.HTTPRequestEntityTooLarge:
         return error_response(PayloadTooLarge("request body too large"))
@@ -83,11 +99,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         raise
     except RedisError as exc:
         # A store failure a handler did not map itself: still the client's 503, never a 500.
+        request.app[METRICS].store_errors.labels("http").inc()
         return error_response(store_unavailable(exc))
     except Exception:
         # A bug, not bad input; the client still gets JSON and never a traceback.
         log.exception("unhandled error on %s %s", request.method, request.path)
-        request.app[METRICS].inc("taskgate_internal_errors_total", where="http")
+        request.app[METRICS].internal_errors.labels("http").inc()
         return json_response(
             {"error": {"code": "internal", "message": "internal error"}}, status=500
         )
@@ -97,8 +114,26 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path.startswith("/api/") and request.path not in PUBLIC_PATHS:
         tokens = request.app[TOKENS]
-        request[USER] = tokens.verify(bearer(request.headers.get("Authorization"))).user
+        user = request[USER] = tokens.verify(bearer(request.headers.get("Authorization"))).user
+        if request.method == "POST" and request.path in SUBMIT_PATHS:
+            return await traced_submit(request, handler, user)
+        with logs.bound(user=user):
+            return await handler(request)
     return await handler(request)
+
+
+async def traced_submit(request: web.Request, handler: Handler, user: str) -> web.StreamResponse:
+    """A submit in its trace: the caller's ``traceparent`` (an invalid one is a 422 naming it),
+    else a new one; with OpenTelemetry, inside a ``submit`` span that the tasks' publish spans
+    hang under. Log lines meanwhile name the trace and the user."""
+    raw = request.headers.get(TRACEPARENT)
+    trace = traceparent_field(raw) if raw is not None else new_trace()
+    with (
+        span("submit", trace, attributes={"http.route": request.path}) as inner,
+        in_request(inner),
+        logs.bound(user=user, trace_id=trace.trace_id),
+    ):
+        return await handler(request)
 
 
 async def read_json(request: web.Request) -> Any:
@@ -136,6 +171,9 @@ async def read_json(request: web.Request) -> Any:
 
 async def submit_task(request: web.Request) -> web.Response:
     snap = await request.app[SERVICE].submit(request[USER], await read_json(request))
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("task %s (%s) accepted", snap["task_id"], snap["task"],
+                  extra={"task_id": snap["task_id"]})  # fmt: skip
     return json_response(snap, status=202)
 
 

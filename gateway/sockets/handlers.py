@@ -23,7 +23,7 @@ from gateway.live.fanout import user_room
 from gateway.live.ledger import TaskEvents
 from gateway.sockets.guard import NAMESPACE, SocketGuard
 from gateway.tasks.service import TaskService
-from shared.errors import AuthError, TaskgateError
+from shared.errors import AuthError, StoreUnavailable, TaskgateError
 from shared.schema import Snapshot
 from shared.settings import Secret
 from shared.store_errors import store_unavailable
@@ -34,8 +34,14 @@ log = logging.getLogger("taskgate.sockets")
 EVENTS = ("submit", "cancel", "watch")
 
 
-def _error(exc: Exception, on_bug: Callable[[], None] | None = None) -> dict[str, Any]:
+def _error(
+    exc: Exception,
+    on_bug: Callable[[], None] | None = None,
+    on_store: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     """The ack for a failed event: the error's own, the store's 503, or (a bug) internal."""
+    if isinstance(exc, (StoreUnavailable, RedisError)) and on_store is not None:
+        on_store()
     if isinstance(exc, TaskgateError):
         return exc.to_dict()
     if isinstance(exc, RedisError):
@@ -52,8 +58,15 @@ def register_socket_handlers(
     secret: Secret,
     events: TaskEvents,
     on_bug: Callable[[], None] | None = None,
+    *,
+    on_event: Callable[[str], None] | None = None,
+    on_connect: Callable[[str], None] | None = None,
+    on_store: Callable[[], None] | None = None,
 ) -> SocketGuard:
-    """The events, on ``sio``; ``on_bug`` is called for each unhandled error (a metric)."""
+    """The events, on ``sio``; ``on_bug`` is called for each unhandled error, ``on_event`` with
+    each event's name and ``on_connect`` with each connect's outcome (metrics)."""
+    count_event = on_event or (lambda _: None)
+    count_connect = on_connect or (lambda _: None)
     rules = TokenRules.from_settings(service.settings)
     guard = SocketGuard(
         sio, service.settings.socket_event_rate, service.settings.socket_connect_timeout_s
@@ -93,7 +106,9 @@ def register_socket_handlers(
         try:
             identity = verify_token(secret, token, rules)
         except AuthError as exc:
+            count_connect("refused")
             raise socketio.exceptions.ConnectionRefusedError(exc.message) from None
+        count_connect("accepted")
         await sio.save_session(sid, {"user": identity.user, "exp": identity.expires_at})
         await sio.enter_room(sid, user_room(identity.user))
         joined[sid] = (identity.user, events.joined())
@@ -119,33 +134,37 @@ def register_socket_handlers(
 
     @sio.event  # type: ignore[untyped-decorator]
     async def submit(sid: str, data: Any = None, *_: Any) -> dict[str, Any]:
+        count_event("submit")
         try:
             return await service.submit_any(await user_of(sid), data)
         except Exception as exc:
-            return _error(exc, on_bug)
+            return _error(exc, on_bug, on_store)
 
     @sio.event  # type: ignore[untyped-decorator]
     async def cancel(sid: str, data: Any = None, *_: Any) -> dict[str, Any]:
+        count_event("cancel")
         try:
             task_id = data.get("task_id") if isinstance(data, dict) else ""
             await service.cancel(await user_of(sid), task_id)
         except Exception as exc:
-            return _error(exc, on_bug)
+            return _error(exc, on_bug, on_store)
         return {"ok": True}
 
     @sio.event  # type: ignore[untyped-decorator]
     async def watch(sid: str, data: Any = None, *_: Any) -> dict[str, Any]:
+        count_event("watch")
         try:
             wanted = data.get("tasks") if isinstance(data, dict) else None
             snaps = await service.watch(await user_of(sid), wanted)
         except Exception as exc:
-            return _error(exc, on_bug)
+            return _error(exc, on_bug, on_store)
         sent = await send_snapshots(sid, snaps, asked=True)
         return {"ok": True, "sent": sent}
 
     @sio.on("*")  # type: ignore[untyped-decorator]
     async def unknown_event(event: Any, sid: str, *_: Any) -> dict[str, Any]:
         # Sent as the ack when the packet has an ack id, dropped by python-socketio otherwise.
+        count_event("unknown")
         shown = event[:64] if isinstance(event, str) else type(event).__name__
         return {
             "error": {

@@ -18,6 +18,7 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from gateway.appkeys import RECORDS
+from shared.pool_metrics import POOL
 from shared.settings import Settings
 from tests.support import (
     COUNT,
@@ -80,6 +81,7 @@ async def test_600_concurrent_reads_wait_for_the_pool_instead_of_failing(
         gateway, url = await start_gateway(aiohttp_server, settings)
         alice, bob = user(), user()
         connector = aiohttp.TCPConnector(limit=0)
+        waits, timeouts = POOL.waits, POOL.timeouts
         async with aiohttp.ClientSession(connector=connector) as session:
             tid = await submit(session, url, alice)
             other = await submit(session, url, bob)
@@ -90,6 +92,8 @@ async def test_600_concurrent_reads_wait_for_the_pool_instead_of_failing(
             print("600 concurrent reads:", dict(counts), "other user's 50:", dict(other_counts))
             assert counts == Counter({200: 600}), bad[:3]
             assert other_counts == Counter({200: 50})
+            # They waited for the pool, and none gave up (taskgate_redis_pool_* on /metrics).
+            assert POOL.waits > waits and POOL.timeouts == timeouts
             # The pool never grew past its size.
             pool: Any = gateway.app[RECORDS].client.connection_pool
             assert pool.max_connections == 10
@@ -117,9 +121,16 @@ async def test_a_busy_store_past_the_pool_wait_is_503_with_retry_after(
             tid = await submit(session, url, who)
             sleeper = asyncio.create_task(check.execute_command("DEBUG", "SLEEP", "1.5"))
             await asyncio.sleep(0.1)
+            timeouts = POOL.timeouts
             counts, bad = await burst(session, "GET", f"{url}api/tasks/{tid}", who, 40)
             await sleeper
             print("40 reads while Redis sleeps, pool 2:", dict(counts))
+            # Each 503 gave up waiting for the pool (background jobs may have too).
+            assert POOL.timeouts - timeouts >= counts[503]
+            async with session.get(f"{url}metrics") as resp:
+                text = await resp.text()
+            assert f'taskgate_store_unavailable_total{{where="http"}} {counts[503]}.0' in text
+            assert "taskgate_redis_pool_timeouts_total" in text
             assert set(counts) <= {200, 503} and counts[503] > 0, counts
             for status, body, retry_after in bad:
                 assert status == 503 and body["error"]["code"] == "store_unavailable"

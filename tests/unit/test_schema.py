@@ -12,7 +12,10 @@ from shared.schema import decode_updates
 def test_update_messages_of_one_or_many_snapshots() -> None:
     snap = {"task_id": "t1", "seq": 1, "status": "PENDING"}
     one = orjson.dumps({"v": 1, "owner": "u", "snapshot": snap})
-    assert decode_updates(one) == [{"v": 1, "owner": "u", "snapshot": snap}]
+    assert decode_updates(one) == [{"v": 1, "owner": "u", "snapshot": snap, "at": None}]
+    # The scripts stamp when Redis published it (publish.lua), for the delivery-lag metric.
+    stamped = orjson.dumps({"v": 1, "owner": "u", "snapshot": snap, "at": 1796193638.5})
+    assert decode_updates(stamped)[0]["at"] == 1796193638.5
     two = updates_head("u") + orjson.dumps(snap) + b"," + orjson.dumps({**snap, "task_id": "t2"})
     decoded = decode_updates(two + b"]}")
     assert [u["snapshot"]["task_id"] for u in decoded] == ["t1", "t2"]
