@@ -42,3 +42,9 @@ clean:
 .PHONY: screenshots
 screenshots: setup
 	TASKGATE_UPDATE_SCREENSHOT=1 $(VENV)/bin/pytest -q tests/web -k screenshot
+
+# docs/dashboard.png and docs/dashboard-data.json: the panels of docs/grafana-dashboard.json drawn
+# from a real run of `taskgate up` on loopback, about 80 s (scripts/dashboard.py).
+.PHONY: dashboard
+dashboard: setup
+	$(PY) scripts/dashboard.py
