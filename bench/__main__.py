@@ -15,7 +15,15 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import p1_submit, p2_batch, p3_relay, p4_latency, p5_connections, p6_validation
+from bench import (
+    p1_submit,
+    p2_batch,
+    p3_relay,
+    p4_latency,
+    p5_connections,
+    p6_validation,
+    p7_progress,
+)
 from bench.harness import (
     ForeignLoad,
     Results,
@@ -26,12 +34,12 @@ from bench.harness import (
 )
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-ALL = ("p1", "p2", "p3", "p4", "p5", "p6")
+ALL = ("p1", "p2", "p3", "p4", "p5", "p6", "p7")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--only", default=",".join(ALL), help="comma list of p1..p6 (p3 has P4a)")
+    parser.add_argument("--only", default=",".join(ALL), help="comma list of p1..p7 (p3 has P4a)")
     parser.add_argument(
         "--p5-seconds",
         type=float,
@@ -77,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                     redis_pid=redis_pid,
                 ),
                 "p6": lambda: p6_validation.run(results),
+                "p7": lambda: p7_progress.run(results, redis.url),
             }
             for name in ALL:
                 if name not in chosen:

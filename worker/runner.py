@@ -336,7 +336,14 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
             log.warning("task %s (%s): run %d (an earlier run was lost)", task_id, spec.name,
                         previous + 1)  # fmt: skip
         trace = run_trace(self.request, started.snapshot)
-        ctx = Context(task_id, store, attempt, owner=owner, trace_id=trace.trace_id)
+        ctx = Context(
+            task_id,
+            store,
+            attempt,
+            owner=owner,
+            trace_id=trace.trace_id,
+            progress_rate=settings.progress_rate,
+        )
         # In a chain or a chord's body, Celery passes the previous result(s) first.
         ctx.parent_result = args[0] if args else None
         if started.cancel_requested:
@@ -366,7 +373,10 @@ def _run(
     try:
         # Producer calls inside the task start its children (shared.current_task).
         with running(ctx):
-            result = spec.fn(ctx, **data)
+            try:
+                result = spec.fn(ctx, **data)
+            finally:
+                ctx.close()  # the progress held back (coalescing) goes out before the end
     except RetryRequested as asked:
         return _retry_or_fail(task, spec, settings, ctx, store, asked.exc or asked, asked.countdown)
     except TaskCancelled:
