@@ -91,6 +91,8 @@ class Settings:
     # A worker's metrics server (worker.metrics): its port (0: none), host, and the directory
     # prometheus-client's multiprocess mode keeps the pool's counts in.
     worker_metrics_port: int = 0
+    # A gateway's /metrics alone on this port too (with --processes N: process n on port+n-1).
+    gateway_metrics_port: int = 0
     # Progress updates published per second per task, at most (worker.context); 0: every one.
     progress_rate: float = 20.0
     worker_metrics_host: str = "127.0.0.1"
@@ -240,6 +242,9 @@ class Settings:
             log_format=r.choice("TASKGATE_LOG_FORMAT", "TEXT", ("TEXT", "JSON")).lower(),
             worker_metrics_port=r.number("TASKGATE_WORKER_METRICS_PORT", 0, int, low=0, high=65535),
             progress_rate=r.number("TASKGATE_PROGRESS_RATE", 20.0, float, low=0, high=10000),
+            gateway_metrics_port=r.number(
+                "TASKGATE_GATEWAY_METRICS_PORT", 0, int, low=0, high=65535
+            ),
             worker_metrics_host=(env.get("TASKGATE_WORKER_METRICS_HOST") or "").strip()
             or "127.0.0.1",
             metrics_dir=r.text("PROMETHEUS_MULTIPROC_DIR"),

@@ -1,4 +1,5 @@
-"""The ``taskgate`` command: ``up``, ``gateway``, ``token``."""
+"""The ``taskgate`` command: ``up``, ``gateway``, ``token``, ``purge``; and the client's
+``submit``, ``follow``, ``tasks``, ``cancel``, ``types`` (``client.cli``)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from aiohttp import web
 
+from client.cli import add_client_commands
 from gateway.auth import TokenRules, issue_token
 from gateway.cli.embedded import SECRET_FILE, embedded
 from shared import tracing
@@ -37,6 +40,8 @@ async def serve(
     settings: Settings,
     banner: str | None = None,
     stop_on: Callable[[Callable[[], None]], None] | None = None,
+    *,
+    reuse_port: bool = False,
 ) -> None:
     """Run the gateway until SIGINT or SIGTERM, or until the function handed to ``stop_on``
     is called (from any thread: ``up``'s supervisor calls it when it gives up)."""
@@ -46,7 +51,9 @@ async def serve(
     app = create_app(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
+    # reuse_port: one of several gateway processes on the same port (``--processes``); the
+    # kernel spreads the connections over them (SO_REUSEPORT).
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None)
     try:
         await site.start()
     except OSError as exc:
@@ -54,6 +61,11 @@ async def serve(
         raise ConfigError(
             f"TASKGATE_PORT: cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
         ) from None
+    try:
+        metrics_site = await _metrics_site(app, settings)
+    except ConfigError:
+        await runner.cleanup()
+        raise
     gctune.tune()
     if banner:
         print(banner, flush=True)
@@ -71,17 +83,84 @@ async def serve(
     try:
         await stop.wait()
     finally:
+        if metrics_site is not None:
+            await metrics_site.cleanup()
         await runner.cleanup()
 
 
-def cmd_gateway(_: argparse.Namespace) -> int:
+async def _metrics_site(app: web.Application, settings: Settings) -> web.AppRunner | None:
+    """``/metrics`` alone on ``TASKGATE_GATEWAY_METRICS_PORT`` (if set): with ``--processes``
+    each process answers there for itself (process n on that port + n - 1), where the shared
+    port would hand each scrape to any one of them."""
+    port = settings.gateway_metrics_port
+    if not port:
+        return None
+    from gateway.http.metrics import render_metrics
+
+    async def scrape(request: web.Request) -> web.StreamResponse:
+        return await render_metrics(app)
+
+    side = web.Application()
+    side.router.add_get("/metrics", scrape)
+    runner = web.AppRunner(side, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(
+            f"TASKGATE_GATEWAY_METRICS_PORT: cannot listen on {settings.host}:{port}: "
+            f"{exc.strerror}"
+        ) from None
+    return runner
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     settings.require_secret()
     settings.require_redis()
     setup_logs(settings.log_level, settings.log_format)
+    processes = int(getattr(args, "processes", 1) or 1)
+    if processes > 1:
+        return _gateway_processes(settings, processes)
     tracing.configure("taskgate-gateway")
     _install_uvloop()
-    asyncio.run(serve(settings, f"taskgate gateway on http://{settings.host}:{settings.port}/"))
+    reuse = bool(getattr(args, "reuse_port", False))
+    where = f"http://{settings.host}:{settings.port}/"
+    banner = f"taskgate gateway on {where}" + (f" (process {os.getpid()})" if reuse else "")
+    asyncio.run(serve(settings, banner, reuse_port=reuse))
+    return 0
+
+
+def _gateway_processes(settings: Settings, processes: int) -> int:
+    """``processes`` gateways sharing the port (SO_REUSEPORT), each a whole gateway of its own
+    (its relay, its sockets; the contract's transport is websocket-only, so a connection
+    stays in the process that took it), supervised: one that dies is restarted; Ctrl-C or
+    SIGTERM stops them all."""
+    from gateway.cli.supervisor import ChildSpec, Supervisor
+
+    argv = [sys.executable, "-m", "gateway.cli.commands", "gateway", "--reuse-port"]
+    supervisor = Supervisor()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        for n in range(processes):
+            env = dict(os.environ)
+            if settings.gateway_metrics_port:
+                env["TASKGATE_GATEWAY_METRICS_PORT"] = str(settings.gateway_metrics_port + n)
+            supervisor.start(ChildSpec(f"gateway-{n + 1}", argv, env))
+        supervisor.watch()
+        supervisor.on_give_up(stop.set)
+        print(f"taskgate gateway: {processes} processes on "
+              f"http://{settings.host}:{settings.port}/", flush=True)  # fmt: skip
+        stop.wait()
+    finally:
+        supervisor.stop()
+    if supervisor.failure is not None:
+        print(f"taskgate: {supervisor.failure}", file=sys.stderr)
+        return EXIT_GAVE_UP
     return 0
 
 
@@ -148,18 +227,35 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _processes(raw: str) -> int:
+    if not raw.isdigit() or not 1 <= int(raw) <= 64:
+        raise argparse.ArgumentTypeError("must be a whole number from 1 to 64")
+    return int(raw)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="taskgate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="embedded Redis, one worker per queue and the gateway")
-    sub.add_parser("gateway", help="the gateway alone (needs TASKGATE_REDIS_URL, TASKGATE_SECRET)")
+    gw = sub.add_parser(
+        "gateway", help="the gateway alone (needs TASKGATE_REDIS_URL, TASKGATE_SECRET)"
+    )
+    gw.add_argument(
+        "--processes",
+        type=_processes,
+        default=1,
+        help="gateway processes sharing the port (SO_REUSEPORT); default 1",
+    )
+    gw.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     tok = sub.add_parser("token", help="print a token for USER")
     tok.add_argument("user")
     tok.add_argument("--ttl", type=float, default=24 * 3600, help="seconds (default a day)")
     pur = sub.add_parser("purge", help="remove QUEUE's waiting messages; their tasks end CANCELLED")
     pur.add_argument("queue")
+    client_handlers = add_client_commands(sub)
     args = parser.parse_args(argv)
     handlers = {"up": cmd_up, "gateway": cmd_gateway, "token": cmd_token, "purge": cmd_purge}
+    handlers.update(client_handlers)
     handler = handlers[args.command]
     try:
         return handler(args)

@@ -298,7 +298,11 @@ async def watch_loop_lag(metrics: Metrics, interval: float = LOOP_LAG_INTERVAL_S
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    app = request.app
+    return await render_metrics(request.app)
+
+
+async def render_metrics(app: web.Application) -> web.Response:
+    """The scrape of ``app``: its Redis-read gauges first, then every family."""
     metrics = app[METRICS]
     collector = metrics.collector
     # Redis failing: a scrape without these, never a 500.

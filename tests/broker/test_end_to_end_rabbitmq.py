@@ -122,7 +122,9 @@ async def test_http_submit_runs_to_completion_with_ordered_updates(
 
 async def test_socket_submit_gets_ack_and_every_update(sockets: Connect) -> None:
     client = await sockets(user())
-    ack = await client.call("submit", {"task": "demo.count", "input": {"steps": 3, "delay": 0}})
+    # 60 ms a step: slower than the workers' progress rate (20/s), so every step is published.
+    body = {"task": "demo.count", "input": {"steps": 3, "delay": 0.06}}
+    ack = await client.call("submit", body)
     assert "error" not in ack and ack["status"] == "PENDING" and ack["seq"] == 1
     events = await _all_updates(client, ack["task_id"])
     assert [e["seq"] for e in events][-5:] == list(range(2, 7))
