@@ -366,9 +366,16 @@ def start_listening(
 
 
 def start_gateway(
-    work: Path, redis_url: str, prefix: str, *, instrumented: bool = False, **extra: str
+    work: Path,
+    redis_url: str,
+    prefix: str,
+    *,
+    instrumented: bool = False,
+    processes: int = 1,
+    **extra: str,
 ) -> tuple[Proc, int]:
-    """One gateway process. ``instrumented`` runs it through ``bench.gateway_proc`` (same
+    """One gateway process (or ``processes`` sharing the port: ``taskgate gateway
+    --processes``). ``instrumented`` runs it through ``bench.gateway_proc`` (same
     ``gateway.cli.commands.serve``, plus a raised fd limit and the loop-lag sampler of
     gateway/process/looplag)."""
     port = free_port()
@@ -377,6 +384,8 @@ def start_gateway(
         argv = [sys.executable, "-m", "bench.gateway_proc"]
     else:
         argv = [sys.executable, "-m", "gateway.cli.commands", "gateway"]
+        if processes > 1:
+            argv += ["--processes", str(processes)]
     return start_listening("gateway", argv, env, port, work), port
 
 
