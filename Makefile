@@ -48,3 +48,9 @@ screenshots: setup
 .PHONY: dashboard
 dashboard: setup
 	$(PY) scripts/dashboard.py
+
+# docs/cli-follow.png: `taskgate submit demo.count --follow` in a pseudo-terminal, its screen
+# rendered (pyte) and drawn by chromium (tests/client/test_cli_terminal.py).
+.PHONY: cli-screenshot
+cli-screenshot: setup
+	TASKGATE_UPDATE_CLI_SCREENSHOT=1 $(VENV)/bin/pytest -q tests/client/test_cli_terminal.py
