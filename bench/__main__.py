@@ -23,6 +23,8 @@ from bench import (
     p5_connections,
     p6_validation,
     p7_progress,
+    p8_runner,
+    p9_e2e,
 )
 from bench.harness import (
     ForeignLoad,
@@ -34,12 +36,12 @@ from bench.harness import (
 )
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-ALL = ("p1", "p2", "p3", "p4", "p5", "p6", "p7")
+ALL = ("p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--only", default=",".join(ALL), help="comma list of p1..p7 (p3 has P4a)")
+    parser.add_argument("--only", default=",".join(ALL), help="comma list of p1..p9 (p3 has P4a)")
     parser.add_argument(
         "--p5-seconds",
         type=float,
@@ -49,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--p5-clients", type=int, default=10_000)
     parser.add_argument("--p1-seconds", type=float, default=9.0)
     parser.add_argument(
-        "--profile", action="store_true", help="attach py-spy to the gateway in P1 and P3"
+        "--profile",
+        action="store_true",
+        help="attach py-spy to the gateway in P1 and P3, and to the workers in P8",
     )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "latest.json")
     args = parser.parse_args(argv)
@@ -86,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
                 ),
                 "p6": lambda: p6_validation.run(results),
                 "p7": lambda: p7_progress.run(results, redis.url),
+                "p8": lambda: p8_runner.run(
+                    results, redis.url, work, redis_pid=redis_pid, profile=args.profile
+                ),
+                "p9": lambda: p9_e2e.run(results, redis.url, work, redis_pid=redis_pid),
             }
             for name in ALL:
                 if name not in chosen:
