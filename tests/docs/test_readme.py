@@ -1,5 +1,5 @@
-"""The README's "Try it" examples, run as written against a real gateway process and the
-session's real Celery worker, so they cannot rot.
+"""The README's "Try it" examples (the CLI, curl, the JS client), run as written against a real
+gateway process and the session's real Celery worker, so they cannot rot.
 
 Each example is the fenced block right after an HTML comment ``<!-- readme-test: NAME -->`` in
 README.md. The only changes made to them: the gateway's address (the README's
@@ -115,14 +115,37 @@ def js_dir(tmp_path: Path) -> Path:
 def test_try_it_uses_the_pages_user() -> None:
     """`taskgate up` hands the page a token for DEMO_USER; the examples sign in as that user."""
     assert token_user(readme_block("try-it")) == DEMO_USER
+    assert token_user(readme_block("try-it-curl")) == DEMO_USER
     assert token_user(readme_block("watch-run")) == DEMO_USER
+
+
+def test_try_it_cli_block_follows_a_task_to_completed_that_the_page_shows(
+    docs_gateway: GatewayProcess, env: dict[str, str]
+) -> None:
+    """The CLI example: ``taskgate submit demo.count ... --follow`` exits 0 and ends with the
+    result line (its bar is checked in a real terminal by tests/client/test_cli_terminal.py)."""
+    require("bash")
+    block = at(readme_block("try-it"), docs_gateway)
+    assert "taskgate submit demo.count" in block and "--follow" in block, block
+    proc = run(["bash", "-euo", "pipefail", "-s"], env, script=block)
+    last = proc.stdout.strip().splitlines()[-1]
+    found = re.fullmatch(r"COMPLETED demo\.count (?P<id>[\w-]{36})\s+result: (?P<result>.*)", last)
+    assert found, f"the last line should be the outcome:\n{proc.stdout}"
+    steps = json.loads(re.search(r"--input '([^']*)'", block).group(1))["steps"]  # type: ignore[union-attr]
+    assert json.loads(found["result"]) == {"counted": steps}
+    task_id = found["id"]
+    assert get(docs_gateway, f"/api/tasks/{task_id}", DEMO_USER)["status"] == "COMPLETED"
+    listed = get(docs_gateway, "/api/tasks?limit=100", DEMO_USER)["tasks"]
+    assert task_id in {t["task_id"] for t in listed}
+    # The README shows the outcome line as the command prints it.
+    assert re.search(r"^# COMPLETED demo\.count \S+  result: ", block, re.MULTILINE), block
 
 
 def test_try_it_curl_block_runs_a_task_to_completed_that_the_page_shows(
     docs_gateway: GatewayProcess, env: dict[str, str]
 ) -> None:
     require("bash", "curl", "python3")
-    block = at(readme_block("try-it"), docs_gateway)
+    block = at(readme_block("try-it-curl"), docs_gateway)
     # -e and pipefail: any failing command (a refused token, a 4xx with curl -f) fails the test.
     proc = run(["bash", "-euo", "pipefail", "-s"], env, script=block)
     lines = proc.stdout.splitlines()
