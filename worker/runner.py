@@ -143,7 +143,9 @@ class Heartbeat:
                 return  # the task left RUNNING (or its record is gone): nothing to keep alive
 
     def __enter__(self) -> Heartbeat:
-        self.beat()
+        # No beat here: the move to RUNNING just stamped the heartbeat (transition.lua), so the
+        # thread's first beat, one interval later, is the first one due (a round trip less per
+        # task: bench/p8_runner.py).
         self._thread.start()
         return self
 
