@@ -324,6 +324,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live children (a worker's pool, the processes of
+    ``taskgate gateway --processes``)."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    total = 0.0
+    for p in [pid, *(int(x) for x in out.stdout.split())]:
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(p)
+    return total
+
+
 @contextlib.contextmanager
 def redis_server(work: Path) -> Iterator[RedisServer]:
     """A private redis-server for the run, without persistence (it is a benchmark)."""

@@ -8,7 +8,6 @@ handler that parses the JSON and answers 202 (b). Per-user limits are off
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import statistics
@@ -22,11 +21,11 @@ from bench.harness import (
     SECRET,
     Proc,
     Results,
-    cpu_seconds,
     gateway_env,
     new_prefix,
     start_gateway,
     start_listening,
+    tree_cpu,
 )
 from bench.profiling import Profiler
 from gateway.auth import issue_token
@@ -66,16 +65,6 @@ def run_wrk(url: str, script: Path, seconds: float, connections: int) -> dict[st
             data["rate"] = data["accepted"] / seconds_run
             return data
     raise RuntimeError(f"wrk printed no summary:\n{out.stdout}\n{out.stderr}")
-
-
-def _tree_cpu(pid: int) -> float:
-    """CPU seconds of ``pid`` and its children (the processes of ``--processes``)."""
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
-    total = 0.0
-    for p in [pid, *(int(x) for x in out.stdout.split())]:
-        with contextlib.suppress(OSError):
-            total += cpu_seconds(p)
-    return total
 
 
 def run(
@@ -123,10 +112,10 @@ def run(
                 profiler = None
                 if profile and kind == "gateway" and i == 0:
                     profiler = Profiler(proc.pid, work / "p1.pyspy.txt", seconds / rounds)
-                cpu0 = _tree_cpu(proc.pid)
+                cpu0 = tree_cpu(proc.pid)
                 url = f"http://127.0.0.1:{port}/api/tasks"
                 runs[kind].append(run_wrk(url, script, seconds / rounds, connections))
-                cpu[kind] += _tree_cpu(proc.pid) - cpu0
+                cpu[kind] += tree_cpu(proc.pid) - cpu0
                 if profiler is not None:
                     results.notes.append(profiler.finish("P1 gateway under wrk (POST /api/tasks)"))
         rates: dict[str, float] = {}

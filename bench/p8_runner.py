@@ -44,7 +44,7 @@ from typing import Any
 import orjson
 import redis
 
-from bench.harness import Proc, Results, cpu_seconds, gateway_env, new_prefix
+from bench.harness import Proc, Results, cpu_seconds, gateway_env, new_prefix, tree_cpu
 from bench.p2_batch import _run
 from bench.plain_celery import NAME as PLAIN_NAME
 from bench.plain_celery import make_app
@@ -161,16 +161,6 @@ def plain_done(client: redis.Redis, prefix: str, ids: list[str]) -> Callable[[],
     return poll
 
 
-def _tree_cpu(pid: int) -> float:
-    """CPU seconds of a worker's main process and its pool processes (live ones)."""
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
-    total = 0.0
-    for p in [pid, *(int(x) for x in out.stdout.split())]:
-        with contextlib.suppress(OSError):
-            total += cpu_seconds(p)
-    return total
-
-
 def _commandstats(client: redis.Redis) -> dict[str, int]:
     stats = client.info("commandstats")
     return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
@@ -203,7 +193,7 @@ def one_round(
         times: list[float] = []
         cpu = 0.0
         while time.monotonic() < deadline:
-            cpu = _tree_cpu(worker.pid)
+            cpu = tree_cpu(worker.pid)
             times = poll()
             if times:
                 break

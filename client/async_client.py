@@ -7,8 +7,10 @@ import time
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import quote
+
+from typing_extensions import Unpack
 
 from client.errors import TaskgateError, Timeout, error_from
 from client.follow import POLL_S, QUIET_S, TERMINAL, Follower, Snapshot
@@ -19,33 +21,31 @@ from client.transport import Transport
 MAX_WAIT_S = 60.0
 
 
+class SubmitOptions(TypedDict, total=False):
+    """A submit's options (the contract's submit body); one left out, or ``None``, is not
+    sent. ``eta`` and ``expires`` may be datetimes (sent as ISO-8601); ``traceparent`` goes as
+    the W3C header on ``submit``, in the body otherwise."""
+
+    queue: str | None
+    priority: int | None
+    countdown: float | None
+    eta: datetime | str | None
+    expires: float | datetime | str | None
+    idempotency_key: str | None
+    callback_url: str | None
+    traceparent: str | None
+
+
 def submit_body(
-    name: str,
-    input: Mapping[str, Any] | None = None,
-    *,
-    queue: str | None = None,
-    priority: int | None = None,
-    countdown: float | None = None,
-    eta: datetime | str | None = None,
-    expires: float | datetime | str | None = None,
-    idempotency_key: str | None = None,
-    callback_url: str | None = None,
-    traceparent: str | None = None,
+    name: str, input: Mapping[str, Any] | None = None, **options: Unpack[SubmitOptions]
 ) -> dict[str, Any]:
-    """The contract's submit body for task ``name``; options left ``None`` are not sent.
-    ``eta`` and ``expires`` may be datetimes (sent as ISO-8601)."""
+    """The contract's submit body for task ``name``; options left ``None`` are not sent."""
     body: dict[str, Any] = {"task": name, "input": dict(input or {})}
-    options: dict[str, Any] = {
-        "queue": queue,
-        "priority": priority,
-        "countdown": countdown,
-        "eta": eta.isoformat() if isinstance(eta, datetime) else eta,
-        "expires": expires.isoformat() if isinstance(expires, datetime) else expires,
-        "idempotency_key": idempotency_key,
-        "callback_url": callback_url,
-        "traceparent": traceparent,
-    }
-    body.update({k: v for k, v in options.items() if v is not None})
+    for key, value in options.items():
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        if value is not None:
+            body[key] = value
     return body
 
 
@@ -95,26 +95,13 @@ class AsyncClient:
     # -- Submitting ---------------------------------------------------------------------------
 
     async def submit(
-        self,
-        name: str,
-        input: Mapping[str, Any] | None = None,
-        *,
-        queue: str | None = None,
-        priority: int | None = None,
-        countdown: float | None = None,
-        eta: datetime | str | None = None,
-        expires: float | datetime | str | None = None,
-        idempotency_key: str | None = None,
-        callback_url: str | None = None,
-        traceparent: str | None = None,
+        self, name: str, input: Mapping[str, Any] | None = None, **options: Unpack[SubmitOptions]
     ) -> Snapshot:
-        """Submit task ``name`` with ``input`` (``POST /api/tasks``); its first snapshot
-        (``task_id``, ``status`` ``PENDING``, ``seq`` 1). ``traceparent`` goes as the W3C
-        header. Raises ``InvalidInput`` (``field`` names the path), ``RateLimited``, ..."""
-        body = submit_body(
-            name, input, queue=queue, priority=priority, countdown=countdown, eta=eta,
-            expires=expires, idempotency_key=idempotency_key, callback_url=callback_url,
-        )  # fmt: skip
+        """Submit task ``name`` with ``input`` (``POST /api/tasks``; ``SubmitOptions``); its
+        first snapshot (``task_id``, ``status`` ``PENDING``, ``seq`` 1). ``traceparent`` goes as
+        the W3C header. Raises ``InvalidInput`` (``field`` names the path), ``RateLimited``, ..."""
+        traceparent = options.pop("traceparent", None)
+        body = submit_body(name, input, **options)
         headers = {"traceparent": traceparent} if traceparent else None
         snap: Snapshot = await self._http.request("POST", "/api/tasks", body=body, headers=headers)
         return snap

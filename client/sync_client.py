@@ -12,11 +12,12 @@ import asyncio
 import builtins
 import threading
 from collections.abc import Coroutine, Iterable, Iterator, Mapping
-from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
-from client.async_client import AsyncClient
+from typing_extensions import Unpack
+
+from client.async_client import AsyncClient, SubmitOptions
 from client.errors import TaskgateError
 from client.follow import POLL_S, QUIET_S, Snapshot
 from client.retry import RetryPolicy
@@ -83,27 +84,10 @@ class Client:
         self.close()
 
     def submit(
-        self,
-        name: str,
-        input: Mapping[str, Any] | None = None,
-        *,
-        queue: str | None = None,
-        priority: int | None = None,
-        countdown: float | None = None,
-        eta: datetime | str | None = None,
-        expires: float | datetime | str | None = None,
-        idempotency_key: str | None = None,
-        callback_url: str | None = None,
-        traceparent: str | None = None,
+        self, name: str, input: Mapping[str, Any] | None = None, **options: Unpack[SubmitOptions]
     ) -> Snapshot:
         """``AsyncClient.submit``."""
-        return self._run(
-            self._async.submit(
-                name, input, queue=queue, priority=priority, countdown=countdown, eta=eta,
-                expires=expires, idempotency_key=idempotency_key, callback_url=callback_url,
-                traceparent=traceparent,
-            )
-        )  # fmt: skip
+        return self._run(self._async.submit(name, input, **options))
 
     def submit_many(
         self,

@@ -59,6 +59,25 @@ def auth(user: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {make_token(user)}"}
 
 
+def end_process(
+    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30
+) -> int:
+    """Ask ``proc`` to stop with ``sig`` (to its process group for SIGINT, as a terminal's
+    Ctrl-C does), wait up to ``timeout``, else kill its group; its exit code (-9 if killed)."""
+    if proc.poll() is not None:
+        return proc.returncode
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        return -9
+
+
 class RedisServer:
     """A real redis-server on loopback, in a folder of its own."""
 

@@ -49,18 +49,9 @@ async def serve(
     from gateway.process import gctune
 
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
     # reuse_port: one of several gateway processes on the same port (``--processes``); the
     # kernel spreads the connections over them (SO_REUSEPORT).
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise ConfigError(
-            f"TASKGATE_PORT: cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
-        ) from None
+    runner = await _listen(app, settings.host, settings.port, "TASKGATE_PORT", reuse_port)
     try:
         metrics_site = await _metrics_site(app, settings)
     except ConfigError:
@@ -102,17 +93,22 @@ async def _metrics_site(app: web.Application, settings: Settings) -> web.AppRunn
 
     side = web.Application()
     side.router.add_get("/metrics", scrape)
-    runner = web.AppRunner(side, handle_signals=False, access_log=None)
+    return await _listen(side, settings.host, port, "TASKGATE_GATEWAY_METRICS_PORT")
+
+
+async def _listen(
+    app: web.Application, host: str, port: int, setting: str, reuse_port: bool = False
+) -> web.AppRunner:
+    """``app`` served on ``host:port``; a port that cannot be had is a ``ConfigError`` naming
+    ``setting``, with nothing left running."""
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, port)
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
     try:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise ConfigError(
-            f"TASKGATE_GATEWAY_METRICS_PORT: cannot listen on {settings.host}:{port}: "
-            f"{exc.strerror}"
-        ) from None
+        raise ConfigError(f"{setting}: cannot listen on {host}:{port}: {exc.strerror}") from None
     return runner
 
 

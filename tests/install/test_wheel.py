@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import ROOT, free_port
+from tests.support import ROOT, end_process, free_port
 
 NPM_CLIENT = ROOT / "web" / "node_modules" / "socket.io-client"
 CHROMIUM = os.environ.get("TASKGATE_CHROMIUM", "/usr/bin/chromium")
@@ -126,15 +126,7 @@ class Up:
         raise AssertionError(f"taskgate up not ready:\n{self.log.read_text()[-3000:]}")
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)  # Ctrl-C, as its banner says
-            try:
-                return self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-                return -9
-        return self.proc.returncode
+        return end_process(self.proc, signal.SIGINT)  # Ctrl-C, as its banner says
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,15 @@ import aiohttp
 import pytest
 
 from gateway.cli.embedded import free_port, wait_for_port
-from tests.support import ROOT, CeleryWorker, SocketClient, _quiet_ports, auth, make_token
+from tests.support import (
+    ROOT,
+    CeleryWorker,
+    SocketClient,
+    _quiet_ports,
+    auth,
+    end_process,
+    make_token,
+)
 
 
 def two_free_ports() -> int:
@@ -68,15 +76,7 @@ class Gateways:
             time.sleep(0.1)
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-                return -9
-        return self.proc.returncode
+        return end_process(self.proc)
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import CeleryWorker, GatewayProcess, SocketClient, auth, free_port, make_token
-from tests.worker.test_celery_native import produce
-
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
+from tests.worker.test_celery_native import poll_terminal, produce
 
 
 class Cluster:
@@ -88,18 +86,6 @@ async def scrape(session: aiohttp.ClientSession, urls: list[str]) -> list[str]:
     return out
 
 
-async def wait_terminal(
-    session: aiohttp.ClientSession, url: str, user: str, task_id: str, timeout: float = 30
-) -> dict[str, Any]:
-    async with asyncio.timeout(timeout):
-        while True:
-            async with session.get(f"{url}/api/tasks/{task_id}", headers=auth(user)) as resp:
-                snap: dict[str, Any] = await resp.json()
-            if snap["status"] in TERMINAL:
-                return snap
-            await asyncio.sleep(0.05)
-
-
 async def test_each_task_is_counted_once_across_two_gateways_and_a_worker(
     cluster: Cluster,
 ) -> None:
@@ -124,7 +110,7 @@ async def test_each_task_is_counted_once_across_two_gateways_and_a_worker(
             held_id = (await r.json())["task_id"]
         async with session.delete(f"{b}/api/tasks/{held_id}", headers=auth(user)) as r:
             assert r.status == 202
-        finals = [await wait_terminal(session, a, user, tid) for tid in [*ids, held_id]]
+        finals = [await poll_terminal(session, f"{a}/", user, tid) for tid in [*ids, held_id]]
         assert Counter(f["status"] for f in finals) == {"COMPLETED": 6, "FAILED": 2, "CANCELLED": 1}
         await client.wait_terminal(ids[0])
         texts = await scrape(session, cluster.scrape_urls)
@@ -173,7 +159,7 @@ async def test_unknown_task_names_create_no_series(cluster: Cluster) -> None:
             await asyncio.to_thread(produce, cluster.env, "send_task", name, user, {})
             for name in names
         ]
-        finals = [await wait_terminal(session, a, user, tid) for tid in sent]
+        finals = [await poll_terminal(session, f"{a}/", user, tid) for tid in sent]
         assert {f["error"]["type"] for f in finals} == {"UnknownTask"}
         texts = await scrape(session, cluster.scrape_urls)
         async with session.get(f"{a}/api/task-types", headers=auth(user)) as resp:
