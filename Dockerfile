@@ -23,6 +23,7 @@ COPY pyproject.toml setup.py MANIFEST.in README.md ./
 COPY gateway ./gateway
 COPY worker ./worker
 COPY shared ./shared
+COPY client ./client
 COPY --from=web /src/web ./web
 RUN python -m build --wheel --outdir /dist
 

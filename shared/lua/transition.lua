@@ -3,7 +3,7 @@
 --
 -- A terminal record never changes. Mode 'cancel' sets the cancel flag; only a PENDING task
 -- then moves (to the status given). Mode 'progress' applies only to a RUNNING task and never
--- lowers its percent. A move to RUNNING stamps '_hb' (a start is a heartbeat). Any change clears
+-- lowers its percent. A move to RUNNING stamps '_hb' and the running set (a start is a heartbeat). Any change clears
 -- 'stalled'. Every record, terminal or not, expires
 -- retention_s after its last change.
 --
@@ -88,8 +88,13 @@ for i = 10, #ARGV, 2 do
 end
 if new_status ~= '' then redis.call('HSET', key, 'status', new_status) end
 -- A run that starts is alive: its first heartbeat is the start itself (by the Redis clock, as
--- heartbeat.lua stamps it), so another delivery never finds it RUNNING with no sign of life.
-if new_status == '"RUNNING"' then redis.call('HSET', key, '_hb', string.format('%.3f', now())) end
+-- heartbeat.lua stamps it, and into the running set the stall watch reads), so another delivery
+-- never finds it RUNNING with no sign of life, and one killed before its next beat is found.
+if new_status == '"RUNNING"' then
+  local started = now()
+  redis.call('HSET', key, '_hb', string.format('%.3f', started))
+  redis.call('ZADD', running, started, task_id)
+end
 -- The task moved: it is not stalled (any more).
 if redis.call('HGET', key, 'stalled') == 'true' then redis.call('HSET', key, 'stalled', 'false') end
 seq = redis.call('HINCRBY', key, 'seq', 1)

@@ -130,6 +130,15 @@ def celery_worker(
         yield worker
 
 
+def _sample(text: str, name: str) -> float:
+    """The value of the unlabelled sample ``name`` in an exposition (0 if absent)."""
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and not s.labels:
+                return float(s.value)
+    return 0.0
+
+
 class Exposition:
     """What a set of scrapes shows: per sample name, its family's type and its labels' values."""
 
@@ -178,7 +187,8 @@ async def test_every_query_reads_real_families_and_labels_and_gives_values(
             snap.add("worker", worker_text)
             return snap, [gateway_text, worker_text]
 
-        before, _ = await scrape(0.0)
+        before, before_texts = await scrape(0.0)
+        lag_before = _sample(before_texts[0], "taskgate_event_loop_lag_seconds_count")
         client = await SocketClient(str(gateway.make_url("")), make_token(user)).connect()
         bodies = [
             {"task": "demo.count", "input": {"steps": 3, "delay": 0.05},
@@ -203,7 +213,10 @@ async def test_every_query_reads_real_families_and_labels_and_gives_values(
                 seen = Exposition(texts)
                 routes = seen.labels["taskgate_http_request_duration_seconds_count"]["route"]
                 webhooks = seen.labels["taskgate_webhooks_total"]["outcome"]
-                if "/socket.io/" in routes and "delivered" in webhooks:
+                # The loop-lag watcher samples every 0.25 s: wait for one more sample too (on a
+                # loaded machine the whole run can fit between two).
+                lagged = _sample(texts[0], "taskgate_event_loop_lag_seconds_count") > lag_before
+                if "/socket.io/" in routes and "delivered" in webhooks and lagged:
                     break
                 await asyncio.sleep(0.1)
 
