@@ -44,9 +44,10 @@ from bench.harness import (
     new_prefix,
     start_gateway,
     summary_ms,
+    tree_cpu,
 )
 from bench.p2_batch import _run
-from bench.p8_runner import _tree_cpu, tg_env, worker_argv
+from bench.p8_runner import tg_env, worker_argv
 from bench.plain_celery import NAME as PLAIN_NAME
 from bench.plain_celery import make_app
 from bench.tasks import NAME as TG_NAME
@@ -188,7 +189,7 @@ def _celery_load(app: Any, on_start: Callable[[], None]) -> Measured:
 def _cpu(pids: dict[str, list[int]]) -> dict[str, float]:
     out = {}
     for name, group in pids.items():
-        out[name] = sum(_tree_cpu(p) if name == "workers" else cpu_seconds(p) for p in group)
+        out[name] = sum(tree_cpu(p) if name == "workers" else cpu_seconds(p) for p in group)
     return out
 
 
