@@ -236,6 +236,15 @@ def all_tasks() -> dict[str, TaskSpec]:
     return dict(_REGISTRY)
 
 
+UNREGISTERED = "unregistered"
+
+
+def task_label(name: object) -> str:
+    """A task name as a metric label: a registered name, else ``unregistered`` (so a stream of
+    made-up names cannot create series). No copy of the registry: this runs per status change."""
+    return name if isinstance(name, str) and name in _REGISTRY else UNREGISTERED
+
+
 def check_time_limits(visibility_timeout: float) -> None:
     """Every task type's hard limit must be below the broker's visibility timeout, or its
     message becomes visible again while it may still run (a second run at the same time)."""

@@ -36,12 +36,12 @@ from shared.celery_config import celery_config
 from shared.errors import ConfigError
 from shared.headers import TRACE_HEADER
 from shared.records import SyncRecords
-from shared.registry import all_tasks, check_time_limits, load_task_modules
+from shared.registry import UNREGISTERED, all_tasks, check_time_limits, load_task_modules
 from shared.settings import Settings
 from shared.status import TaskStatus
 from worker.adopt import adopt, header, owner_of
 from worker.maintenance import register_maintenance
-from worker.metrics import UNREGISTERED, metrics
+from worker.metrics import metrics
 from worker.metrics import serve as serve_metrics
 from worker.runner import finish, hard_time_limit_error, register_celery_task
 from worker.store import RecordsPerProcess

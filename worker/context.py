@@ -82,31 +82,24 @@ class Context:
         update is held back (the module's doc); this path is a few hundred nanoseconds.
         """
         now = _monotonic()
-        if (
-            now < self._next_at
-            and type(percent) in _NUMBERS  # not bool, not a str
-            and 0.0 <= percent < 100.0
-            and not self._cancel
-        ):
+        if type(percent) in _NUMBERS and 0.0 <= percent < 100.0:  # not bool, not a str
+            pct = float(percent)  # the common case, nothing to check further
+        else:
+            pct = float(percent)
+            if not math.isfinite(pct):
+                raise ValueError("percent must be a finite number")
+            pct = min(100.0, max(0.0, pct))
+        if self._cancel:
+            raise TaskCancelled("cancelled by request")
+        if pct < 100.0 and now < self._next_at:
             # Held back, the latest winning; the timer publishes it when the window ends. No
             # lock: the timer takes ``_pending`` under its lock, and one armed after it took it
             # finds the newer one (or nothing).
-            self._pending = (float(percent), message, data)
+            self._pending = (pct, message, data)
             if self._timer is None:
                 self._arm(now)
             if now - self._cancel_checked > _CANCEL_POLL_S and self.cancelled:
                 raise TaskCancelled("cancelled by request")
-            return
-        pct = float(percent)
-        if not math.isfinite(pct):
-            raise ValueError("percent must be a finite number")
-        pct = min(100.0, max(0.0, pct))
-        if self._cancel:
-            raise TaskCancelled("cancelled by request")
-        if pct < 100.0 and now < self._next_at:
-            self._pending = (pct, message, data)
-            if self._timer is None:
-                self._arm(now)
             return
         with self._lock:
             self._pending = None  # this one is newer

@@ -37,7 +37,7 @@ from typing import Any
 import orjson
 
 from shared.errors import ConfigError
-from shared.registry import all_tasks
+from shared.registry import task_label
 from shared.settings import Settings
 from shared.status import TERMINAL, TaskStatus
 
@@ -46,7 +46,6 @@ log = logging.getLogger("taskgate.worker.metrics")
 ENV_PORT = "TASKGATE_WORKER_METRICS_PORT"
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
-UNREGISTERED = "unregistered"
 
 
 class WorkerMetrics:
@@ -110,10 +109,6 @@ class WorkerMetrics:
                 self.queue_wait.labels(task).observe(max(0.0, started - created))
         elif status is TaskStatus.RETRYING:
             self.retries.labels(task).inc()
-
-
-def task_label(name: Any) -> str:
-    return name if isinstance(name, str) and name in all_tasks() else UNREGISTERED
 
 
 _METRICS: WorkerMetrics | None = None

@@ -50,7 +50,7 @@ from gateway.broker.sent_events import sent_events_of
 from gateway.process import gctune
 from gateway.tasks.coalesce import PIECES
 from shared import pool_metrics
-from shared.registry import all_tasks
+from shared.registry import task_label
 from shared.status import TERMINAL, TaskStatus
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -138,8 +138,7 @@ class Metrics:
         if status not in TERMINAL or snapshot is None:
             return
         with contextlib.suppress(orjson.JSONDecodeError):
-            name = orjson.loads(snapshot).get("task")
-            task = name if isinstance(name, str) and name in all_tasks() else "unregistered"
+            task = task_label(orjson.loads(snapshot).get("task"))
             self.executions.labels(task=task, status=status.value).inc()
 
     def socket_event(self, event: str) -> None:

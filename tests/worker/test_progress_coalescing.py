@@ -16,7 +16,7 @@ import redis
 from aiohttp.test_utils import TestClient
 
 from shared.errors import TaskCancelled
-from shared.records import SyncRecords, new_record_fields
+from shared.records import SyncRecords, TransitionCode, new_record_fields
 from shared.settings import Settings
 from shared.status import TaskStatus
 from tests.support import SocketClient, auth
@@ -93,7 +93,8 @@ def test_a_cancel_is_seen_while_updates_are_held(records: SyncRecords) -> None:
     task_id = running_task(records)
     ctx = Context(task_id, records, progress_rate=1)
     ctx.progress(1)
-    assert records.transition(task_id, "cancel", owner="coalesce").code is not None
+    flagged = records.transition(task_id, "cancel", owner="coalesce")
+    assert flagged.code == TransitionCode.CANCEL_FLAGGED  # running: flagged, not ended
     time.sleep(0.3)  # past the cancel flag's poll interval
     with pytest.raises(TaskCancelled):
         for pct in range(2, 1000):
