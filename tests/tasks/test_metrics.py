@@ -113,6 +113,7 @@ async def test_each_task_is_counted_once_across_two_gateways_and_a_worker(
         finals = [await poll_terminal(session, f"{a}/", user, tid) for tid in [*ids, held_id]]
         assert Counter(f["status"] for f in finals) == {"COMPLETED": 6, "FAILED": 2, "CANCELLED": 1}
         await client.wait_terminal(ids[0])
+        assert (await client.call("watch", {"tasks": {ids[0]: 0}}))["ok"] is True
         texts = await scrape(session, cluster.scrape_urls)
 
     def executions(task: str, status: str) -> float:
@@ -141,6 +142,11 @@ async def test_each_task_is_counted_once_across_two_gateways_and_a_worker(
     assert total(texts, "taskgate_tasks_submitted_total", task="demo.count") == 7
     # Process metrics are there too.
     assert total([gateway_a], "process_resident_memory_bytes") > 0
+    # Socket.IO on gateway A: the one connect, the one watch; gateway B saw none.
+    assert total([gateway_a], "taskgate_socketio_connects_total", outcome="accepted") == 1
+    assert total([gateway_a], "taskgate_socketio_events_total", event="watch") == 1
+    assert total([gateway_b], "taskgate_socketio_events_total") == 0
+    assert total([gateway_a], "taskgate_socketio_connections") == 1
     await client.close()
 
 

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -206,6 +207,60 @@ def test_page_shows_retry_attempts_and_due_times(web_gateway: GatewayProcess) ->
     retrying = [p for p in result["phases"] if p.startswith("retrying (attempt ")]
     assert retrying and all(p.endswith(" of 6)") for p in retrying)
     assert result["due"].startswith("due at ")
+
+
+@pytest.fixture
+def stall_stack(
+    env: dict[str, str], log_dir: Path
+) -> Iterator[tuple[GatewayProcess, CeleryWorker]]:
+    """A gateway and a worker of their own (their own key prefix) beating every 0.5 s, so a
+    frozen worker shows stalled within seconds (three missed beats)."""
+    own = {**env, "TASKGATE_KEY_PREFIX": f"stall-{uuid.uuid4().hex[:6]}:",
+           "TASKGATE_TASK_HEARTBEAT_S": "0.5"}  # fmt: skip
+    worker = CeleryWorker(own, log_dir, queues="fast", concurrency=1).start()
+    gateway = GatewayProcess(own, log_dir).start()
+    try:
+        yield gateway, worker
+    finally:
+        gateway.stop()
+        worker.stop(signal.SIGKILL)
+
+
+def _http(method: str, url: str, token: str, body: Any = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={
+        "Authorization": f"Bearer {token}", "Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.load(resp)
+
+
+def test_page_shows_a_stalled_task(stall_stack: tuple[GatewayProcess, CeleryWorker]) -> None:
+    gateway, worker = stall_stack
+    token = make_token(user())
+    task = _http("POST", f"{gateway.url}/api/tasks", token,
+                 {"task": "demo.sleep", "input": {"seconds": 30}})  # fmt: skip
+    url = f"{gateway.url}/api/tasks/{task['task_id']}"
+    deadline = time.monotonic() + 20
+    while _http("GET", url, token)["status"] != "RUNNING":
+        assert time.monotonic() < deadline, "demo.sleep never started"
+        time.sleep(0.1)
+    assert worker.proc is not None
+    frozen = [worker.proc.pid, *worker.pool_pids()]
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)  # no more heartbeats: the real stall watch notices
+    try:
+        result = run_scenario("stall", gateway, token, TASKGATE_TASK_ID=task["task_id"])
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    assert result["status"] == "RUNNING"
+    assert result["phase"] == "stalled: its worker has gone quiet"
+    # Thawed, its next beat clears the flag.
+    deadline = time.monotonic() + 20
+    while _http("GET", url, token)["stalled"]:
+        assert time.monotonic() < deadline, "stalled never cleared after the worker resumed"
+        time.sleep(0.1)
+    _http("DELETE", url, token)
 
 
 def test_page_refuses_expired_and_bad_tokens_clearly(web_gateway: GatewayProcess) -> None:

@@ -345,6 +345,22 @@ const scenarios = {
 
   /** demo.flaky shows "retrying (attempt n of 6)" between attempts, then completes; a delayed
    * demo.count shows "due at HH:MM:SS" until it runs. */
+  // A RUNNING task whose worker the test froze (SIGSTOP): the gateway's stall watch marks it,
+  // and the page says so plainly on its row.
+  async stall({ context }) {
+    const { page, errors } = await openPage(context);
+    await waitConnected(page);
+    const id = env("TASKGATE_TASK_ID");
+    await page.waitForFunction(
+      (id) => document.querySelector(`li.task[data-task-id="${id}"]`)?.dataset.stalled === "true",
+      id,
+      { timeout: 30_000, polling: 50 },
+    );
+    const phase = await row(page, id).locator(".phase").textContent();
+    const status = await row(page, id).getAttribute("data-status");
+    return { errors, result: { phase, status } };
+  },
+
   async retry({ context }) {
     const { page, errors } = await openPage(context);
     await waitConnected(page);
