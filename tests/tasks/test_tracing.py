@@ -359,7 +359,7 @@ class Collector:
             await self.runner.cleanup()
 
 
-async def test_spans_of_submit_publish_and_run_share_the_trace(
+async def test_spans_of_submit_publish_run_and_delivery_share_the_trace(
     tenv: dict[str, str], log_dir: Path
 ) -> None:
     pytest.importorskip("opentelemetry.sdk.trace", reason="the otel extra (in the test extra)")
@@ -375,11 +375,19 @@ async def test_spans_of_submit_publish_and_run_share_the_trace(
         await asyncio.to_thread(worker.start)
         gw.start()
         who = user()
-        async with aiohttp.ClientSession() as session:
-            status, snap = await submit(session, gw.url + "/", who, TRACED, traceparent=TRACEPARENT)
-            assert status == 202, snap
-            done = await result(session, gw.url + "/", who, snap["task_id"])
-            assert done["status"] == "COMPLETED" and done["trace_id"] == TRACE
+        # The owner's socket on this gateway: its updates are delivered, in "delivery" spans.
+        client = await SocketClient(gw.url, make_token(who)).connect()
+        try:
+            async with aiohttp.ClientSession() as session:
+                status, snap = await submit(
+                    session, gw.url + "/", who, TRACED, traceparent=TRACEPARENT
+                )
+                assert status == 202, snap
+                done = await result(session, gw.url + "/", who, snap["task_id"])
+                assert done["status"] == "COMPLETED" and done["trace_id"] == TRACE
+            await client.wait_terminal(snap["task_id"])
+        finally:
+            await client.close()
         task_id = snap["task_id"]
 
         def named(name: str) -> list[dict[str, Any]]:
@@ -390,7 +398,7 @@ async def test_spans_of_submit_publish_and_run_share_the_trace(
             ]  # fmt: skip
 
         async with asyncio.timeout(20):
-            while not (named("submit") and named("publish") and named("run")):  # noqa: ASYNC110
+            while not all(named(n) for n in ("submit", "publish", "run", "delivery")):  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
     finally:
         gw.stop()
@@ -405,3 +413,7 @@ async def test_spans_of_submit_publish_and_run_share_the_trace(
     assert publish["parent_id"] == submit_span["span_id"]
     assert publish["span_id"] == span_id_of(task_id)  # the message's traceparent names it
     assert run["parent_id"] == publish["span_id"] and run["service"] == "taskgate-worker"
+    # Each update relayed to the socket: a delivery span under the publish span, on the gateway.
+    deliveries = named("delivery")
+    assert {d["parent_id"] for d in deliveries} == {publish["span_id"]}
+    assert {d["service"] for d in deliveries} == {"taskgate-gateway"}
