@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.tasks import health
 from gateway.tasks.health import QUEUES_CACHE_S
 from shared.settings import Settings
-from tests.support import CeleryWorker, serve_gateway
+from tests.support import CeleryWorker, auth, serve_gateway
 
 Server = Callable[..., Awaitable[TestServer]]
 
@@ -117,3 +117,37 @@ async def test_503_while_heavy_has_no_worker_200_once_it_has_one(
         for worker in (fast, heavy):
             if worker is not None:
                 await asyncio.to_thread(worker.stop)
+
+
+async def test_readyz_is_503_on_a_replica_where_no_submit_can_work(
+    env: dict[str, str], tmp_path: Path, aiohttp_server: Server
+) -> None:
+    """PING answers on a read-only replica; /readyz does not say ok there, and a submit is
+    refused (not a 500)."""
+    from tests.faults.test_sentinel import Node
+
+    master = Node(tmp_path / "master", [])
+    replica = Node(tmp_path / "replica", ["--replicaof", "127.0.0.1", str(master.port)])
+    try:
+        url = f"redis://127.0.0.1:{replica.port}/0"
+        settings = Settings.from_env(
+            {
+                **env,
+                "TASKGATE_REDIS_URL": url,
+                "TASKGATE_KEY_PREFIX": f"rep-{uuid.uuid4().hex[:6]}:",
+            }
+        )
+        server = await serve_gateway(aiohttp_server, settings)
+        status, body = await readyz(server)
+        assert status == 503 and body["status"] == "unavailable", body
+        assert body["redis"].startswith("unusable: the server is"), body
+        async with ClientSession() as session, session.post(
+            server.make_url("/api/tasks"),
+            json={"task": "demo.count"},
+            headers=auth(f"rep-{uuid.uuid4().hex[:6]}"),
+        ) as resp:
+            refused = await resp.json()
+        assert resp.status == 503 and refused["error"]["code"] == "store_unavailable", refused
+    finally:
+        replica.stop()
+        master.stop()
