@@ -141,11 +141,14 @@ async def test_readyz_is_503_on_a_replica_where_no_submit_can_work(
         status, body = await readyz(server)
         assert status == 503 and body["status"] == "unavailable", body
         assert body["redis"].startswith("unusable: the server is"), body
-        async with ClientSession() as session, session.post(
-            server.make_url("/api/tasks"),
-            json={"task": "demo.count"},
-            headers=auth(f"rep-{uuid.uuid4().hex[:6]}"),
-        ) as resp:
+        async with (
+            ClientSession() as session,
+            session.post(
+                server.make_url("/api/tasks"),
+                json={"task": "demo.count"},
+                headers=auth(f"rep-{uuid.uuid4().hex[:6]}"),
+            ) as resp,
+        ):
             refused = await resp.json()
         assert resp.status == 503 and refused["error"]["code"] == "store_unavailable", refused
     finally:
