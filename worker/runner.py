@@ -43,6 +43,7 @@ from shared.status import TERMINAL_NAMES, TaskStatus
 from worker import webhooks
 from worker.adopt import RECORDED_HEADER, adopt, header, owner_of, queue_of
 from worker.context import Context
+from worker.engines import invoke
 from worker.metrics import metrics
 from worker.run_trace import message_trace_id, run_trace, traced_run
 from worker.store import RecordsPerProcess
@@ -376,7 +377,7 @@ def _run(
         # Producer calls inside the task start its children (shared.current_task).
         with running(ctx):
             try:
-                result = spec.fn(ctx, **data)
+                result = invoke(spec, ctx, data)
             finally:
                 ctx.close()  # the progress held back (coalescing) goes out before the end
     except RetryRequested as asked:

@@ -1,0 +1,18 @@
+"""Where a task's body runs: in the Celery worker process that took it (the default), or
+handed to another engine by the task's ``engine`` (``@task(..., engine=...)``).
+
+``invoke`` is the one call the runner (``worker.runner``) makes to run a task's function; the
+record transitions, heartbeats, retries and the result stay the runner's whatever the engine.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.taskspec import TaskSpec
+from worker.context import Context
+
+
+def invoke(spec: TaskSpec, ctx: Context, data: dict[str, Any]) -> Any:
+    """Run ``spec``'s function with its context and checked input; its result."""
+    return spec.fn(ctx, **data)
