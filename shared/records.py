@@ -55,6 +55,12 @@ class TransitionCode(IntEnum):
     SKIPPED = 2
     CANCEL_FLAGGED = 3
     MISSING = -1
+    # The start guard's refusals (``StartGuard``): nothing changed.
+    RETRIED = 4
+    LIVE = 5
+    WORKER_LOST = 6
+    # A COMPLETED end with ``cancel_wins``: a cancel was asked, the task ended CANCELLED.
+    CANCELLED_INSTEAD = 7
 
 
 class HeartbeatCode(IntEnum):
@@ -83,6 +89,23 @@ class AnnotateCode(IntEnum):
 
 
 Mode = Literal["status", "progress", "cancel"]
+_APPLIED = (1, 7)  # TransitionCode.APPLIED, CANCELLED_INSTEAD: seq moved, update published
+_DETAIL = (5, 6)  # TransitionCode.LIVE, WORKER_LOST: the 4th reply is a number, not a snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class StartGuard:
+    """The checks a run's start makes in the same script run as its move to RUNNING
+    (``transition.lua``, ARGV[9]): this delivery's ``attempt`` not already retried, no other run
+    alive (a heartbeat younger than ``stale_after_s``), fewer than ``max_runs`` runs started.
+    The run is counted (``_attempt``) as it starts."""
+
+    attempt: int
+    stale_after_s: float
+    max_runs: int
+
+    def arg(self) -> str:
+        return f"start:{int(self.attempt)}:{float(self.stale_after_s):.3f}:{int(self.max_runs)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +117,13 @@ class TransitionResult:
     seq: int
     cancel_requested: bool
     snapshot: bytes | None = None
+    # LIVE: the other run's heartbeat age (s); WORKER_LOST: the runs started; a start applied
+    # with a ``StartGuard``: the run it is (1 for the first).
+    detail: float | None = None
 
     @property
     def applied(self) -> bool:
-        return self.code == TransitionCode.APPLIED
+        return self.code in _APPLIED
 
     @property
     def missing(self) -> bool:
@@ -122,12 +148,14 @@ def transition_call(
     percent: float | None = None,
     owner: str | None = None,
     only_if: Sequence[TaskStatus] = (),
-    runs_before: int | None = None,
+    start: StartGuard | None = None,
+    cancel_wins: bool = False,
     fields: dict[str, Any] | None = None,
 ) -> ScriptCall:
-    """``transition.lua``'s KEYS and ARGV (see its header). ``runs_before``: apply only if the
-    record counts that many runs started (``_attempt``), so that of two deliveries starting at
-    once only one starts the task."""
+    """``transition.lua``'s KEYS and ARGV (see its header). ``start``: a run's start, checked
+    and counted in the script (``StartGuard``), so that of two deliveries starting at once only
+    one starts the task. ``cancel_wins``: a COMPLETED end that becomes CANCELLED if a cancel was
+    asked (``TransitionCode.CANCELLED_INSTEAD``)."""
     call = ScriptCall(
         [
             keys.task(task_id),
@@ -147,7 +175,7 @@ def transition_call(
             owner if owner is not None else "",
             ",".join(_enc(s.value).decode() for s in only_if),
             repr(time.time()),
-            str(runs_before) if runs_before is not None else "",
+            start.arg() if start is not None else ("complete" if cancel_wins else ""),
         ],
     )
     for name, value in (fields or {}).items():
@@ -163,14 +191,14 @@ def outbox_index_prefixes(keys: Keys) -> tuple[str, str]:
 
 
 def _transition_result(raw: Sequence[Any]) -> TransitionResult:
-    snap = raw[3] if len(raw) > 3 else None
-    flag = raw[2]
-    return TransitionResult(
-        code=TransitionCode(int(raw[0])),
-        seq=int(raw[1]),
-        cancel_requested=flag in (b"1", "1"),
-        snapshot=snap.encode() if isinstance(snap, str) else snap,
-    )
+    code = TransitionCode(int(raw[0]))
+    fourth = raw[3] if len(raw) > 3 else None
+    flag = raw[2] in (b"1", "1")
+    if code in _DETAIL:
+        return TransitionResult(code, int(raw[1]), flag, None, float(fourth or 0))
+    snap = fourth.encode() if isinstance(fourth, str) else fourth
+    runs = float(raw[4]) if len(raw) > 4 else None  # a start guard's run count
+    return TransitionResult(code, int(raw[1]), flag, snap, runs)
 
 
 def heartbeat_call(keys: Keys, task_id: str, retention_s: int) -> ScriptCall:
@@ -266,6 +294,17 @@ def _discard_commands(pipe: Any, keys: Keys, owner: str, task_ids: Sequence[str]
 StatusObserver = Callable[[TaskStatus, bytes | None], None]
 
 
+def _observe(
+    observer: StatusObserver | None, status: TaskStatus | None, result: TransitionResult
+) -> None:
+    """Tell ``observer`` of a status change the transition applied (the status it ended in)."""
+    if status is None or observer is None or not result.applied:
+        return
+    if result.code == TransitionCode.CANCELLED_INSTEAD:
+        status = TaskStatus.CANCELLED
+    observer(status, result.snapshot)
+
+
 class SyncRecords:
     """Record access for workers (blocking redis-py; workers are threads/processes, not loops)."""
 
@@ -283,9 +322,7 @@ class SyncRecords:
     def transition(self, task_id: str, mode: Mode, **kw: Any) -> TransitionResult:
         call = transition_call(self.keys, task_id, self.retention_s, mode, **kw)
         result = _transition_result(self._transition(keys=call.keys, args=call.args))
-        status = kw.get("status")
-        if status is not None and result.applied and self.observer is not None:
-            self.observer(status, result.snapshot)
+        _observe(self.observer, kw.get("status"), result)
         return result
 
     def create(
@@ -353,9 +390,7 @@ class AsyncRecords:
     async def transition(self, task_id: str, mode: Mode, **kw: Any) -> TransitionResult:
         call = transition_call(self.keys, task_id, self.retention_s, mode, **kw)
         result = _transition_result(await self._transition(keys=call.keys, args=call.args))
-        status = kw.get("status")
-        if status is not None and result.applied and self.observer is not None:
-            self.observer(status, result.snapshot)
+        _observe(self.observer, kw.get("status"), result)
         return result
 
     async def create(

@@ -95,6 +95,8 @@ class Settings:
     gateway_metrics_port: int = 0
     # Progress updates published per second per task, at most (worker.context); 0: every one.
     progress_rate: float = 20.0
+    # A task's result, JSON-encoded, at most this many bytes (a larger one ends the task FAILED).
+    max_result_bytes: int = 1024 * 1024
     worker_metrics_host: str = "127.0.0.1"
     metrics_dir: str | None = None
     heartbeat_s: float = 15.0
@@ -242,6 +244,9 @@ class Settings:
             log_format=r.choice("TASKGATE_LOG_FORMAT", "TEXT", ("TEXT", "JSON")).lower(),
             worker_metrics_port=r.number("TASKGATE_WORKER_METRICS_PORT", 0, int, low=0, high=65535),
             progress_rate=r.number("TASKGATE_PROGRESS_RATE", 20.0, float, low=0, high=10000),
+            max_result_bytes=r.number(
+                "TASKGATE_MAX_RESULT_BYTES", 1024 * 1024, int, low=1, high=512 * 1024 * 1024
+            ),
             gateway_metrics_port=r.number(
                 "TASKGATE_GATEWAY_METRICS_PORT", 0, int, low=0, high=65535
             ),

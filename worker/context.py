@@ -159,6 +159,11 @@ class Context:
             self._cancel_checked = time.monotonic()
         return self._cancel
 
+    @property
+    def cancel_seen(self) -> bool:
+        """True if a cancel is already known here (no read of the record)."""
+        return self._cancel
+
     def retry(self, countdown: float | None = None, exc: BaseException | None = None) -> None:
         """Run the task again after ``countdown`` seconds (else its backoff), if it has retries
         left; otherwise it ends FAILED with ``exc`` (or "retry requested")."""

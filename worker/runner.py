@@ -3,14 +3,17 @@
 What each run does, in order (docs/RELIABILITY.md explains why):
 
 1. validates the input again (the broker is not trusted either);
-2. counts the run in the record (``_attempt``); a task whose earlier runs all killed their
-   worker process (``TASKGATE_MAX_ATTEMPTS`` of them) ends FAILED instead of running again;
-3. moves the record to RUNNING unless it already ended (a cancelled task never runs, however
-   often its message is delivered) and starts a heartbeat thread that stamps the record every
+2. moves the record to RUNNING and counts the run (``_attempt``), in one script run
+   (``StartGuard``), unless the task already ended (a cancelled task never runs, however often
+   its message is delivered), this delivery's attempt was already retried, another run of it is
+   alive (then it waits), or its earlier runs all killed their worker process
+   (``TASKGATE_MAX_ATTEMPTS`` of them: it ends FAILED instead of running again);
+3. has the process's heartbeat thread (``worker.heartbeat``) stamp the record every
    ``TASKGATE_TASK_HEARTBEAT_S`` seconds while the run lasts;
-4. runs the function and records exactly one terminal status. Terminal writes are retried
-   through short Redis outages; progress updates are dropped during one (the record keeps the
-   truth, the next update or the relay's resync repairs the view).
+4. runs the function and records exactly one terminal status (a cancel asked while it ran wins
+   over its result, in the same script run). Terminal writes are retried through short Redis
+   outages; progress updates are dropped during one (the record keeps the truth, the next
+   update or the relay's resync repairs the view).
 
 A delivery that does not run (another run did or does the work, or the record is gone or has
 ended) raises Celery's ``Ignore``: the message is acked, no result is stored, and no chain or
@@ -21,29 +24,29 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import orjson
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.celery_config import visibility_timeout
 from shared.current_task import running
 from shared.errors import InvalidInput, RetryRequested, TaskCancelled
-from shared.records import HeartbeatCode, SyncRecords, TransitionCode, TransitionResult
+from shared.records import StartGuard, SyncRecords, TransitionCode, TransitionResult
 from shared.registry import RetryPolicy, TaskSpec
 from shared.send_options import PARENT_HEADER
 from shared.settings import Settings
-from shared.status import TERMINAL_NAMES, TaskStatus
+from shared.status import TaskStatus
 from worker import webhooks
 from worker.adopt import RECORDED_HEADER, adopt, header, owner_of, queue_of
 from worker.context import Context
 from worker.engines import invoke
+from worker.heartbeat import HEARTBEATS
 from worker.metrics import metrics
 from worker.run_trace import message_trace_id, run_trace, traced_run
 from worker.store import RecordsPerProcess
@@ -60,8 +63,6 @@ TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 FINISH_RETRY_S = 60.0
 # A run is presumed dead after this many missed heartbeats (the gateways' stall check agrees).
 STALE_AFTER_BEATS = 3
-# A heartbeat that finds the task no longer RUNNING (or its record gone) stops the beating.
-_HEARTBEAT_DONE = (HeartbeatCode.NOT_RUNNING, HeartbeatCode.MISSING)
 
 
 def retrying(fn: Callable[[], T], what: str, deadline_s: float = FINISH_RETRY_S) -> T:
@@ -89,12 +90,14 @@ def finish(
     status: TaskStatus,
     *,
     retry_s: float = FINISH_RETRY_S,
+    cancel_wins: bool = False,
     **fields: Any,
-) -> None:
-    """Record the terminal status (a no-op if the task already ended).
+) -> TransitionResult:
+    """Record the terminal status (a no-op if the task already ended); what it did.
 
     Retried through a Redis outage for ``retry_s`` seconds (less in the worker's main process,
-    whose event loop must not stall).
+    whose event loop must not stall). ``cancel_wins`` (COMPLETED only): if a cancel was asked,
+    the task ends CANCELLED instead (``TransitionCode.CANCELLED_INSTEAD``).
     """
     if status is TaskStatus.COMPLETED:
         fields.setdefault("progress", {"percent": 100.0, "message": "completed", "data": {}})
@@ -105,6 +108,7 @@ def finish(
             "status",
             status=status,
             percent=100.0 if status is TaskStatus.COMPLETED else None,
+            cancel_wins=cancel_wins,
             fields=finished,
         ),
         f"recording {status.value} for {task_id}",
@@ -112,96 +116,11 @@ def finish(
     )
     if result.applied:
         webhooks.after_terminal(records, task_id, result.snapshot)
+    return result
 
 
-class Heartbeat:
-    """A daemon thread that stamps a running task's record every ``interval`` seconds.
-
-    It beats as long as the process lives, so a missing heartbeat means the worker process is
-    gone or frozen, not that the task is slow (progress says that).
-    """
-
-    def __init__(self, records: SyncRecords, task_id: str, interval: float) -> None:
-        self.records = records
-        self.task_id = task_id
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"taskgate-heartbeat-{task_id[:8]}", daemon=True
-        )
-
-    def beat(self) -> TransitionResult | None:
-        try:
-            return self.records.heartbeat(self.task_id)
-        except RedisError as exc:
-            log.warning("heartbeat of %s failed: %s", self.task_id, type(exc).__name__)
-            return None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            result = self.beat()
-            if result is not None and result.code in _HEARTBEAT_DONE:
-                return  # the task left RUNNING (or its record is gone): nothing to keep alive
-
-    def __enter__(self) -> Heartbeat:
-        # No beat here: the move to RUNNING just stamped the heartbeat (transition.lua), so the
-        # thread's first beat, one interval later, is the first one due (a round trip less per
-        # task: bench/p8_runner.py).
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
-def _heartbeat_age(store: SyncRecords, task_id: str) -> tuple[str | None, float | None, int | None]:
-    """The record's status, how long ago (by the Redis clock) its run last beat, and the
-    attempt it is at."""
-    status, hb, attempt = store.client.hmget(store.keys.task(task_id), ["status", "_hb", "attempt"])
-    if status is None:
-        return None, None, None
-    text = status.decode() if isinstance(status, bytes) else str(status)
-    at = int(attempt) if attempt not in (None, b"null", "null") else None
-    if hb is None:
-        return text, None, at
-    secs, micros = store.client.time()
-    return text, secs + micros / 1e6 - float(hb), at
-
-
-def _wait_for_live_run(store: SyncRecords, task_id: str, interval: float, attempt: int) -> bool:
-    """Wait while another run of this task is alive; False if that run ended the task.
-
-    On a lost broker connection kombu hands un-acked messages back at once, so a task still
-    running elsewhere is delivered again. Running it twice at the same time would waste the
-    work and do its side effects twice; acking this copy would lose the task if the other run
-    then died. So this copy waits, and runs only once the other run has gone silent for
-    ``STALE_AFTER_BEATS`` heartbeats.
-    """
-    limit = STALE_AFTER_BEATS * interval
-    status, age, at = retrying(lambda: _heartbeat_age(store, task_id), f"reading {task_id}")
-    if at is not None and at > attempt:
-        # This delivery's attempt already ended in a retry (its ack was lost with its worker):
-        # the retry's own message runs the next attempt.
-        log.info("task %s: attempt %d already retried; not running it again", task_id, attempt)
-        return False
-    if status != '"RUNNING"' or age is None or age >= limit:
-        return True
-    log.warning("task %s is running elsewhere (heartbeat %.1fs ago); waiting", task_id, age)
-    while True:
-        time.sleep(interval)
-        status, age, at = retrying(lambda: _heartbeat_age(store, task_id), f"reading {task_id}")
-        if status is None or status.strip('"') in TERMINAL_NAMES:
-            log.info("task %s ended in its other run; not running it again", task_id)
-            return False
-        if at is not None and at > attempt:
-            # The other run ended this attempt in a retry: the retry's message runs the next.
-            log.info("task %s: attempt %d retried in its other run; not running it again",
-                     task_id, attempt)  # fmt: skip
-            return False
-        if status != '"RUNNING"' or age is None or age >= limit:
-            log.warning("task %s: its other run went silent; taking over", task_id)
-            return True
+class ResultTooLarge(Exception):
+    """A task's result is larger than ``TASKGATE_MAX_RESULT_BYTES``."""
 
 
 def _worker_lost_error(attempts: int) -> dict[str, str]:
@@ -270,10 +189,10 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
             return None
 
         def begin(
-            task: Task, store: SyncRecords, task_id: str, previous: int, attempt: int
+            task: Task, store: SyncRecords, task_id: str, guard: StartGuard
         ) -> tuple[TransitionResult, str | None]:
-            """Move the record to RUNNING as run ``previous + 1``; adopt a message that has no
-            record first. The start and the owner it was adopted for (else None)."""
+            """Move the record to RUNNING, checked and counted by ``guard``; adopt a message
+            that has no record first. The start and the owner it was adopted for (else None)."""
             now = time.time()
 
             def start(**extra: Any) -> TransitionResult:
@@ -283,11 +202,10 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
                         "status",
                         status=TaskStatus.RUNNING,
                         only_if=_NON_TERMINAL,
-                        runs_before=previous,
+                        start=guard,
                         fields={
                             "started_at": now,
-                            "_attempt": previous + 1,
-                            "attempt": attempt,
+                            "attempt": guard.attempt,
                             "next_attempt_at": None,
                             **extra,
                         },
@@ -307,24 +225,41 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
 
         # Retries (Celery's own, ``Task.retry``) count in the message; the first run is 1.
         attempt = int(self.request.retries or 0) + 1
+        # Runs are counted as they start: a run that kills its process cannot count itself
+        # afterwards, and task_reject_on_worker_lost hands its message straight back.
+        guard = StartGuard(
+            attempt, STALE_AFTER_BEATS * settings.task_heartbeat_s, settings.max_attempts
+        )
+        waited = False
         while True:
-            if not _wait_for_live_run(store, task_id, settings.task_heartbeat_s, attempt):
-                raise Ignore()  # another run did or does this attempt's work
-            # Runs are counted before they start: a run that kills its process cannot count
-            # itself afterwards, and task_reject_on_worker_lost hands its message straight back.
-            previous = retrying(lambda: store.attempts(task_id), f"reading attempts of {task_id}")
-            if previous >= settings.max_attempts:
+            started, owner = begin(self, store, task_id, guard)
+            if started.code == TransitionCode.RETRIED:
+                # This delivery's attempt already ended in a retry (its ack was lost with its
+                # worker): the retry's own message runs the next attempt.
+                log.info("task %s: attempt %d already retried; not running it again", task_id,
+                         attempt)  # fmt: skip
+                raise Ignore()
+            if started.code == TransitionCode.WORKER_LOST:
+                runs = int(started.detail or 0)
                 log.error("task %s (%s) killed its worker %d times; failing it", task_id,
-                          spec.name, previous)  # fmt: skip
-                finish(store, task_id, TaskStatus.FAILED, error=_worker_lost_error(previous))
+                          spec.name, runs)  # fmt: skip
+                finish(store, task_id, TaskStatus.FAILED, error=_worker_lost_error(runs))
                 return None
-            started, owner = begin(self, store, task_id, previous, attempt)
-            if started.code != TransitionCode.SKIPPED:
+            if started.code != TransitionCode.LIVE:
                 break
-            # Another delivery of this task started a run between our check and our start (the
-            # start applies only at the run count we read): wait for that run like any other.
-            log.warning("task %s: another delivery started it first; waiting", task_id)
+            # Another run of it is alive (a second delivery of the message: on a lost broker
+            # connection kombu hands un-acked messages back at once). Running both would do the
+            # work and its side effects twice; acking this copy would lose the task if the other
+            # run then died. So this copy waits, trying the start again each heartbeat interval:
+            # it starts once the other run has been silent for STALE_AFTER_BEATS beats, and ends
+            # (Ignore) once that run ended the task or this attempt.
+            if not waited:
+                log.warning("task %s is running elsewhere (heartbeat %.1fs ago); waiting",
+                            task_id, started.detail or 0.0)  # fmt: skip
+            waited = True
             time.sleep(settings.task_heartbeat_s)
+        if waited and started.applied:
+            log.warning("task %s: its other run went silent; taking over", task_id)
         if started.missing:
             log.warning("task %s (%s) has no record (discarded or expired); not running it",
                         task_id, spec.name)  # fmt: skip
@@ -335,9 +270,13 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
             # any and still pending, is queued from here.
             webhooks.after_terminal(store, task_id, None)
             raise Ignore()
-        if previous:
+        if not started.applied:  # no other answer is expected; never run without RUNNING
+            log.error("task %s: its start was refused (%s); not running it", task_id,
+                      started.code.name)  # fmt: skip
+            raise Ignore()
+        if started.detail is not None and started.detail > 1:
             log.warning("task %s (%s): run %d (an earlier run was lost)", task_id, spec.name,
-                        previous + 1)  # fmt: skip
+                        int(started.detail))  # fmt: skip
         trace = run_trace(self.request, started.snapshot)
         ctx = Context(
             task_id,
@@ -356,7 +295,7 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
         active.inc()
         try:
             with (
-                Heartbeat(store, task_id, settings.task_heartbeat_s),
+                HEARTBEATS.beating(store, task_id, settings.task_heartbeat_s),
                 traced_run(spec, task_id, trace, owner),
             ):
                 return _run(self, spec, ctx, store, task_id, data, settings)
@@ -402,11 +341,11 @@ def _run(
             return _retry_or_fail(task, spec, settings, ctx, store, exc, None)
         finish(store, task_id, TaskStatus.FAILED, error=_error(exc))
         raise
-    if ctx.cancelled:
+    if ctx.cancel_seen:
         finish(store, task_id, TaskStatus.CANCELLED)
         return None
     try:
-        finish(store, task_id, TaskStatus.COMPLETED, result=result)
+        encoded = orjson.dumps(result)
     except TypeError as exc:
         finish(
             store,
@@ -418,6 +357,21 @@ def _run(
             },
         )
         raise
+    if len(encoded) > settings.max_result_bytes:
+        # Not stored at all (nor in Celery's backend: the run raises), rather than stored cut.
+        too_large = ResultTooLarge(
+            f"the result is {len(encoded):,} bytes of JSON, above TASKGATE_MAX_RESULT_BYTES "
+            f"({settings.max_result_bytes:,}); return less, or store it elsewhere and return "
+            "where"
+        )
+        finish(store, task_id, TaskStatus.FAILED, error=_error(too_large))
+        raise too_large
+    # A cancel asked while it ran, and not seen by it, wins in the same script run.
+    done = finish(
+        store, task_id, TaskStatus.COMPLETED, cancel_wins=True, result=orjson.Fragment(encoded)
+    )
+    if done.code == TransitionCode.CANCELLED_INSTEAD:
+        return None
     return result
 
 

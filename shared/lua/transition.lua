@@ -35,16 +35,31 @@
 -- ARGV[6]  owner check: the owner the record must have, or '' for any
 -- ARGV[7]  only if: comma list of JSON-encoded statuses the record must be in, or ''
 -- ARGV[8]  now (when a terminal task ended: its score in the ended set)
--- ARGV[9]  runs before: apply only if the record's '_attempt' (runs started) is this number,
---          or '' for any (a start of a run: of two deliveries starting at once, one starts)
+-- ARGV[9]  guard: '' for none, or
+--          'start:<attempt>:<stale_after_s>:<max_runs>' for the start of a run (a move to
+--          RUNNING, shared.records.StartGuard): refused with RETRIED if the record's 'attempt'
+--          is past <attempt> (this delivery's attempt already ended in a retry), LIVE while
+--          another run is RUNNING and beat less than <stale_after_s> ago by the Redis clock
+--          (its age in seconds as the 4th reply), WORKER_LOST once <max_runs> runs started and
+--          none ended (their count as the 4th reply); else the run is counted ('_attempt' + 1)
+--          as it starts: of two deliveries starting at once, one starts, and the other finds it
+--          LIVE. One round trip where a start used to read the heartbeat, the clock and the run
+--          count first.
+--          'complete' for a COMPLETED end: if a cancel was asked the task ends CANCELLED
+--          instead (only 'finished_at' of the fields is written), code CANCELLED_INSTEAD.
 -- ARGV[10..] field, JSON value, field, JSON value, ...
 --
--- Returns {code, seq, cancel_flag[, snapshot]}, code (shared.records.TransitionCode):
+-- Returns {code, seq, cancel_flag[, snapshot[, runs started, with a start guard]]}, code
+-- (shared.records.TransitionCode):
 --    1 APPLIED           seq moved and the update was published (snapshot included)
 --    0 ALREADY_TERMINAL  the record is terminal; nothing changed
---    2 SKIPPED           stale progress, not in an 'only if' status, or not at 'runs before'
+--    2 SKIPPED           stale progress, or not in an 'only if' status
 --    3 CANCEL_FLAGGED    the cancel flag was set; the task is past PENDING, so it did not move
 --   -1 MISSING           no such record, or not the owner's
+--    4 RETRIED           (start guard) this delivery's attempt already ended in a retry
+--    5 LIVE              (start guard) another run is alive; the 4th reply is its heartbeat age
+--    6 WORKER_LOST       (start guard) max_runs runs started and died; the 4th reply is the count
+--    7 CANCELLED_INSTEAD ('complete' guard) a cancel was asked: the task ended CANCELLED
 --!include publish.lua
 --!include terminal.lua
 --!include now.lua
@@ -52,7 +67,7 @@ local key, running, channel, user_prefix = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local outbox, strikes, times_prefix, started_prefix = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local task_id, retention, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local new_status, percent, owner_check = ARGV[4], ARGV[5], ARGV[6]
-local only_if, ended_at, runs_before = ARGV[7], tonumber(ARGV[8]), ARGV[9]
+local only_if, ended_at, guard = ARGV[7], tonumber(ARGV[8]), ARGV[9]
 if redis.call('EXISTS', key) == 0 then return {-1, 0, '0'} end
 local cur = redis.call('HMGET', key, 'status', '_owner', '_pct', '_cancel', 'seq')
 local status, owner = cur[1], cur[2]
@@ -78,14 +93,36 @@ if only_if ~= '' then
   end
   if not ok then return {2, seq, cancel} end
 end
-if runs_before ~= '' then
-  local runs = tonumber(redis.call('HGET', key, '_attempt')) or 0
-  if runs ~= tonumber(runs_before) then return {2, seq, cancel} end
+local runs_started = nil
+if string.sub(guard, 1, 6) == 'start:' then
+  local attempt, stale_after, max_runs = string.match(guard, '^start:(%d+):([%d.]+):(%d+)$')
+  local rec = redis.call('HMGET', key, 'attempt', '_hb', '_attempt')
+  local at = tonumber(rec[1])
+  if at and at > tonumber(attempt) then return {4, seq, cancel} end
+  if status == '"RUNNING"' and rec[2] then
+    local age = now() - tonumber(rec[2])
+    if age < tonumber(stale_after) then return {5, seq, cancel, string.format('%.3f', age)} end
+  end
+  local runs = tonumber(rec[3]) or 0
+  if runs >= tonumber(max_runs) then return {6, seq, cancel, tostring(runs)} end
+  runs_started = runs + 1
 end
-if mode ~= 'progress' and percent ~= '' then redis.call('HSET', key, '_pct', percent) end
-for i = 10, #ARGV, 2 do
-  redis.call('HSET', key, ARGV[i], ARGV[i + 1])
+local code = 1
+if guard == 'complete' and cancel == '1' then
+  -- The task was cancelled while it ran and finished before it saw the cancel: it ends
+  -- CANCELLED, its result not kept (as a run that saw the cancel ends).
+  code = 7
+  new_status = '"CANCELLED"'
+  for i = 10, #ARGV, 2 do
+    if ARGV[i] == 'finished_at' then redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+  end
+else
+  if mode ~= 'progress' and percent ~= '' then redis.call('HSET', key, '_pct', percent) end
+  for i = 10, #ARGV, 2 do
+    redis.call('HSET', key, ARGV[i], ARGV[i + 1])
+  end
 end
+if runs_started then redis.call('HSET', key, '_attempt', runs_started) end
 if new_status ~= '' then redis.call('HSET', key, 'status', new_status) end
 -- A run that starts is alive: its first heartbeat is the start itself (by the Redis clock, as
 -- heartbeat.lua stamps it, and into the running set the stall watch reads), so another delivery
@@ -115,4 +152,5 @@ end
 -- Every record, terminal or not, lives retention seconds after its last change.
 redis.call('EXPIRE', key, retention)
 local snap = publish(channel, key, owner)
-return {1, seq, cancel, snap}
+if runs_started then return {code, seq, cancel, snap, runs_started} end
+return {code, seq, cancel, snap}

@@ -99,3 +99,20 @@ def retry_later(ctx: TaskContext, countdown: float, path: str) -> dict[str, Any]
     if ctx.attempt == 1:
         ctx.retry(countdown=countdown)
     return {"attempts": ctx.attempt}
+
+
+class BlobInput(TaskInput):
+    size: int = Field(ge=0, le=8 * 1024 * 1024)
+
+
+@task("faults.blob", queue="fast", schema=BlobInput)
+def blob(ctx: TaskContext, size: int) -> dict[str, Any]:
+    """A result of about ``size`` bytes of JSON."""
+    return {"blob": "x" * size}
+
+
+@task("faults.deaf", queue="fast", schema=SecondsInput)
+def deaf(ctx: TaskContext, seconds: float) -> dict[str, Any]:
+    """Sleeps without ever looking at ``ctx.cancelled``, then returns."""
+    time.sleep(seconds)
+    return {"slept": seconds}

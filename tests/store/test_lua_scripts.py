@@ -21,6 +21,7 @@ from shared.records import (
     AnnotateCode,
     CreateCode,
     HeartbeatCode,
+    StartGuard,
     TransitionCode,
     annotate_call,
     create_call,
@@ -204,30 +205,79 @@ def test_transition_skips_stale_progress_flags_cancel_and_checks_the_owner(
     assert transition(client, keys, "no-such-task", "status")[0] == TransitionCode.MISSING
 
 
-def test_a_start_applies_only_at_the_run_count_it_read(client: redis.Redis, keys: Keys) -> None:
-    """Two deliveries of one message both read 0 runs; the first start counts run 1, so the
-    second's start (still at 0) is skipped and changes nothing: one run starts."""
-    task_id = create(client, keys)
-
-    def start() -> list[Any]:
-        fields = {"_attempt": 1}
-        return transition(
-            client, keys, task_id, "status", status=TaskStatus.RUNNING, runs_before=0, fields=fields
-        )
-
-    first = start()
-    assert first[:2] == [TransitionCode.APPLIED, 2]
-    assert start()[:2] == [TransitionCode.SKIPPED, 2]
-    assert (
-        field(client, keys, task_id, "_attempt") == 1
-        and client.hget(keys.task(task_id), "seq") == b"2"
+def start_run(
+    client: redis.Redis, keys: Keys, task_id: str, attempt: int = 1, stale: float = 30.0,
+    max_runs: int = 3,
+) -> list[Any]:  # fmt: skip
+    guard = StartGuard(attempt, stale, max_runs)
+    fields = {"attempt": attempt}
+    return transition(
+        client, keys, task_id, "status", status=TaskStatus.RUNNING, start=guard, fields=fields
     )
-    # At the count the record has, a start applies (a run taking over from a silent one).
-    taken = transition(
-        client, keys, task_id, "status", status=TaskStatus.RUNNING, runs_before=1,
-        fields={"_attempt": 2},
-    )  # fmt: skip
-    assert taken[0] == TransitionCode.APPLIED and field(client, keys, task_id, "_attempt") == 2
+
+
+def test_a_start_counts_its_run_and_a_second_delivery_finds_it_live(
+    client: redis.Redis, keys: Keys
+) -> None:
+    """Two deliveries of one message start at once: the first counts run 1 and stamps the
+    heartbeat; the second is refused LIVE with the heartbeat's age and changes nothing. Once the
+    heartbeat is older than the stale limit, a start takes over as run 2."""
+    task_id = create(client, keys)
+    first = start_run(client, keys, task_id)
+    assert first[0] == TransitionCode.APPLIED and first[1] == 2 and first[4] == 1
+    assert field(client, keys, task_id, "_attempt") == 1
+    assert client.zscore(keys.running, task_id) is not None
+    second = start_run(client, keys, task_id)
+    assert second[0] == TransitionCode.LIVE and 0 <= float(second[3]) < 5
+    assert client.hget(keys.task(task_id), "seq") == b"2"  # nothing moved
+    # The other run went silent: its heartbeat is older than the limit.
+    client.hset(keys.task(task_id), "_hb", repr(time.time() - 60))
+    taken = start_run(client, keys, task_id)
+    assert taken[0] == TransitionCode.APPLIED and taken[4] == 2
+    assert field(client, keys, task_id, "_attempt") == 2
+
+
+def test_a_start_refuses_an_attempt_already_retried_and_a_task_that_keeps_killing_its_worker(
+    client: redis.Redis, keys: Keys
+) -> None:
+    task_id = create(client, keys)
+    # The record is at attempt 2 (attempt 1 asked for its retry): a late copy of attempt 1
+    # does not run.
+    client.hset(keys.task(task_id), mapping={"attempt": b"2", "status": b'"RETRYING"'})
+    assert start_run(client, keys, task_id, attempt=1)[0] == TransitionCode.RETRIED
+    assert field(client, keys, task_id, "status") == "RETRYING"
+    # Three runs started and none ended (each killed its process): the fourth is refused with
+    # the count, and the record is not touched.
+    client.hset(keys.task(task_id), mapping={"_attempt": b"3", "_hb": repr(time.time() - 90)})
+    code, _, _, runs = start_run(client, keys, task_id, attempt=2)
+    assert (code, float(runs)) == (TransitionCode.WORKER_LOST, 3.0)
+    assert field(client, keys, task_id, "_attempt") == 3
+    assert start_run(client, keys, task_id, attempt=2, max_runs=4)[0] == TransitionCode.APPLIED
+
+
+def test_a_completed_end_with_cancel_wins_ends_cancelled_when_a_cancel_was_asked(
+    client: redis.Redis, keys: Keys
+) -> None:
+    """A task cancelled while it ran, that finished before it saw the cancel: its COMPLETED end
+    becomes CANCELLED in the same script run, without its result; without a cancel it
+    completes."""
+    ended: dict[str, str] = {}
+    for asked in (True, False):
+        task_id = create(client, keys)
+        start_run(client, keys, task_id)
+        if asked:
+            assert transition(client, keys, task_id, "cancel", owner=OWNER)[0] == 3
+        code, _, _, snap = transition(
+            client, keys, task_id, "status", status=TaskStatus.COMPLETED, percent=100.0,
+            cancel_wins=True, fields={"finished_at": 1.5, "result": {"n": 1}},
+        )  # fmt: skip
+        snapshot = orjson.loads(snap)
+        ended[snapshot["status"]] = snapshot["result"]
+        assert code == (TransitionCode.CANCELLED_INSTEAD if asked else TransitionCode.APPLIED)
+        assert snapshot["finished_at"] == 1.5
+        assert client.zscore(keys.user_ended(OWNER), task_id) is not None
+        assert client.zscore(keys.running, task_id) is None
+    assert ended == {"CANCELLED": None, "COMPLETED": {"n": 1}}
 
 
 # create.lua

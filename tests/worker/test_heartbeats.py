@@ -1,0 +1,90 @@
+"""The process's heartbeat thread (worker.heartbeat): one thread beats every run of the process
+at its interval; a run that ends stops being beaten, and so does one whose task left RUNNING;
+a later run of the same task is not dropped by an earlier one's end. Real Redis."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from shared.records import SyncRecords, new_record_fields
+from shared.settings import Settings
+from shared.status import TaskStatus
+from tests.support import wait_until
+from worker.heartbeat import Heartbeats
+
+INTERVAL = 0.1
+
+
+@pytest.fixture
+def records(env: dict[str, str]) -> Iterator[SyncRecords]:
+    settings = Settings.from_env(env)
+    assert settings.redis_url is not None
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        yield SyncRecords(client, settings.keys, settings.retention_s)
+    finally:
+        client.close()
+
+
+def running(records: SyncRecords) -> str:
+    task_id = str(uuid.uuid4())
+    records.create("beats", new_record_fields(task_id, "demo.count", "fast", time.time()), 0)
+    assert records.transition(task_id, "status", status=TaskStatus.RUNNING).applied
+    return task_id
+
+
+def beat_at(records: SyncRecords, task_id: str) -> float:
+    return float(records.client.hget(records.keys.task(task_id), "_hb") or 0)
+
+
+def threads() -> int:
+    return sum(t.name == "taskgate-heartbeats" and t.is_alive() for t in threading.enumerate())
+
+
+def test_one_thread_beats_every_run_and_stops_with_each(records: SyncRecords) -> None:
+    beats = Heartbeats()
+    before = threads()
+    a, b = running(records), running(records)
+    with beats.beating(records, a, INTERVAL):
+        first_a = beat_at(records, a)
+        with beats.beating(records, b, INTERVAL):
+            first_b = beat_at(records, b)
+            wait_until(lambda: beat_at(records, a) > first_a and beat_at(records, b) > first_b, 5)
+            assert threads() == before + 1
+        left_b = beat_at(records, b)
+        moved_a = beat_at(records, a)
+        wait_until(lambda: beat_at(records, a) > moved_a, 5)
+        assert beat_at(records, b) == left_b  # b's run ended: no beat since
+    still = beat_at(records, a)
+    time.sleep(4 * INTERVAL)
+    assert beat_at(records, a) == still
+    assert threads() == before + 1  # kept for the process's next run
+
+
+def test_a_task_that_left_running_is_dropped_and_a_later_run_is_kept(
+    records: SyncRecords,
+) -> None:
+    beats = Heartbeats()
+    task_id = running(records)
+    with beats.beating(records, task_id, INTERVAL):
+        records.transition(task_id, "status", status=TaskStatus.RETRYING)
+        time.sleep(3 * INTERVAL)  # a beat found it not RUNNING and dropped the run
+        with beats._cond:
+            assert task_id not in beats._runs
+    # A later run of the same task, registered while an earlier one is still listed, is kept
+    # when the earlier one ends.
+    records.transition(task_id, "status", status=TaskStatus.RUNNING)
+    with beats.beating(records, task_id, INTERVAL):
+        with beats.beating(records, task_id, INTERVAL):
+            pass
+        with beats._cond:
+            assert task_id not in beats._runs  # the inner (newer) run replaced and removed it
+    first = beat_at(records, task_id)
+    with beats.beating(records, task_id, INTERVAL):
+        wait_until(lambda: beat_at(records, task_id) > first, 5)
