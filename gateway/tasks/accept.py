@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, cast
 
 import orjson
@@ -36,7 +36,13 @@ from gateway.tasks.submission import Submission, build_messages, new_records, sh
 from shared.errors import BrokerUnavailable, RateLimited, StoreUnavailable, TaskgateError
 from shared.keys import new_task_ids
 from shared.records import AsyncRecords, CreateCode, new_record_fields
-from shared.records_batch import CHUNK, BatchRecords, chunks, pending_common, pending_snapshot
+from shared.records_batch import (
+    CHUNK,
+    BatchRecords,
+    chunks,
+    pending_common,
+    pending_snapshot,
+)
 from shared.schema import Snapshot
 from shared.settings import Settings
 from shared.store_errors import store_errors, store_unavailable
@@ -71,6 +77,10 @@ class NewTasks(NamedTuple):
     ids: list[str]
     common: dict[str, Any]
     now: float
+
+
+# Stands in for a body's answer until its chunk is through.
+_NOT_PARSED = TaskgateError("not processed")
 
 
 class Background:
@@ -223,39 +233,113 @@ class Acceptor:
 
     async def _accept_inline(self, new: NewTasks) -> list[Snapshot | TaskgateError]:
         """One script run per chunk writes its records, messages, outbox copies and PENDING
-        updates. The runs are streamed over one connection (``ScriptRuns``): chunk k+1 is
-        built while Redis runs chunk k, and Redis runs them in order (each sees the quota the
-        one before left). The first chunk is small, so Redis starts early (``chunks``)."""
-        assert isinstance(self.broker, OutboxBroker)
+        updates (``_write_inline``)."""
         user, subs, ids, common, now = new
+        parts = ((subs[p], ids[p], common) for p in chunks(len(subs)))
+        return await self._write_inline(user, now, parts, count=len(subs))
+
+    @property
+    def streams(self) -> bool:
+        """Whether ``accept_streamed`` can take a batch (the Redis broker on the records'
+        Redis: one script run per chunk)."""
+        return isinstance(self.broker, OutboxBroker)
+
+    async def accept_streamed(
+        self, user: str, bodies: Sequence[Any], parse: Callable[[Any], Submission]
+    ) -> list[Snapshot | TaskgateError]:
+        """Parse and accept ``bodies`` a chunk at a time: chunk k+1 is parsed and built while
+        Redis runs chunk k. One answer per body, in order: a body ``parse`` refuses gets its
+        error in its place and the others go on, as with ``accept`` after parsing them all.
+
+        For immediate, unkeyed submits with no submit bucket to take from (the caller checks:
+        the tokens of a bucket are taken for all valid items before the first write, so their
+        count must be known first; keyed and delayed items take other paths) and ``streams``.
+        Each chunk's records share what its own submissions share (``shared_trace``). A
+        failure once chunks went out takes back every record sent, as ``accept`` does."""
+        now = time.time()
+        ids = new_task_ids(len(bodies))
+        out: list[Snapshot | TaskgateError] = [_NOT_PARSED] * len(bodies)
+        placed: list[int] = []
+
+        def parts() -> Iterator[tuple[list[Submission], list[str], dict[str, Any]]]:
+            for part in chunks(len(bodies)):
+                subs: list[Submission] = []
+                with gctune.paused():
+                    for i in range(part.start, part.stop):
+                        try:
+                            subs.append(parse(bodies[i]))
+                        except TaskgateError as exc:
+                            out[i] = exc
+                            continue
+                        placed.append(i)
+                if subs:
+                    common = pending_common(now, shared_trace(subs), ambient=False)
+                    yield subs, [ids[i] for i in placed[-len(subs) :]], common
+
+        written = await self._write_inline(user, now, parts(), count=len(bodies))
+        for i, answer in zip(placed, written, strict=True):
+            out[i] = answer
+        return out
+
+    async def _write_inline(
+        self,
+        user: str,
+        now: float,
+        parts: Iterable[tuple[Sequence[Submission], Sequence[str], dict[str, Any]]],
+        *,
+        count: int,
+    ) -> list[Snapshot | TaskgateError]:
+        """One script run per part (its submissions, ids and the fields their records share,
+        at most ``CHUNK``) writes its records, messages, outbox copies and PENDING updates.
+        The runs are streamed over one connection (``ScriptRuns``): part k+1 is taken from
+        ``parts`` and built while Redis runs part k, and Redis runs them in order (each sees
+        the quota the one before left). The first part should be small, so Redis starts early
+        (``chunks``). ``count``: how many submissions ``parts`` holds at most (``chunks`` of
+        that many is how many runs there can be; a lone run goes as ``EVALSHA``)."""
+        assert isinstance(self.broker, OutboxBroker)
         max_active = self.settings.max_active
         snaps: list[Snapshot] = []
+        all_subs: list[Submission] = []
+        all_ids: list[str] = []
         # Kept only to announce them as Celery task-sent events (gateway.broker.sent_events).
         announcing = isinstance(self.broker, AnnouncingOutbox)
         sent: list[TaskMessage] = []
-        parts = list(chunks(len(subs)))
-        runs = self.batch.runs(len(parts))
+        stream = self.batch.runs(sum(1 for _ in chunks(count)))
         try:
-            async with runs:
-                for part in parts:
-                    with gctune.paused():
-                        records = new_records(subs[part], ids[part], "trace_id" not in common)
-                        chunk = [cast(Snapshot, pending_snapshot(common, r)) for r in records]
-                        messages = build_messages(subs[part], ids[part])
-                        inline = self.broker.inline(messages, [orjson.dumps(c) for c in chunk])
-                        if announcing:
-                            sent.extend(messages)
-                        args = self.batch.create_args(
-                            user, common, records, now, max_active, inline
-                        )
-                    snaps.extend(chunk)
-                    await runs.send(args)
-                codes = [int(c) for reply in await runs.replies() for c in reply]
+            async with stream:
+                try:
+                    for subs, ids, common in parts:
+                        with gctune.paused():
+                            records = new_records(subs, ids, "trace_id" not in common)
+                            chunk = [cast(Snapshot, pending_snapshot(common, r)) for r in records]
+                            messages = build_messages(subs, ids)
+                            inline = self.broker.inline(messages, [orjson.dumps(c) for c in chunk])
+                            if announcing:
+                                sent.extend(messages)
+                            args = self.batch.create_args(
+                                user, common, records, now, max_active, inline
+                            )
+                        snaps.extend(chunk)
+                        all_subs.extend(subs)
+                        all_ids.extend(ids)
+                        await stream.send(args)
+                except RedisError:
+                    raise
+                except Exception:
+                    # Building a later part failed (a streamed batch parses as it goes) after
+                    # earlier ones went out: once their runs are through, take them back too.
+                    if all_ids:
+                        with contextlib.suppress(RedisError):
+                            await stream.replies()
+                        with contextlib.suppress(RedisError):
+                            await self.records.discard_many(user, all_ids)
+                    raise
+                codes = [int(c) for reply in await stream.replies() for c in reply]
         except RedisError as exc:
             # A chunk sent may have run, whatever its reply: take every record sent back (a
             # message without its record is never run). Redis that does not answer would only
             # hold the 503 up for another timeout: then the discard goes on in the background.
-            discard = self.records.discard_many(user, ids[: len(snaps)])
+            discard = self.records.discard_many(user, all_ids)
             if isinstance(exc, RedisTimeout):
                 self.background.spawn(discard)
             else:
@@ -263,10 +347,10 @@ class Acceptor:
                     await discard
             raise store_unavailable(exc) from exc
         out, accepted = self._answers(codes, snaps)
-        self._traced([subs[i] for i in accepted], [ids[i] for i in accepted], now)
+        self._traced([all_subs[i] for i in accepted], [all_ids[i] for i in accepted], now)
         if announcing:
             cast(AnnouncingOutbox, self.broker).announce([sent[i] for i in accepted], now)
-        self.count([subs[i] for i in accepted])
+        self.count([all_subs[i] for i in accepted])
         return out
 
     def _traced(self, subs: Sequence[Submission], ids: Sequence[str], since: float) -> None:

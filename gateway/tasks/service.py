@@ -199,6 +199,9 @@ class TaskService:
                 "idempotency_key",
                 f"must be a string of 1 to {IDEMPOTENCY_KEY_MAX - 6} characters",
             )
+        if idempotency_key is None and self._streamable(bodies):
+            # Each chunk is parsed while Redis writes the one before (Acceptor.accept_streamed).
+            return await self.acceptor.accept_streamed(user, bodies, self._parse)
         out: list[Snapshot | TaskgateError] = []
         plain: list[tuple[int, Submission]] = []
         keyed: list[tuple[int, Any]] = []
@@ -237,6 +240,21 @@ class TaskService:
             for (i, _), answer in zip(plain, answers, strict=True):
                 out[i] = answer
         return out
+
+    def _streamable(self, bodies: list[Any]) -> bool:
+        """Whether a batch can be parsed as it is written (``Acceptor.accept_streamed``) with
+        the answers it gets parsed whole first: no submit bucket (its tokens are taken for
+        every valid item before the first write, so they must all be parsed first), the
+        one-script accept, and no item that takes another path (an idempotency key, a delay:
+        any batch naming one is parsed whole first, as before)."""
+        if self.settings.submit_rate > 0 or not self.acceptor.streams:
+            return False
+        for body in bodies:
+            if isinstance(body, dict) and (
+                body.get("idempotency_key") is not None or "countdown" in body or "eta" in body
+            ):
+                return False
+        return True
 
     # -- Reading ------------------------------------------------------------------------------
 
