@@ -51,6 +51,11 @@ class Heartbeats:
         self._cond = threading.Condition(threading.Lock())
         self._runs: dict[str, _Run] = {}
         self._thread: threading.Thread | None = None
+        # When the thread wakes next (monotonic): a run due before that wakes it sooner. With
+        # no run it still wakes every interval, so that the next run (due one interval after it
+        # starts) never needs to wake it: with prefork a run starts per task.
+        self._wake_at = 0.0
+        self._idle_s = 1.0
 
     @contextlib.contextmanager
     def beating(self, records: SyncRecords, task_id: str, interval: float) -> Iterator[None]:
@@ -58,12 +63,14 @@ class Heartbeats:
         run = _Run(records, interval, time.monotonic() + interval)
         with self._cond:
             self._runs[task_id] = run
+            self._idle_s = interval
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._beat_forever, name="taskgate-heartbeats", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            elif run.due < self._wake_at:
+                self._cond.notify()
         try:
             yield
         finally:
@@ -97,8 +104,9 @@ class Heartbeats:
                     for _, run in due:
                         run.due = now + run.interval
                     return due
-                soonest = min((r.due for r in self._runs.values()), default=None)
-                self._cond.wait(None if soonest is None else soonest - now)
+                soonest = min((r.due for r in self._runs.values()), default=now + self._idle_s)
+                self._wake_at = soonest
+                self._cond.wait(soonest - now)
 
 
 HEARTBEATS = Heartbeats()
