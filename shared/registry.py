@@ -38,9 +38,10 @@ from shared import producer
 from shared.errors import ConfigError, UnknownTask
 from shared.handle import TaskHandle
 from shared.task_input import InputModel, NoInput
-from shared.taskspec import RetryPolicy, TaskFn, TaskSpec
+from shared.taskspec import RetryPolicy, TaskFn, TaskSpec, check_engine
 
 __all__ = [
+    "RayTaskContext",
     "RegisteredTask",
     "RetryPolicy",
     "TaskContext",
@@ -85,6 +86,16 @@ class TaskContext(Protocol):
     def start(self, task: str | RegisteredTask[..., Any], /, **input: Any) -> TaskHandle:
         """Start a child task (by name or ``@task`` object) owned by this task's user, with
         this task as its ``parent_id``; checked and recorded before it is published."""
+
+
+class RayTaskContext(TaskContext, Protocol):
+    """What a task declared ``engine="ray"`` gets (``worker.ray_side``): the same, run inside a
+    Ray task, plus ``map``."""
+
+    def map(self, fn: Callable[[TaskContext, Any], Any], items: Iterable[Any]) -> list[Any]:
+        """Run ``fn(part_ctx, item)`` for each item as a Ray task of its own, in parallel; their
+        results in the items' order. Each part's ``part_ctx.progress`` rolls up into this
+        task's progress (the mean of the parts' percents)."""
 
 
 class RegisteredTask(Generic[P, R]):
@@ -182,6 +193,8 @@ def task(
     retry_backoff: bool | float = True,
     retry_backoff_max: float = 600.0,
     retry_jitter: bool = True,
+    engine: str = "celery",
+    ray_options: dict[str, Any] | None = None,
 ) -> Callable[[Callable[P, R]], RegisteredTask[P, R]]:
     """Register ``fn`` under ``name``; returns it as a ``RegisteredTask`` (callable as the
     function, with ``.delay()``, ``.apply_async()``, ``.s()``, ``.si()``).
@@ -216,7 +229,19 @@ def task(
         if existing is not None and existing.fn is not fn:
             raise ValueError(f"task name {name!r} is registered twice")
         doc = description or (fn.__doc__ or "").strip()
-        spec = TaskSpec(name, fn, model, queue, doc, queues, soft_time_limit, time_limit, policy)
+        spec = TaskSpec(
+            name,
+            fn,
+            model,
+            queue,
+            doc,
+            queues,
+            soft_time_limit,
+            time_limit,
+            policy,
+            engine,
+            dict(ray_options or {}),
+        )
         _REGISTRY[name] = spec
         return RegisteredTask(spec, fn)
 

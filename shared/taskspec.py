@@ -8,13 +8,60 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from shared.task_input import InputModel
 
 TaskFn = Callable[..., Any]
+
+# Where a task's body runs (``worker.engines``): the Celery worker process that took it, or a
+# Ray cluster (``TASKGATE_RAY_ADDRESS``, the ``ray`` extra; ``worker.ray_engine``).
+ENGINES = ("celery", "ray")
+# The options a Ray-engine task may give its Ray tasks (``ray.remote`` options), with what each
+# must be. Ray's own retries are not among them: a lost Ray worker is retried by the task's
+# retry policy, like any other failure.
+RAY_OPTIONS = {
+    "num_cpus": "a number of CPUs, at least 0",
+    "num_gpus": "a number of GPUs, at least 0",
+    "memory": "bytes of memory, an integer above 0",
+    "resources": "a mapping of custom resource names to amounts, each at least 0",
+    "accelerator_type": "an accelerator type name",
+    "runtime_env": "a Ray runtime environment (a mapping)",
+}
+
+
+def _amount(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
+
+def check_engine(name: str, engine: object, ray_options: Mapping[str, Any] | None) -> None:
+    """A ``ValueError`` naming the task unless ``engine`` and ``ray_options`` are usable: known
+    at registration, not when a worker first runs the task."""
+    if engine not in ENGINES:
+        raise ValueError(f"task {name!r}: engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if ray_options is None:
+        return
+    if engine != "ray":
+        raise ValueError(f"task {name!r}: ray_options need engine='ray'")
+    if not isinstance(ray_options, Mapping):
+        raise ValueError(f"task {name!r}: ray_options must be a mapping")
+    for key, value in ray_options.items():
+        if key not in RAY_OPTIONS:
+            known = ", ".join(sorted(RAY_OPTIONS))
+            raise ValueError(f"task {name!r}: unknown ray_options key {key!r} (known: {known})")
+        ok = {
+            "num_cpus": _amount(value),
+            "num_gpus": _amount(value),
+            "memory": isinstance(value, int) and not isinstance(value, bool) and value > 0,
+            "resources": isinstance(value, Mapping)
+            and all(isinstance(k, str) and _amount(v) for k, v in value.items()),
+            "accelerator_type": isinstance(value, str) and bool(value),
+            "runtime_env": isinstance(value, Mapping),
+        }[key]
+        if not ok:
+            raise ValueError(f"task {name!r}: ray_options[{key!r}] must be {RAY_OPTIONS[key]}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +102,9 @@ class TaskSpec:
     time_limit: float | None = None
     # Retries (see ``RetryPolicy``): the exception types that retry the task, and how.
     retry: RetryPolicy | None = None
+    # Where the body runs (``ENGINES``) and, for ``ray``, its Ray tasks' options.
+    engine: str = "celery"
+    ray_options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def timelimit(self) -> tuple[float | None, float | None]:

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import orjson
 from pydantic import Field
 
-from shared.registry import TaskContext, task
+from shared.registry import RayTaskContext, TaskContext, task
 from shared.task_input import TaskInput
 
 
@@ -196,3 +196,58 @@ def report(
         "bytes": len(text.encode()),
         "preview": text.splitlines()[:PREVIEW_LINES],
     }
+
+
+class RayPrimesInput(TaskInput):
+    limit: int = Field(10_000_000, ge=2, le=200_000_000, description="Count the primes below this")
+    parts: int = Field(4, ge=1, le=64, description="Ray tasks to split the range over")
+
+
+def _small_primes(upto: int) -> list[int]:
+    """The primes up to ``upto`` (the sieving primes of a segment)."""
+    base = bytearray([1]) * (upto + 1)
+    base[0:2] = b"\x00\x00"
+    for i in range(2, math.isqrt(upto) + 1):
+        if base[i]:
+            base[i * i :: i] = bytes(len(range(i * i, upto + 1, i)))
+    return [i for i in range(2, upto + 1) if base[i]]
+
+
+def sieve_range(ctx: TaskContext, bounds: tuple[int, int]) -> int:
+    """How many primes lie in ``[low, high)``: one part of ``demo.ray_primes``, run as a Ray
+    task of its own, with progress per 1 Mi numbers sieved."""
+    low, high = bounds
+    small = _small_primes(math.isqrt(max(high - 1, 1)) + 1)
+    segment = 1 << 20
+    found = 0
+    start_low = low
+    while low < high:
+        top = min(low + segment, high)
+        seg = bytearray([1]) * (top - low)
+        for p in small:
+            if p * p >= top:
+                break
+            first = max(p * p, (low + p - 1) // p * p)
+            seg[first - low :: p] = bytes(len(range(first, top, p)))
+        for n in range(low, min(2, top)):
+            seg[n - low] = 0  # 0 and 1 are not primes
+        found += seg.count(1)
+        low = top
+        ctx.progress(100.0 * (low - start_low) / (high - start_low), primes=found)
+    return found
+
+
+@task(
+    "demo.ray_primes",
+    queue="heavy",
+    schema=RayPrimesInput,
+    engine="ray",
+    ray_options={"num_cpus": 1},
+)
+def ray_primes(ctx: RayTaskContext, limit: int, parts: int) -> dict[str, Any]:
+    """Counts the primes below ``limit`` on Ray: the range split over ``parts`` Ray tasks
+    (``ctx.map``), their progress rolled up into this task's."""
+    step = -(-limit // parts)
+    bounds = [(lo, min(lo + step, limit)) for lo in range(0, limit, step)]
+    counts = ctx.map(sieve_range, bounds)
+    return {"limit": limit, "parts": len(bounds), "primes": sum(counts)}

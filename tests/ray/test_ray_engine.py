@@ -1,0 +1,179 @@
+"""Task bodies on a real local Ray (issue 19): a real Celery worker takes each task and hands
+its body to Ray; the record and the socket see its progress, its end and its result as for any
+task. The module's Ray head has 2 CPUs (conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'taskgate[ray]')")
+
+from tests.ray.conftest import free_cpus  # noqa: E402
+from tests.support import CeleryWorker, SocketClient, auth  # noqa: E402
+
+Connect = Callable[[str], Awaitable[SocketClient]]
+pytestmark = pytest.mark.timeout(90)
+
+
+USERS: dict[int, str] = {}
+
+
+async def submit(
+    http: TestClient, sockets: Connect, name: str, data: dict[str, Any]
+) -> tuple[SocketClient, str]:
+    who = f"ray-{uuid.uuid4().hex[:6]}"
+    client = await sockets(who)
+    USERS[id(client)] = who
+    resp = await http.post("/api/tasks", json={"task": name, "input": data}, headers=auth(who))
+    assert resp.status == 202, await resp.text()
+    return client, (await resp.json())["task_id"]
+
+
+def client_user(client: SocketClient) -> str:
+    return USERS[id(client)]
+
+
+async def part_pids(pid_dir: Path, count: int = 2, timeout: float = 30) -> list[int]:
+    """The pids the parts wrote (tests/ray/ray_tasks.py), once all are there."""
+
+    def read() -> list[int]:
+        return [int(p.read_text()) for p in pid_dir.iterdir()]
+
+    async with asyncio.timeout(timeout):
+        while len(found := await asyncio.to_thread(read)) < count:
+            await asyncio.sleep(0.1)
+    return found
+
+
+def assert_in_order(events: list[dict[str, Any]]) -> None:
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(set(seqs)), seqs
+    for attempt in {e.get("attempt") for e in events}:  # percent starts again at a retry
+        pcts = [
+            e["progress"]["percent"]
+            for e in events
+            if e["status"] == "RUNNING" and e.get("attempt") == attempt
+        ]
+        assert pcts == sorted(pcts), pcts
+
+
+async def wait_event(
+    client: SocketClient, task_id: str, pred: Callable[[dict[str, Any]], bool], timeout: float
+) -> dict[str, Any]:
+    await client.wait_for(lambda: any(pred(e) for e in client.events[task_id]), timeout)
+    return next(e for e in client.events[task_id] if pred(e))
+
+
+async def cpus_free(ray: Any, want: float, timeout: float = 20.0) -> None:
+    """Wait until the cluster has ``want`` CPUs free (Ray's view lags its tasks a little)."""
+    async with asyncio.timeout(timeout):
+        while await asyncio.to_thread(free_cpus, ray) != want:
+            await asyncio.sleep(0.2)
+
+
+async def cpus_back(ray: Any, total: float = 2.0, timeout: float = 20.0) -> None:
+    """Wait until the cluster's CPUs are all free again (the Ray tasks were released)."""
+    await cpus_free(ray, total, timeout)
+
+
+async def test_ray_primes_rolls_up_its_parts_progress_to_100_and_completes_with_the_count(
+    http: TestClient, sockets: Connect
+) -> None:
+    client, task_id = await submit(
+        http, sockets, "demo.ray_primes", {"limit": 3_000_000, "parts": 3}
+    )
+    final = await client.wait_terminal(task_id, timeout=60)
+    assert final["status"] == "COMPLETED", final
+    assert final["result"] == {"limit": 3_000_000, "parts": 3, "primes": 216816}
+    events = client.events[task_id]
+    assert_in_order(events)
+    # The parts' progress, rolled up: percents between 0 and 100 that only the map's mean
+    # gives, with its count of parts done, before the end at 100.
+    rolled = [e for e in events if e["status"] == "RUNNING" and e["progress"]["data"]]
+    assert rolled, events
+    assert all(e["progress"]["data"]["parts"] == 3 for e in rolled)
+    assert any(0 < e["progress"]["percent"] < 100 for e in rolled), rolled
+    assert final["progress"]["percent"] == 100.0
+
+
+async def test_cancel_mid_run_ends_cancelled_and_frees_the_ray_tasks(
+    http: TestClient, sockets: Connect, ray_driver: Any
+) -> None:
+    await cpus_back(ray_driver)
+    # Two parts of 60 s each that report progress (tests/ray/ray_tasks.py): both CPUs busy.
+    client, task_id = await submit(http, sockets, "tray.part_dies", {"seconds": 60})
+    await wait_event(client, task_id, lambda e: e["progress"]["percent"] > 0, 30)
+    # The parts hold both CPUs (the body waiting on them holds none while it waits).
+    await cpus_free(ray_driver, 0.0, timeout=10)
+    resp = await http.delete(f"/api/tasks/{task_id}", headers=auth(client_user(client)))
+    assert resp.status in (200, 202), await resp.text()
+    final = await client.wait_terminal(task_id, timeout=30)
+    assert final["status"] == "CANCELLED", final
+    await cpus_back(ray_driver)  # the Ray tasks were cancelled, not left running
+
+
+async def test_a_killed_ray_worker_is_retried_under_the_tasks_policy(
+    http: TestClient, sockets: Connect, celery_worker: CeleryWorker
+) -> None:
+    client, task_id = await submit(http, sockets, "tray.dies_once", {"seconds": 60})
+    running = await wait_event(client, task_id, lambda e: "pid" in e["progress"]["data"], 30)
+    pid = running["progress"]["data"]["pid"]
+    # The body runs in a Ray worker process, not in the Celery pool.
+    assert pid not in await asyncio.to_thread(celery_worker.pool_pids)
+    os.kill(pid, signal.SIGKILL)
+    final = await client.wait_terminal(task_id, timeout=60)
+    assert final["status"] == "COMPLETED", final
+    assert final["result"]["attempt"] == 2 and final["attempt"] == 2
+    retrying = [e for e in client.events[task_id] if e["status"] == "RETRYING"]
+    assert retrying, client.events[task_id]
+    assert retrying[0]["error"]["type"] == "RayWorkerLost", retrying[0]
+    assert_in_order(client.events[task_id])
+
+
+async def test_a_killed_part_without_a_retry_policy_fails_with_a_clear_error(
+    http: TestClient, sockets: Connect, ray_driver: Any, tmp_path: Path
+) -> None:
+    await cpus_back(ray_driver)
+    client, task_id = await submit(
+        http, sockets, "tray.part_dies", {"seconds": 60, "pid_dir": str(tmp_path)}
+    )
+    pids = await part_pids(tmp_path)
+    os.kill(pids[0], signal.SIGKILL)
+    final = await client.wait_terminal(task_id, timeout=30)
+    assert final["status"] == "FAILED", final
+    assert final["error"]["type"] == "RayWorkerLost", final
+    assert "died" in final["error"]["message"], final
+    await cpus_back(ray_driver)  # the other part was cancelled with it
+
+
+async def test_the_soft_time_limit_cancels_the_ray_work_and_ends_timed_out(
+    http: TestClient, sockets: Connect, ray_driver: Any
+) -> None:
+    await cpus_back(ray_driver)
+    client, task_id = await submit(http, sockets, "tray.forever", {"seconds": 120})
+    final = await client.wait_terminal(task_id, timeout=30)
+    assert final["status"] == "TIMED_OUT", final
+    assert final["error"]["type"] == "TimeLimitExceeded", final
+    await cpus_back(ray_driver)  # parts that never look at ctx were forced to stop
+
+
+async def test_a_result_above_the_limit_is_refused_whole(
+    http: TestClient, sockets: Connect
+) -> None:
+    client, task_id = await submit(http, sockets, "tray.big", {"size": 2 * 1024 * 1024})
+    final = await client.wait_terminal(task_id, timeout=30)
+    assert final["status"] == "FAILED", final
+    assert final["error"]["type"] == "ResultTooLarge", final
+    assert final.get("result") is None
+    client, task_id = await submit(http, sockets, "tray.big", {"size": 1000})
+    final = await client.wait_terminal(task_id, timeout=30)
+    assert final["status"] == "COMPLETED" and len(final["result"]["blob"]) == 1000, final

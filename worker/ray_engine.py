@@ -1,0 +1,243 @@
+"""``engine="ray"``: the Celery worker that took a task hands its body to a Ray cluster and
+waits for it, as the task's driver.
+
+The cluster is ``TASKGATE_RAY_ADDRESS``: ``auto`` (a Ray node on this machine, ``ray start``),
+``HOST:PORT`` of a head's GCS, or ``ray://HOST:PORT`` (Ray Client); unset, a local Ray shared by
+all pool processes of this worker, started on first use (``worker.ray_local``, for
+development). Each pool process connects once, on its first Ray task; ``ray`` is imported only
+then, so the gateway and a worker without Ray tasks never load it.
+
+What the runner (worker/runner.py) sees is the same as for a body run in process:
+
+- progress: every update the Ray side yields (``worker.ray_side``) goes through this run's own
+  ``ctx.progress``, so seq, the monotonic percent, coalescing and the cancel check are the
+  runner's;
+- cancel: ``ctx.progress`` or a poll of ``ctx.cancelled`` raises ``TaskCancelled``; the Ray
+  work is cancelled (``ray.cancel``, which the body sees as its own ``ctx.progress`` raising),
+  forced after ``TASKGATE_RAY_CANCEL_GRACE_S``, and the task ends CANCELLED;
+- time limits: Celery's ``SoftTimeLimitExceeded`` arrives here, in the waiting loop; the Ray
+  work is cancelled the same way and the runner records TIMED_OUT. The hard limit kills this
+  process, and Ray cancels the tasks of a driver that died;
+- a Ray worker or node that died (``RAY_LOST``) is ``RetryRequested`` with ``RayWorkerLost``,
+  so the task's retry policy decides (without one it ends FAILED with that error);
+- the function's own error is raised here as itself (``retry_for`` and error types work), and
+  its result returns as the body's result (the runner stores it, size limit included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import signal
+import sys
+import threading
+import uuid
+from types import ModuleType
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from shared.errors import RetryRequested, TaskCancelled
+from shared.taskspec import TaskSpec
+from worker.context import Context
+
+log = logging.getLogger("taskgate.worker")
+
+ADDRESS_ENV = "TASKGATE_RAY_ADDRESS"
+GRACE_ENV = "TASKGATE_RAY_CANCEL_GRACE_S"
+DEFAULT_GRACE_S = 2.0
+# How long the driver waits for the next update before it looks at the cancel flag again.
+POLL_S = 0.1
+
+_connect_lock = threading.Lock()
+_connected: str | None = None
+
+
+class RayWorkerLost(Exception):
+    """The Ray worker process (or node) running the task's body died; the task's retry
+    policy decides whether it runs again."""
+
+
+class RayNotInstalled(RuntimeError):
+    """A Ray-engine task reached a worker without the ``ray`` extra."""
+
+
+def cluster_address() -> str:
+    """The address this process connects to (``TASKGATE_RAY_ADDRESS``, else the local Ray)."""
+    address = os.environ.get(ADDRESS_ENV, "").strip()
+    if address:
+        return address
+    from worker import ray_local
+
+    return ray_local.shared_address()
+
+
+def connect() -> ModuleType:
+    """``ray``, connected to the cluster (once per process)."""
+    global _connected
+    with _connect_lock:
+        if _connected is None:
+            if importlib.util.find_spec("ray") is None:
+                raise RayNotInstalled(
+                    "this task runs on Ray (engine='ray') but ray is not installed in this "
+                    "worker: pip install 'taskgate[ray]'"
+                )
+            address = cluster_address()
+            import ray
+
+            if not ray.is_initialized():
+                # Celery's pool replaced sys.stderr with a logging proxy that has no file
+                # descriptor; ray.init enables faulthandler on it. The real one, meanwhile.
+                proxy, sys.stderr = sys.stderr, sys.__stderr__ or sys.stderr
+                # ray.init also sets its own SIGTERM handler (sys.exit): the pool process keeps
+                # Celery's (a warm shutdown lets the running task finish).
+                on_term = signal.getsignal(signal.SIGTERM)
+                try:
+                    ray.init(
+                        address=address,
+                        namespace="taskgate",
+                        logging_level=logging.WARNING,
+                        log_to_driver=False,
+                        configure_logging=False,
+                    )
+                finally:
+                    sys.stderr = proxy
+                    if on_term is not None and threading.current_thread() is threading.main_thread():
+                        signal.signal(signal.SIGTERM, on_term)
+            _connected = address
+            log.info("connected to Ray at %s", address)
+        import ray
+
+        return ray
+
+
+def lost_errors(ray: ModuleType) -> tuple[type[BaseException], ...]:
+    """Ray's errors for a worker, node or object lost to a failure (not the task's doing)."""
+    ex = ray.exceptions
+    names = (
+        "WorkerCrashedError",
+        "NodeDiedError",
+        "LocalRayletDiedError",
+        "ObjectLostError",
+        "OutOfMemoryError",
+        "RaySystemError",
+        "ActorDiedError",
+    )
+    return tuple(getattr(ex, n) for n in names if isinstance(getattr(ex, n, None), type))
+
+
+def _task_modules() -> list[str]:
+    """The modules the Ray side imports to find the task (``TASKGATE_TASK_MODULES``, as here)."""
+    raw = os.environ.get("TASKGATE_TASK_MODULES", "")
+    return [m.strip() for m in raw.split(",") if m.strip()] or ["worker.demo"]
+
+
+def _grace() -> float:
+    try:
+        return max(0.0, float(os.environ.get(GRACE_ENV, DEFAULT_GRACE_S)))
+    except ValueError:
+        return DEFAULT_GRACE_S
+
+
+def stop(ray: ModuleType, ref: Any, grace: float) -> None:
+    """Cancel the Ray work of ``ref`` (its parts too): asked first, forced after ``grace``."""
+    try:
+        ray.cancel(ref, force=False, recursive=True)
+    except Exception as exc:  # already ended, or the cluster is gone
+        log.debug("ray.cancel: %s", exc)
+        return
+    ready, _ = ray.wait([ref], timeout=grace)
+    if ready:
+        return
+    try:
+        ray.cancel(ref, force=True, recursive=True)
+    except Exception as exc:
+        log.debug("ray.cancel(force=True): %s", exc)
+
+
+_hub: Any = None
+
+
+def progress_hub(ray: ModuleType) -> Any:
+    """This process's ``ProgressHub`` actor (``worker.ray_side``), made on first use."""
+    global _hub
+    if _hub is None:
+        from worker import ray_side
+
+        _hub = ray_side.hub_actor.remote()
+    return _hub
+
+
+def invoke_ray(spec: TaskSpec, ctx: Context, data: dict[str, Any]) -> Any:
+    """Run ``spec``'s body on Ray as ``ctx``'s run; its result (or its error, raised here)."""
+    global _hub
+    ray = connect()
+    from worker import ray_side
+
+    lost = lost_errors(ray)
+    hub = progress_hub(ray)
+    run = f"{ctx.task_id}:{ctx.attempt}:{uuid.uuid4().hex[:8]}"
+    info = {
+        "task_id": ctx.task_id,
+        "run": run,
+        "attempt": ctx.attempt,
+        "owner": ctx.owner,
+        "parent_result": ctx.parent_result,
+    }
+    options = dict(spec.ray_options)
+    remote = ray_side.body_remote.options(**options, name=spec.name)
+    ref = remote.remote(spec.name, _task_modules(), data, info, hub, options)
+    ended = False
+    try:
+        while True:
+            ready, _ = ray.wait([ref], timeout=POLL_S)
+            update = ray.get(hub.take.remote(run))
+            if update is not None:
+                ctx.progress(update[0], update[1], **update[2])
+            if ready:
+                ended = True
+                return ray.get(ref)
+            ctx.raise_if_cancelled()
+    except ray.exceptions.RayTaskError as exc:
+        ended = True
+        cause = exc.cause
+        if isinstance(cause, lost):
+            raise _lost(spec, cause) from exc
+        if isinstance(cause, BaseException):
+            raise cause from None
+        raise
+    except SystemError as exc:
+        # A signal handler that raised while Ray's C code waited (Celery's soft time limit,
+        # SIGUSR1) comes out as a SystemError with that exception as its context.
+        inner = exc.__context__
+        if isinstance(inner, SoftTimeLimitExceeded | KeyboardInterrupt | SystemExit):
+            raise inner from None
+        raise
+    except lost as exc:
+        if isinstance(exc, ray.exceptions.ActorDiedError):
+            _hub = None  # the hub's own process died: a new one for the next run
+        raise _lost(spec, exc) from exc
+    finally:
+        if not ended:
+            # Cancelled, timed out, or this side failed: the Ray work must not go on.
+            with contextlib.suppress(Exception):
+                hub.cancel.remote(run)
+            stop(ray, ref, _grace())
+        with contextlib.suppress(Exception):
+            hub.forget.remote(run)
+
+
+def _lost(spec: TaskSpec, exc: BaseException) -> RetryRequested:
+    """A Ray system failure as a retry request (the task's policy decides)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    error = RayWorkerLost(
+        f"the Ray worker running task {spec.name} died ({type(exc).__name__}"
+        + (f": {first[:300]}" if first else "")
+        + ")"
+    )
+    return RetryRequested(None, error)
+
+
+__all__ = ["RayWorkerLost", "TaskCancelled", "connect", "invoke_ray"]
