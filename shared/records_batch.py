@@ -146,7 +146,9 @@ class BatchRecords:
         ``common`` fields too; with ``inline`` (its entries in the same order), each created
         record's message is pushed and its PENDING update published in the same run."""
         assert 0 < len(varying) <= CHUNK
-        names = list(varying[0])
+        # A field null in every record of the run is left out: absent reads as null, and each
+        # field stored costs Redis a ziplist insert per record (a null webhook was 4% of a run).
+        names = [n for n in varying[0] if any(rec[n] is not None for rec in varying)]
         keys = self.keys
         outbox = inline.outbox if inline is not None else keys.outbox
         call = ScriptCall(

@@ -34,13 +34,18 @@ if max_active > 0 then
   local room = active_room(active_key, task_prefix, max_active, 1)
   if room <= 0 then return {-3, tostring(max_active - room)} end
 end
-for i = 6, #ARGV, 2 do
-  redis.call('HSET', key, ARGV[i], ARGV[i + 1])
-end
--- _pct and _cancel start absent: their readers take that as 0.
-redis.call('HSET', key, '_owner', owner, 'seq', 1)
-redis.call('EXPIRE', key, retention)
-redis.call('ZADD', tasks_key, created, task_id)
-redis.call('ZADD', active_key, created, task_id)
+-- One HSET of every field; _pct and _cancel start absent: their readers take that as 0.
+-- Arguments go to redis.call as text: Redis would turn each Lua number into text with snprintf.
+local hs = {}
+for i = 6, #ARGV do hs[#hs + 1] = ARGV[i] end
+hs[#hs + 1] = '_owner'
+hs[#hs + 1] = owner
+hs[#hs + 1] = 'seq'
+hs[#hs + 1] = '1'
+redis.call('HSET', key, unpack(hs))
+redis.call('EXPIRE', key, string.format('%.17g', retention))
+local created_s = string.format('%.17g', created)
+redis.call('ZADD', tasks_key, created_s, task_id)
+redis.call('ZADD', active_key, created_s, task_id)
 trim_indexes(tasks_key, ended_key, created, retention)
 return {1, snapshot(key)}

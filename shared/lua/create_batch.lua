@@ -14,7 +14,11 @@
 -- Redis's time per record is what bounds a large batch, so the loop allocates little: one HSET
 -- argument table for the whole run, its per-record values overwritten in place. A record holds
 -- no field that reads the same absent: no nulls (snapshot_json.lua reads a missing field as
--- null), no _pct or _cancel of 0 (as in create.lua).
+-- null; the caller leaves out a varying field null in every record of the run), no _pct or
+-- _cancel of 0 (as in create.lua). Every argument handed to redis.call per record is a string:
+-- Redis turns a Lua number into text with snprintf on each call, which was a tenth of the
+-- run's instructions (seq, the expiry and two index scores per record); the numbers are
+-- turned into text once per run here, with the format Redis uses ('%.17g').
 --
 -- KEYS[1]  the owner's tasks (Keys.user_tasks(owner))
 -- KEYS[2]  the owner's active tasks (Keys.user_active(owner))
@@ -44,7 +48,9 @@ local tasks_key, active_key, task_prefix = KEYS[1], KEYS[2], KEYS[3]
 local channel, outbox, ended_key = KEYS[4], KEYS[5], KEYS[6]
 local owner, created = ARGV[1], tonumber(ARGV[2])
 local max_active, retention, nc = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local hs = {'_owner', owner, 'seq', 1}
+-- As text once (see above): the scores in the owner's indexes and the expiry.
+local created_s, retention_s = string.format('%.17g', created), string.format('%.17g', retention)
+local hs = {'_owner', owner, 'seq', '1'}
 for i = 0, nc - 1 do
   hs[#hs + 1] = ARGV[6 + 2 * i]
   hs[#hs + 1] = ARGV[7 + 2 * i]
@@ -81,8 +87,8 @@ while at <= #ARGV do
   else
     for i = 1, nv do hs[slot + 2 * i] = ARGV[at + i] end
     redis.call('HSET', key, unpack(hs))
-    redis.call('EXPIRE', key, retention)
-    members[#members + 1] = created
+    redis.call('EXPIRE', key, retention_s)
+    members[#members + 1] = created_s
     members[#members + 1] = tid
     room = room - 1
     codes[r] = 1
