@@ -2,7 +2,9 @@
 
 ``kind`` is ``gateway`` (taskgate, through ``bench.gateway_proc``), ``psio`` (python-socketio
 with AsyncRedisManager) or ``bare`` (bare subscriber loop + plain websockets). Each user has one
-RUNNING task; publishers update those tasks round-robin.
+RUNNING task; publishers update those tasks round-robin (``bench.publishers``: ``lua``, the
+real TRANSITION script per update; ``msg`` and ``psio``, the captured real messages, pre-encoded,
+from ``RAW_PROCESSES`` processes).
 """
 
 from __future__ import annotations
@@ -27,7 +29,15 @@ from bench.harness import (
     start_listening,
     summary_ms,
 )
-from bench.publishers import Publishers, prepare_running_tasks
+from bench.publishers import (
+    RAW_MODES,
+    RAW_PROCESSES,
+    Publishers,
+    Template,
+    capture_templates,
+    prepare_running_tasks,
+    psio_templates,
+)
 from gateway.cli.embedded import free_port
 
 CLIENT_MODE = {"gateway": "sio", "psio": "sio", "bare": "raw"}
@@ -92,8 +102,16 @@ class Rig:
             self.server = start_listening(self.kind, argv, env, self.port, self.work)
         self.log("server listening")
         tasks = prepare_running_tasks(self.redis_url, self.prefix, self.users)
+        templates: list[Template] = []
+        if any(mode in RAW_MODES for mode in self.pub_modes):
+            templates = capture_templates(self.redis_url, self.prefix, tasks)
         for mode in self.pub_modes:
-            self.publishers[mode] = Publishers(mode, self.redis_url, self.prefix, tasks)
+            if mode in RAW_MODES:
+                feed = psio_templates(templates) if mode == "psio" else templates
+                pub = Publishers(mode, self.redis_url, self.prefix, feed, n=RAW_PROCESSES)
+            else:
+                pub = Publishers(mode, self.redis_url, self.prefix, tasks)
+            self.publishers[mode] = pub
         time.sleep(0.5)
         self.rss_idle = rss_bytes(self.server.pid)
         self.clients = ClientPool(
