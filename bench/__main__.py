@@ -25,6 +25,7 @@ from bench import (
     p7_progress,
     p8_runner,
     p9_e2e,
+    p10_ray,
 )
 from bench.harness import (
     ForeignLoad,
@@ -36,7 +37,7 @@ from bench.harness import (
 )
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-ALL = ("p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9")
+ALL = ("p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9", "p10")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                     results, redis.url, work, redis_pid=redis_pid, profile=args.profile
                 ),
                 "p9": lambda: p9_e2e.run(results, redis.url, work, redis_pid=redis_pid),
+                "p10": lambda: p10_ray.run(results, redis.url, work),
             }
             for name in ALL:
                 if name not in chosen:

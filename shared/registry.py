@@ -202,7 +202,13 @@ def task(
     ``soft_time_limit`` raises ``SoftTimeLimitExceeded`` inside the task (it ends TIMED_OUT);
     ``time_limit`` kills the process running it. Each must be above 0, and the soft one not
     above the hard one. ``schema`` is the input's pydantic model (``shared.task_input``): a
-    model that is not one, or lets unknown fields through, is a ``ConfigError`` here."""
+    model that is not one, or lets unknown fields through, is a ``ConfigError`` here.
+
+    ``engine="ray"`` runs the body on a Ray cluster (``worker.ray_engine``, the ``ray`` extra),
+    each Ray task with ``ray_options`` (``num_cpus``, ``num_gpus``, ``memory``, ``resources``,
+    ``accelerator_type``, ``runtime_env``); an unknown engine or option is a ``ValueError``
+    here. Ray is not imported here: the gateway registers such tasks without it."""
+    check_engine(name, engine, ray_options)
     for label, limit in (("soft_time_limit", soft_time_limit), ("time_limit", time_limit)):
         if limit is not None and (isinstance(limit, bool) or not limit > 0):
             raise ValueError(f"task {name!r}: {label} must be a number of seconds above 0")

@@ -40,7 +40,9 @@ def check_engine(name: str, engine: object, ray_options: Mapping[str, Any] | Non
     """A ``ValueError`` naming the task unless ``engine`` and ``ray_options`` are usable: known
     at registration, not when a worker first runs the task."""
     if engine not in ENGINES:
-        raise ValueError(f"task {name!r}: engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+        raise ValueError(
+            f"task {name!r}: engine must be one of {', '.join(ENGINES)}, not {engine!r}"
+        )
     if ray_options is None:
         return
     if engine != "ray":

@@ -104,7 +104,10 @@ def connect() -> ModuleType:
                     )
                 finally:
                     sys.stderr = proxy
-                    if on_term is not None and threading.current_thread() is threading.main_thread():
+                    if (
+                        on_term is not None
+                        and threading.current_thread() is threading.main_thread()
+                    ):
                         signal.signal(signal.SIGTERM, on_term)
             _connected = address
             log.info("connected to Ray at %s", address)

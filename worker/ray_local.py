@@ -36,7 +36,7 @@ START_TIMEOUT_S = 60.0
 def _owner_pid() -> int:
     """The Celery worker's main process: the pool's parent, else this process (solo pool)."""
     try:
-        from billiard.process import current_process
+        from billiard.process import current_process  # type: ignore[import-untyped]
 
         if current_process()._parent_pid:  # a prefork pool child
             return os.getppid()
@@ -98,9 +98,7 @@ def shared_address() -> str:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not _listening(port):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"the local Ray did not start (see {where / 'supervisor.log'})"
-                )
+                raise RuntimeError(f"the local Ray did not start (see {where / 'supervisor.log'})")
             time.sleep(0.1)
         state.write_text(json.dumps({"pid": proc.pid, "port": port}))
         return f"127.0.0.1:{port}"
@@ -127,10 +125,8 @@ def supervise(owner: int, port: int, cpus: str, where: Path) -> int:
         time.sleep(0.5)
     if head.poll() is None:
         head.send_signal(signal.SIGTERM)  # ``ray start --block`` stops the head's processes
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             head.wait(15)
-        except subprocess.TimeoutExpired:
-            pass
     # Whatever is left of the head (it shares this process group) goes too.
     with contextlib.suppress(ProcessLookupError):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

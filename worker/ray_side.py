@@ -24,6 +24,7 @@ in the Ray workers): it imports ``ray``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -191,10 +192,8 @@ class RayContext:
 
 def _cancel_all(refs: list[Any]) -> None:
     for ref in refs:
-        try:
+        with contextlib.suppress(Exception):  # already ended
             ray.cancel(ref, force=True)
-        except Exception:  # already ended
-            pass
 
 
 def _call(ctx: RayContext, fn: Callable[[RayContext], Any]) -> Any:

@@ -9,6 +9,7 @@ its own, so no other worker takes these Ray tasks)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -93,14 +94,10 @@ class RayHead:
         if self.proc is None:
             return
         self.proc.send_signal(signal.SIGTERM)  # ``--block`` stops the head's processes
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # whatever of its group is left
-        except ProcessLookupError:
-            pass
         self.proc.wait(5)
         self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -88,3 +88,23 @@ class BigInput(TaskInput):
 def big(ctx: TaskContext, size: int) -> dict[str, Any]:
     """A result of about ``size`` bytes."""
     return {"blob": "x" * size}
+
+
+class WhereInput(TaskInput):
+    out: str
+    hold: float = Field(1.0, ge=0, le=30)
+
+
+@task("tray.where", queue="fast", schema=WhereInput, engine="ray")
+def where(ctx: TaskContext, out: str, hold: float) -> None:
+    """Writes which cluster and which driver (Ray job) ran it to ``out``, after ``hold`` s (so
+    that two of them overlap on two pool processes)."""
+    import json
+
+    import ray
+
+    time.sleep(hold)
+    runtime = ray.get_runtime_context()
+    with open(out + ".tmp", "w") as f:
+        json.dump({"gcs": runtime.gcs_address, "job": runtime.get_job_id()}, f)
+    os.replace(out + ".tmp", out)

@@ -17,8 +17,8 @@ from aiohttp.test_utils import TestClient
 
 pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'taskgate[ray]')")
 
-from tests.ray.conftest import free_cpus  # noqa: E402
-from tests.support import CeleryWorker, SocketClient, auth  # noqa: E402
+from tests.ray.conftest import free_cpus
+from tests.support import CeleryWorker, SocketClient, auth
 
 Connect = Callable[[str], Awaitable[SocketClient]]
 pytestmark = pytest.mark.timeout(90)
@@ -49,9 +49,11 @@ async def part_pids(pid_dir: Path, count: int = 2, timeout: float = 30) -> list[
         return [int(p.read_text()) for p in pid_dir.iterdir()]
 
     async with asyncio.timeout(timeout):
-        while len(found := await asyncio.to_thread(read)) < count:
+        while True:
+            found = await asyncio.to_thread(read)
+            if len(found) >= count:
+                return found
             await asyncio.sleep(0.1)
-    return found
 
 
 def assert_in_order(events: list[dict[str, Any]]) -> None:
@@ -76,7 +78,9 @@ async def wait_event(
 async def cpus_free(ray: Any, want: float, timeout: float = 20.0) -> None:
     """Wait until the cluster has ``want`` CPUs free (Ray's view lags its tasks a little)."""
     async with asyncio.timeout(timeout):
-        while await asyncio.to_thread(free_cpus, ray) != want:
+        while True:
+            if await asyncio.to_thread(free_cpus, ray) == want:
+                return
             await asyncio.sleep(0.2)
 
 
