@@ -22,10 +22,14 @@ that size to aiohttp's ``WebSocketResponse(max_msg_size=...)``, which closes the
 This is the one place that reaches into python-socketio's and python-engineio's internals:
 ``AsyncServer._handle_eio_connect`` / ``_handle_eio_message`` / ``_handle_eio_disconnect`` (the
 handlers python-socketio registers on its Engine.IO server, wrapped here), ``eio._async`` (the
-driver table, whose ``websocket`` class is replaced), ``eio.sockets``, a socket's ``queue`` and
-``sid``, the driver websocket's ``handler``/``server``/``_sock``, and that its ``handler`` is a
-bound method of the Engine.IO socket. ``check_internals`` verifies them when this module is
-imported (so before ``create_app`` builds anything) and again for the server at ``install``.
+driver table, whose ``websocket`` class is replaced), ``eio.sockets``, ``eio.reason``, a
+socket's ``queue``, ``sid``, ``connected``/``upgraded``, ``receive`` and ``close``, the driver
+websocket's ``handler``/``server``/``_sock``, and that its ``handler`` is a bound method of the
+Engine.IO socket. ``CheckedWebSocket._serve`` runs a websocket-opened socket as python-engineio's
+``_websocket_handler`` does, with fewer objects per connection; each socket's send queue is a
+``SendQueue`` (``eio.create_queue``, gateway/sockets/sendqueue.py). ``check_internals`` verifies
+them when this module is imported (so before ``create_app`` builds anything) and again for the
+server at ``install``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ import importlib.metadata
 import inspect
 import json
 import logging
+import math
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -43,8 +49,11 @@ import socketio
 from aiohttp import WSMsgType, web
 from engineio.async_drivers.aiohttp import WebSocket as EngineIOWebSocket
 from engineio.async_socket import AsyncSocket as EngineIOSocket
+from engineio.exceptions import SocketIsClosedError, UnknownPacketError
+from engineio.packet import Packet as EngineIOPacket
 
 from gateway.live.fanout import WS_ATTR
+from gateway.sockets.sendqueue import SendQueue
 
 log = logging.getLogger("taskgate.sockets")
 
@@ -62,6 +71,9 @@ _ENGINEIO_TYPES = frozenset("0123456")
 # Handlers python-socketio would also call for an EVENT packet of that name.
 _RESERVED_EVENTS = frozenset({"connect", "disconnect"})
 _JSON = json.JSONDecoder()
+# How often the websockets' read and write deadlines are checked, and how many between yields.
+SWEEP_S = 1.0
+SWEEP_SLICE = 1000
 # The reasons a connection is closed, as counted in ``SocketGuard.closed_for``.
 TOO_MANY = "too many packets"
 NO_CONNECT = "no CONNECT in time"
@@ -88,7 +100,7 @@ def check_internals(sio: socketio.AsyncServer | None = None) -> None:
     for owner, names in (
         (socketio.AsyncServer, ("_handle_eio_connect", "_handle_eio_message",
                                 "_handle_eio_disconnect")),
-        (EngineIOSocket, ("_websocket_handler", "close")),
+        (EngineIOSocket, ("_websocket_handler", "close", "receive")),
         (EngineIOWebSocket, ("wait", "send", "close")),
     ):  # fmt: skip
         for name in names:
@@ -108,6 +120,8 @@ def check_internals(sio: socketio.AsyncServer | None = None) -> None:
         drivers = getattr(eio, "_async", None)
         if not isinstance(drivers, dict) or "websocket" not in drivers:
             missing.append("AsyncServer.eio._async['websocket']")
+        if not isinstance(drivers, dict) or not callable(drivers.get("translate_request")):
+            missing.append("AsyncServer.eio._async['translate_request']")
         if not isinstance(getattr(eio, "sockets", None), dict):
             missing.append("AsyncServer.eio.sockets")
         if not callable(getattr(eio, "create_queue", None)):
@@ -118,6 +132,14 @@ def check_internals(sio: socketio.AsyncServer | None = None) -> None:
                 missing.append("engineio AsyncSocket().queue.put_nowait")
             if getattr(socket, "sid", None) != "probe":
                 missing.append("engineio AsyncSocket().sid")
+            for flag in ("connected", "upgraded"):
+                if getattr(socket, flag, None) is not False:
+                    missing.append(f"engineio AsyncSocket().{flag}")
+        if not isinstance(getattr(getattr(eio, "reason", None), "TRANSPORT_CLOSE", None), str):
+            missing.append("AsyncServer.eio.reason.TRANSPORT_CLOSE")
+        for name in ("ping_interval", "ping_timeout", "max_http_buffer_size", "logger"):
+            if not hasattr(eio, name):
+                missing.append(f"AsyncServer.eio.{name}")
     if missing:
         raise UnsupportedSocketIO(
             "gateway.sockets.guard relies on internals that this python-socketio/"
@@ -142,6 +164,12 @@ class CheckedWebSocket(EngineIOWebSocket):  # type: ignore[misc]
         super().__init__(handler, server)
         self.guard = guard
         self.eio_sid: str | None = None
+        # Loop times by which the next frame must arrive (``read_by``) and the next packet to
+        # send must be queued (``write_by``), while ``_serve`` waits for them; the guard's sweep
+        # closes the websocket once one has passed (one sweep for all connections instead of a
+        # timer per connection and wait).
+        self.read_by = math.inf
+        self.write_by = math.inf
 
     async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
         # As python-engineio's, but without permessage-deflate: updates are small and already
@@ -159,14 +187,95 @@ class CheckedWebSocket(EngineIOWebSocket):  # type: ignore[misc]
         if socket is not None:
             setattr(socket, WS_ATTR, self._sock)
             self.eio_sid = socket.sid
-            self.guard.metered.add(socket.sid)
+            self.guard.metered[socket.sid] = self
         try:
-            await self.handler(self)
+            if socket is not None and not socket.connected:
+                await self._serve(socket)
+            else:  # an upgrade from long-polling (not offered: transports=["websocket"])
+                await self.handler(self)
         finally:
             if socket is not None:
                 setattr(socket, WS_ATTR, None)
-                self.guard.metered.discard(socket.sid)
+                self.guard.metered.pop(socket.sid, None)
         return self._sock
+
+    async def _serve(self, socket: EngineIOSocket) -> None:
+        """python-engineio's ``AsyncSocket._websocket_handler`` for a socket that opened on the
+        websocket, doing the same (the writer drains the socket's queue; every packet read goes
+        to ``socket.receive``; a read, and the writer's wait for a packet, last at most ping
+        interval + ping timeout, then the websocket is closed; at the end the writer is stopped
+        and the socket closed with ``TRANSPORT_CLOSE``) with fewer objects alive per idle
+        connection: the read runs in this task instead of a new task and ``wait_for`` per
+        packet, the writer waits on the queue without ``wait_for``, and both waits are timed by
+        ``read_by``/``write_by`` and the guard's sweep instead of a timer each
+        (docs/PERFORMANCE.md, "P5 memory per connection")."""
+        server = socket.server
+        limit = server.max_http_buffer_size
+        timeout = server.ping_interval + server.ping_timeout
+        queue = socket.queue
+        loop = asyncio.get_running_loop()
+        socket.connected = True
+        socket.upgraded = True
+        writer = asyncio.ensure_future(self._write(queue, timeout))
+        self.guard.watch_timeouts()
+        while True:
+            self.read_by = loop.time() + timeout
+            try:
+                data = await self.wait()
+                if data and len(data) > limit:
+                    raise ValueError("packet is too large")
+            except BaseException:  # as python-engineio's: a cancel too ends the loop here
+                break
+            finally:
+                self.read_by = math.inf
+            if data is None:
+                break
+            try:
+                await socket.receive(EngineIOPacket(encoded_packet=data))
+            except UnknownPacketError:
+                pass
+            except SocketIsClosedError:
+                server.logger.info("Receive error -- socket is closed")
+                break
+            except Exception:
+                server.logger.exception("Unknown receive error")
+        await queue.put(None)  # unlock the writer so it can end
+        await writer
+        await socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+
+    async def _write(self, queue: Any, timeout: float) -> None:
+        """python-engineio's writer: sends what the queue holds, in order, until ``None`` or a
+        failed send (or ``timeout`` with nothing to send: the sweep closes the websocket, the
+        read ends and puts ``None``); then closes the websocket."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self.write_by = loop.time() + timeout
+            try:
+                pkt = await queue.get()
+            except asyncio.CancelledError:
+                break
+            finally:
+                self.write_by = math.inf
+            queue.task_done()
+            if pkt is None:
+                break
+            packets = [pkt]
+            while True:
+                try:
+                    pkt = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+                queue.task_done()
+                if pkt is None:
+                    queue.put_nowait(None)
+                    break
+                packets.append(pkt)
+            try:
+                for pkt in packets:
+                    await self.send(pkt.encode())
+            except BaseException:
+                break
+        await self.close()
 
     async def wait(self) -> Any:
         while True:
@@ -242,7 +351,8 @@ class SocketGuard:
         self._buckets: dict[str, _Bucket] = {}
         # Connections whose every frame is metered by their websocket (``CheckedWebSocket``);
         # the packets of any other transport are metered in ``refusal``.
-        self.metered: set[str] = set()
+        self.metered: dict[str, CheckedWebSocket] = {}
+        self._sweeper: asyncio.Task[None] | None = None
         self._deadlines: dict[str, asyncio.TimerHandle] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self.closed_for: dict[str, int] = {}
@@ -256,11 +366,48 @@ class SocketGuard:
         def websocket(handler: Any, server: Any) -> CheckedWebSocket:
             return CheckedWebSocket(handler, server, guard)
 
+        drivers = self.sio.eio._async
+        translate = drivers["translate_request"]
+
+        def translate_request(request: Any) -> dict[str, Any]:
+            # python-engineio's WSGI environ, with its keys (``HTTP_<HEADER>``, built afresh for
+            # every request) interned: one copy of each name for all connections, whose environ
+            # lives as long as they do (python-socketio keeps it).
+            return {sys.intern(k): v for k, v in translate(request).items()}
+
         # A copy: the driver table is a module-level dict shared by every server.
-        self.sio.eio._async = {**self.sio.eio._async, "websocket": websocket}
+        self.sio.eio._async = {
+            **drivers,
+            "websocket": websocket,
+            "translate_request": translate_request,
+        }
+        # Each socket's send queue (python-engineio's public ``create_queue``): a small one
+        # instead of an ``asyncio.Queue`` (gateway/sockets/sendqueue.py).
+        self.sio.eio.create_queue = SendQueue
         self.sio.eio.on("connect", self.on_connect)
         self.sio.eio.on("message", self.on_message)
         self.sio.eio.on("disconnect", self.on_disconnect)
+
+    def watch_timeouts(self) -> None:
+        """Make sure the sweep of the websockets' ``read_by``/``write_by`` runs."""
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.ensure_future(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Every ``SWEEP_S``, close each websocket whose read or writer's wait lasted past its
+        deadline (python-engineio's ``wait_for`` timeouts); ends when no websocket is left."""
+        loop = asyncio.get_running_loop()
+        while self.metered:
+            await asyncio.sleep(SWEEP_S)
+            now = loop.time()
+            for i, ws in enumerate(list(self.metered.values()), 1):
+                if ws.read_by < now or ws.write_by < now:
+                    ws.read_by = ws.write_by = math.inf
+                    task = asyncio.ensure_future(ws.close())
+                    self._closing.add(task)
+                    task.add_done_callback(self._closing.discard)
+                if i % SWEEP_SLICE == 0:
+                    await asyncio.sleep(0)
 
     def admit(self, eio_sid: str) -> bool:
         """Take one frame from this connection's budget; ``False`` once it is spent."""

@@ -10,7 +10,9 @@ guard in front of python-socketio is ``gateway.sockets.guard``.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -52,6 +54,63 @@ def _error(
     return {"error": {"code": "internal", "message": "internal error"}}
 
 
+class ExpiryTimers:
+    """When each connection's token expires, with one loop timer for the earliest instead of one
+    per connection (a ``TimerHandle`` each: ~0.5 KiB per connection, docs/PERFORMANCE.md).
+
+    ``add(sid, at)`` (``at`` a ``time.time()``), ``discard(sid)``; ``on_expire(sid)`` is called
+    once ``at`` has passed for a connection still there. A discarded entry stays in the heap
+    until it comes up, or until the heap holds more than twice the live entries (rebuilt)."""
+
+    def __init__(self, on_expire: Callable[[str], None]) -> None:
+        self.on_expire = on_expire
+        self._heap: list[tuple[float, str]] = []
+        self._due: dict[str, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_at = math.inf
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def add(self, sid: str, at: float) -> None:
+        self._due[sid] = at
+        heapq.heappush(self._heap, (at, sid))
+        if at < self._armed_at:
+            self._arm(at)
+
+    def discard(self, sid: str) -> None:
+        if self._due.pop(sid, None) is None:
+            return
+        if len(self._heap) > 64 and len(self._heap) > 2 * len(self._due):
+            self._heap = [(at, s) for s, at in self._due.items()]
+            heapq.heapify(self._heap)
+
+    def _arm(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed_at = at
+        delay = max(0.0, at - time.time())
+        self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._timer, self._armed_at = None, math.inf
+        now = time.time()
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            at, sid = heapq.heappop(heap)
+            if self._due.get(sid) == at:
+                del self._due[sid]
+                self.on_expire(sid)
+        if heap:
+            self._arm(heap[0][0])
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._armed_at = math.inf
+
+
 def register_socket_handlers(
     sio: socketio.AsyncServer,
     service: TaskService,
@@ -72,15 +131,13 @@ def register_socket_handlers(
         sio, service.settings.socket_event_rate, service.settings.socket_connect_timeout_s
     )
     guard.install()
-    expiry_timers: dict[str, asyncio.TimerHandle] = {}
-    # sid -> (user, the point it joined its room: TaskEvents.joined)
+    # sid -> (user, the point it joined its room: TaskEvents.joined). The user is kept here,
+    # not in a python-socketio session (one dict less per connection).
     joined: dict[str, tuple[str, int]] = {}
     closing: set[asyncio.Task[None]] = set()
 
     async def user_of(sid: str) -> str:
-        session = await sio.get_session(sid)
-        user: str = session["user"]
-        return user
+        return joined[sid][0]
 
     async def send_snapshots(sid: str, snaps: list[Snapshot], *, asked: bool = False) -> int:
         """Catch-up: what the socket lacks of ``snaps`` (read after it joined its room), or
@@ -92,13 +149,14 @@ def register_socket_handlers(
         return await events.catch_up(sid, user, at, snaps, asked=asked)
 
     def expire(sid: str) -> None:
-        expiry_timers.pop(sid, None)
         eio_sid = sio.manager.eio_sid_from_sid(sid, NAMESPACE)
         if eio_sid is None:
             return
         task = asyncio.ensure_future(guard.close(eio_sid, "token expired"))
         closing.add(task)
         task.add_done_callback(closing.discard)
+
+    expiries = ExpiryTimers(expire)
 
     @sio.event  # type: ignore[untyped-decorator]
     async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
@@ -109,19 +167,15 @@ def register_socket_handlers(
             count_connect("refused")
             raise socketio.exceptions.ConnectionRefusedError(exc.message) from None
         count_connect("accepted")
-        await sio.save_session(sid, {"user": identity.user, "exp": identity.expires_at})
         await sio.enter_room(sid, user_room(identity.user))
         joined[sid] = (identity.user, events.joined())
-        delay = max(0.0, identity.expires_at + LEEWAY_S - time.time())
-        expiry_timers[sid] = asyncio.get_running_loop().call_later(delay, expire, sid)
+        expiries.add(sid, identity.expires_at + LEEWAY_S)
         # Sent after the handshake completes, so the client has its handlers in place.
         sio.start_background_task(_send_live, sid, identity.user)
 
     @sio.event  # type: ignore[untyped-decorator]
     async def disconnect(sid: str, *_: Any) -> None:
-        timer = expiry_timers.pop(sid, None)
-        if timer is not None:
-            timer.cancel()
+        expiries.discard(sid)
         entry = joined.pop(sid, None)
         if entry is not None:
             events.forget(entry[0], sid)
