@@ -71,7 +71,8 @@ def _bound(s: dict[str, Any]) -> str:
     return (
         f"server: {' and '.join(why)} at {s['offered']:,.0f}/s offered "
         f"({s['sent_rate']:,.0f}/s sent; server {s['cpu'].get('server', math.nan):.2f} cores, "
-        f"publishers {s['cpu'].get('publishers', math.nan):.2f})"
+        f"publishers {s['cpu'].get('publishers', math.nan):.2f}, "
+        f"box idle {s['cpu'].get('idle', math.nan):.2f})"
     )
 
 

@@ -175,17 +175,27 @@ class Rig:
             out[name] = total
         return out
 
+    @staticmethod
+    def _idle_s() -> float:
+        """Seconds the machine's CPUs have been idle (all of them summed), from /proc/stat."""
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
+
     def step(self, rate: float, seconds: float, mode: str = "lua") -> dict[str, Any]:
         """Publish at ``rate`` for ``seconds``, wait for delivery to settle, return the step.
 
-        ``cpu`` is the share of one core each part used while publishing lasted."""
+        ``cpu`` is the share of one core each part used while publishing lasted, and ``idle``
+        how many of the machine's cores were idle meanwhile (near 0: the box was saturated,
+        by this run or by others)."""
         assert self.clients is not None
         self.clients.window()
         self.lag_mark()
         pids = self.cpu_pids(mode)
-        cpu0, t0 = self._cpu(pids), time.monotonic()
+        cpu0, idle0, t0 = self._cpu(pids), self._idle_s(), time.monotonic()
         pub = self.publishers[mode].run(rate, seconds)
-        cpu1, t1 = self._cpu(pids), time.monotonic()
+        cpu1, idle1, t1 = self._cpu(pids), self._idle_s(), time.monotonic()
+        cpu0["idle"], cpu1["idle"] = idle0, idle1
         got = self._settle(pub["sent"])
         loop = self.lag_mark()
         lags = summary_ms(got["lags"])
