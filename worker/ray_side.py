@@ -9,7 +9,8 @@ the Celery side takes the latest from it while it waits, turning each into its o
 ``ctx.progress`` (worker/context.py: seq, monotonic percent, coalescing, cancel). So Ray adds
 no second way of writing the record, and nothing here needs Redis.
 
-``ctx.map(fn, items)`` runs ``fn(part_ctx, item)`` as one Ray task per item (``run_part``);
+``ctx.map(fn, items)`` runs ``fn(part_ctx, item)`` as one Ray task per item (``run_part``),
+the first in the body's own Ray task while the others run;
 the hub rolls their progress up into the body's (the mean of the parts' percents, with how many
 are done) and the results come back in the items' order. The body waits for them in a blocking
 ``ray.wait``, during which Ray lends its CPU to the parts. A part that fails cancels the others
@@ -169,13 +170,17 @@ class RayContext:
             return []
         self.flush()
         self._maps += 1
+        number, count = self._maps, len(work)
         part = _part_remote.options(**self._options)
+        # Parts 2..n are Ray tasks; this task's own worker runs the first meanwhile (its CPU
+        # works instead of waiting, and the cluster keeps one worker process fewer busy).
         refs = [
-            part.remote(fn, item, self._info, self._hub, (self._maps, i, len(work)), self._options)
-            for i, item in enumerate(work)
+            part.remote(fn, item, self._info, self._hub, (number, i, count), self._options)
+            for i, item in enumerate(work[1:], start=1)
         ]
         waiting = list(refs)
         try:
+            first = run_part(fn, work[0], self._info, self._hub, (number, 0, count), self._options)
             while waiting:
                 # Blocking (no timeout): Ray lends this task's CPU to the parts meanwhile.
                 ready, waiting = ray.wait(waiting, num_returns=1)
@@ -187,7 +192,7 @@ class RayContext:
         except BaseException:
             _cancel_all(waiting)
             raise
-        return list(ray.get(refs))
+        return [first, *ray.get(refs)]
 
 
 def _cancel_all(refs: list[Any]) -> None:
