@@ -176,6 +176,15 @@ class Rig:
         return out
 
     @staticmethod
+    def _shares(cpu0: dict[str, float], cpu1: dict[str, float], dt: float) -> dict[str, float]:
+        """Cores each part used over ``dt``; ``others``: what neither this rig's processes nor
+        idle account for (other people's work on a shared box, the bench process itself)."""
+        out = {k: (cpu1[k] - cpu0[k]) / dt for k in cpu0}
+        ours = sum(v for k, v in out.items() if k != "idle")
+        out["others"] = max(0.0, (os.cpu_count() or 1) - out["idle"] - ours)
+        return {k: round(v, 2) for k, v in out.items()}
+
+    @staticmethod
     def _idle_s() -> float:
         """Seconds the machine's CPUs have been idle (all of them summed), from /proc/stat."""
         with open("/proc/stat") as f:
@@ -217,7 +226,7 @@ class Rig:
             "loop_max_ms": loop.get("max_ms"),
             "gc_max_ms": loop.get("gc_max_ms"),
             "rss_bytes": loop.get("rss_bytes"),
-            "cpu": {k: round((cpu1[k] - cpu0[k]) / (t1 - t0), 2) for k in cpu0},
+            "cpu": self._shares(cpu0, cpu1, t1 - t0),
             **lags,
         }
 
