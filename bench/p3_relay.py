@@ -72,7 +72,8 @@ def _bound(s: dict[str, Any]) -> str:
         f"server: {' and '.join(why)} at {s['offered']:,.0f}/s offered "
         f"({s['sent_rate']:,.0f}/s sent; server {s['cpu'].get('server', math.nan):.2f} cores, "
         f"publishers {s['cpu'].get('publishers', math.nan):.2f}, "
-        f"box idle {s['cpu'].get('idle', math.nan):.2f}, others {s['cpu'].get('others', math.nan):.2f})"
+        f"box idle {s['cpu'].get('idle', math.nan):.2f}, "
+        f"others {s['cpu'].get('others', math.nan):.2f})"
     )
 
 
