@@ -157,7 +157,7 @@ def capture_templates(redis_url: str, prefix: str, tasks: list[tuple[str, str]])
     keys = Keys(prefix)
     client = sync_client(redis_url)
     transition = client.register_script(TRANSITION_LUA)
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
     pubsub.subscribe(keys.progress_channel)
     progress = {"percent": 50.0, "message": "step", "data": {"t": _MARK_T}}
     with client.pipeline(transaction=False) as pipe:
