@@ -7,7 +7,9 @@
   one that keeps sending but never answers a ping (the writer has nothing left to send); one that
   answers its pings stays;
 - ``ExpiryTimers`` calls back each connection still there once its time passed, in order, and
-  never one that was discarded.
+  never one that was discarded;
+- the young generation is collected on the clock (``gctune.young_on_the_clock``), also when
+  allocations and deallocations balance.
 
 Real python-socketio servers with the guard installed, on aiohttp test servers, and raw
 websocket clients (aiohttp's ``ws_connect``).
@@ -16,7 +18,9 @@ websocket clients (aiohttp's ``ws_connect``).
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -25,6 +29,7 @@ import socketio
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 
+from gateway.process import gctune
 from gateway.sockets.guard import SocketGuard
 from gateway.sockets.handlers import ExpiryTimers
 from gateway.sockets.sendqueue import SendQueue
@@ -223,3 +228,29 @@ async def test_expiry_timers_keep_the_live_entries_when_the_heap_is_rebuilt() ->
             await asyncio.sleep(0.02)
     assert fired == ["soon"] and len(timers) == 50
     timers.close()
+
+
+# -- young collections on the clock -----------------------------------------------------------
+
+
+async def test_young_garbage_is_collected_on_the_clock_without_allocation_pressure() -> None:
+    """CPython collects the young generation only when allocations outnumber deallocations;
+    ``young_on_the_clock`` collects it anyway (the threshold is raised here so that CPython's
+    own trigger cannot do it)."""
+
+    class Node:
+        me: object = None
+
+    old = gc.get_threshold()
+    gc.set_threshold(10_000_000, old[1], old[2])
+    try:
+        gctune.young_on_the_clock(asyncio.get_running_loop(), every_s=0.05)
+        gone = asyncio.Event()
+        node = Node()
+        node.me = node  # a cycle: only the collector frees it
+        weakref.finalize(node, gone.set)
+        del node
+        async with asyncio.timeout(5):
+            await gone.wait()
+    finally:
+        gc.set_threshold(*old)
