@@ -11,7 +11,7 @@ event loop and only puts the messages on a queue (no lock, no I/O); a daemon thr
 with Celery's ``EventDispatcher`` over a kombu connection of its own, on the workers' broker
 under their ``global_keyprefix``, where Flower and ``celery events`` listen; as a worker does,
 it sends them in lists (a ``task.multi`` message of up to ``EVENTS_PER_MESSAGE``), which every
-Celery event receiver takes. The thread's cost is about 20 µs of CPU per task. At most
+Celery event receiver takes, gathering for ``GATHER_S`` what queues meanwhile. At most
 ``capacity`` messages wait: beyond that they are dropped and counted (``dropped_full``). When
 the broker does not take an event, the thread drops the batch it holds (``dropped_offline``),
 waits (exponential backoff with jitter, capped) and connects again; the batches queued
@@ -52,6 +52,12 @@ log = logging.getLogger("taskgate.sent_events")
 
 CAPACITY = 10_000
 EVENTS_PER_MESSAGE = 200
+# The thread gathers what is queued for this long before it sends (unless it already has a full
+# message's worth), so that at high submit rates a broker message carries up to
+# EVENTS_PER_MESSAGE events instead of one submit group's few: a publish per group cost the
+# gateway about half its CPU under P1's load (bench/p1_submit.py). Flower sees them this much later.
+GATHER_S = 0.02
+GATHER_MAX = 10 * EVENTS_PER_MESSAGE
 BACKOFF_S = 0.5
 BACKOFF_MAX_S = 30.0
 CLOSE_TIMEOUT_S = 5.0
@@ -169,8 +175,20 @@ class SentEvents:
         dispatcher: Any = None
         failures = 0
         try:
-            while (batch := self._queue.get()) is not None:
-                at, messages = batch
+            stopping = False
+            while not stopping and (batch := self._queue.get()) is not None:
+                items = [(batch[0], m) for m in batch[1]]
+                if len(items) < EVENTS_PER_MESSAGE and not self._stop.is_set():
+                    time.sleep(GATHER_S)
+                while len(items) < GATHER_MAX:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        stopping = True
+                        break
+                    items.extend((more[0], m) for m in more[1])
                 done = 0
                 try:
                     if failures and self._stop.is_set():
@@ -188,9 +206,9 @@ class SentEvents:
                             buffer_group=["task"],
                             buffer_limit=EVENTS_PER_MESSAGE + 1,
                         )
-                    for start in range(0, len(messages), EVENTS_PER_MESSAGE):
-                        part = messages[start : start + EVENTS_PER_MESSAGE]
-                        for message in part:
+                    for start in range(0, len(items), EVENTS_PER_MESSAGE):
+                        part = items[start : start + EVENTS_PER_MESSAGE]
+                        for at, message in part:
                             dispatcher.send("task-sent", **sent_event(message, at))
                         dispatcher.flush(errors=False)
                         done += len(part)
@@ -198,7 +216,7 @@ class SentEvents:
                 except Exception as exc:
                     # Whatever the transport raises: the events are best effort, the thread
                     # must go on.
-                    self.dropped_offline += len(messages) - done
+                    self.dropped_offline += len(items) - done
                     self._log_drop(f"{type(exc).__name__}: {exc}"[:200])
                     _release(connection)
                     connection = dispatcher = None
@@ -207,7 +225,7 @@ class SentEvents:
                     self._stop.wait(random.uniform(top / 2, top))
                 finally:
                     self.sent += done
-                    self._taken += len(messages)
+                    self._taken += len(items)
         finally:
             _release(connection)
 
