@@ -6,37 +6,18 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 
-import pytest
-import redis
-
-from shared.records import SyncRecords, new_record_fields
-from shared.settings import Settings
+from shared.records import SyncRecords
 from shared.status import TaskStatus
 from tests.support import wait_until
+from tests.worker.conftest import running_task
 from worker.heartbeat import Heartbeats
 
 INTERVAL = 0.1
 
 
-@pytest.fixture
-def records(env: dict[str, str]) -> Iterator[SyncRecords]:
-    settings = Settings.from_env(env)
-    assert settings.redis_url is not None
-    client = redis.Redis.from_url(settings.redis_url)
-    try:
-        yield SyncRecords(client, settings.keys, settings.retention_s)
-    finally:
-        client.close()
-
-
 def running(records: SyncRecords) -> str:
-    task_id = str(uuid.uuid4())
-    records.create("beats", new_record_fields(task_id, "demo.count", "fast", time.time()), 0)
-    assert records.transition(task_id, "status", status=TaskStatus.RUNNING).applied
-    return task_id
+    return running_task(records, "beats")
 
 
 def beat_at(records: SyncRecords, task_id: str) -> float:

@@ -8,39 +8,19 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 import orjson
 import pytest
-import redis
 from aiohttp.test_utils import TestClient
 
 from shared.errors import TaskCancelled
-from shared.records import SyncRecords, TransitionCode, new_record_fields
-from shared.settings import Settings
-from shared.status import TaskStatus
+from shared.records import SyncRecords, TransitionCode
 from tests.support import SocketClient, auth
+from tests.worker.conftest import running_task
 from worker.context import Context
 
 Connect = Callable[[str], Awaitable[SocketClient]]
-
-
-@pytest.fixture
-def records(env: dict[str, str]) -> Iterator[SyncRecords]:
-    settings = Settings.from_env(env)
-    assert settings.redis_url is not None
-    client = redis.Redis.from_url(settings.redis_url)
-    try:
-        yield SyncRecords(client, settings.keys, settings.retention_s)
-    finally:
-        client.close()
-
-
-def running_task(records: SyncRecords) -> str:
-    task_id = str(uuid.uuid4())
-    records.create("coalesce", new_record_fields(task_id, "demo.count", "fast", time.time()), 0)
-    assert records.transition(task_id, "status", status=TaskStatus.RUNNING).applied
-    return task_id
 
 
 def snapshot(records: SyncRecords, task_id: str) -> dict[str, object]:
