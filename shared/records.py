@@ -89,8 +89,10 @@ class AnnotateCode(IntEnum):
 
 
 Mode = Literal["status", "progress", "cancel"]
-_APPLIED = (1, 7)  # TransitionCode.APPLIED, CANCELLED_INSTEAD: seq moved, update published
-_DETAIL = (5, 6)  # TransitionCode.LIVE, WORKER_LOST: the 4th reply is a number, not a snapshot
+# Seq moved and an update was published (HeartbeatCode.PUBLISHED is the same number as APPLIED).
+_APPLIED = (TransitionCode.APPLIED, TransitionCode.CANCELLED_INSTEAD)
+# The 4th reply is a number, not a snapshot.
+_DETAIL = (TransitionCode.LIVE, TransitionCode.WORKER_LOST)
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,6 +91,10 @@ class Heartbeats:
                 except RedisError as exc:
                     log.warning("heartbeat of %s failed: %s", task_id, type(exc).__name__)
                     continue
+                except Exception:
+                    # The one thread beats every later run of this process too: it must not end.
+                    log.exception("heartbeat of %s failed", task_id)
+                    continue
                 if result.code in _DONE:
                     self._drop(task_id, run)  # it left RUNNING: nothing to keep alive
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 from shared.records import SyncRecords
 from shared.status import TaskStatus
@@ -69,3 +70,28 @@ def test_a_task_that_left_running_is_dropped_and_a_later_run_is_kept(
     first = beat_at(records, task_id)
     with beats.beating(records, task_id, INTERVAL):
         wait_until(lambda: beat_at(records, task_id) > first, 5)
+
+
+def test_a_beat_that_raises_does_not_end_the_processs_thread(records: SyncRecords) -> None:
+    """The one thread beats every later run of the process: an unexpected error in one beat
+    (here the first beat of a run raises) is logged and the beating goes on."""
+
+    class FailsOnce(SyncRecords):
+        failed = False
+
+        def heartbeat(self, task_id: str) -> Any:
+            if not self.failed:
+                self.failed = True
+                raise RuntimeError("boom")
+            return super().heartbeat(task_id)
+
+    flaky = FailsOnce(records.client, records.keys, records.retention_s)
+    beats = Heartbeats()
+    task_id = running(records)
+    first = beat_at(records, task_id)
+    with beats.beating(flaky, task_id, INTERVAL):
+        wait_until(lambda: flaky.failed and beat_at(records, task_id) > first, 5)
+    later = running(records)
+    start = beat_at(records, later)
+    with beats.beating(records, later, INTERVAL):
+        wait_until(lambda: beat_at(records, later) > start, 5)
