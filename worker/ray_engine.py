@@ -40,6 +40,7 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 
 from shared.errors import RetryRequested, TaskCancelled
+from shared.settings import Settings
 from shared.taskspec import TaskSpec
 from worker.context import Context
 
@@ -133,8 +134,7 @@ def lost_errors(ray: ModuleType) -> tuple[type[BaseException], ...]:
 
 def _task_modules() -> list[str]:
     """The modules the Ray side imports to find the task (``TASKGATE_TASK_MODULES``, as here)."""
-    raw = os.environ.get("TASKGATE_TASK_MODULES", "")
-    return [m.strip() for m in raw.split(",") if m.strip()] or ["worker.demo"]
+    return list(Settings.from_env().task_modules)
 
 
 def _grace() -> float:
@@ -150,14 +150,16 @@ def stop(ray: ModuleType, ref: Any, grace: float) -> None:
         ray.cancel(ref, force=False, recursive=True)
     except Exception as exc:  # already ended, or the cluster is gone
         log.debug("ray.cancel: %s", exc)
-        return
-    ready, _ = ray.wait([ref], timeout=grace)
-    if ready:
-        return
+    ready: list[Any] = []
     try:
-        ray.cancel(ref, force=True, recursive=True)
-    except Exception as exc:
-        log.debug("ray.cancel(force=True): %s", exc)
+        ready, _ = ray.wait([ref], timeout=grace)
+    finally:
+        # Forced also when the wait itself was cut short (a soft time limit during it).
+        if not ready:
+            try:
+                ray.cancel(ref, force=True, recursive=True)
+            except Exception as exc:
+                log.debug("ray.cancel(force=True): %s", exc)
 
 
 _hub: Any = None
@@ -207,6 +209,8 @@ def invoke_ray(spec: TaskSpec, ctx: Context, data: dict[str, Any]) -> Any:
         ended = True
         cause = exc.cause
         if isinstance(cause, lost):
+            if isinstance(cause, ray.exceptions.ActorDiedError):
+                _hub = None  # the body met the dead hub: a new one for the next run
             raise _lost(spec, cause) from exc
         if isinstance(cause, BaseException):
             raise cause from None

@@ -98,6 +98,10 @@ def shared_address() -> str:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not _listening(port):
             if proc.poll() is not None or time.monotonic() > deadline:
+                # Its supervisor stops what it started of the head (SIGTERM), then the error.
+                proc.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(20)
                 raise RuntimeError(f"the local Ray did not start (see {where / 'supervisor.log'})")
             time.sleep(0.1)
         state.write_text(json.dumps({"pid": proc.pid, "port": port}))

@@ -98,6 +98,7 @@ class RayContext:
         hub: Any,
         options: Mapping[str, Any],
         part: Part | None = None,
+        siblings: list[Any] | None = None,
     ) -> None:
         self.task_id: str = info["task_id"]
         self.parent_result: Any = info.get("parent_result")
@@ -111,6 +112,10 @@ class RayContext:
         self._pending: Update | None = None
         self._cancel = False
         self._cancel_checked = time.monotonic()
+        # The first part of a map runs in the body's own worker beside the others (Ray tasks):
+        # each poll also looks at them, so that one lost or failed is seen while this part runs
+        # (at its next progress or cancel check), not only after it.
+        self._siblings = list(siblings or ())
 
     def progress(self, percent: float, message: str | None = None, **data: Any) -> None:
         pct = float(percent)
@@ -139,7 +144,16 @@ class RayContext:
         if not self._cancel and time.monotonic() - self._cancel_checked > _CANCEL_POLL_S:
             self._cancel = bool(ray.get(self._hub.cancelled.remote(self._run)))
             self._cancel_checked = time.monotonic()
+            self._check_siblings()
         return self._cancel
+
+    def _check_siblings(self) -> None:
+        """Raise a sibling part's error (or Ray's, for one whose worker died), if one ended so."""
+        if not self._siblings:
+            return
+        done, self._siblings = ray.wait(self._siblings, num_returns=len(self._siblings), timeout=0)
+        for ref in done:
+            ray.get(ref)
 
     def raise_if_cancelled(self) -> None:
         if self.cancelled:
@@ -180,7 +194,9 @@ class RayContext:
         ]
         waiting = list(refs)
         try:
-            first = run_part(fn, work[0], self._info, self._hub, (number, 0, count), self._options)
+            first = run_part(
+                fn, work[0], self._info, self._hub, (number, 0, count), self._options, refs
+            )
             while waiting:
                 # Blocking (no timeout): Ray lends this task's CPU to the parts meanwhile.
                 ready, waiting = ray.wait(waiting, num_returns=1)
@@ -231,9 +247,11 @@ def run_part(
     hub: Any,
     part: Part,
     options: Mapping[str, Any],
+    siblings: list[Any] | None = None,
 ) -> Any:
-    """The Ray task of one part of a ``map``; reports 100 % when done (the hub counts it)."""
-    ctx = RayContext(info, hub, options, part)
+    """The Ray task of one part of a ``map`` (or the first part, run in the body's own worker,
+    which watches ``siblings``, the others); reports 100 % when done (the hub counts it)."""
+    ctx = RayContext(info, hub, options, part, siblings)
     result = _call(ctx, lambda c: fn(c, item))
     hub.report.remote(info["run"], part, 100.0, None, {})
     return result

@@ -83,7 +83,9 @@ class RayHead:
         deadline = time.monotonic() + 60
         while not _listening(self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ray head did not start:\n{self.log_tail()}")
+                tail = self.log_tail()
+                self.stop()  # started() calls stop() only once start() returned
+                raise RuntimeError(f"ray head did not start:\n{tail}")
             time.sleep(0.1)
         return self
 

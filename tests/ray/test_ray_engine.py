@@ -46,7 +46,8 @@ async def part_pids(pid_dir: Path, count: int = 2, timeout: float = 30) -> list[
     """The pids the parts wrote (tests/ray/ray_tasks.py), once all are there."""
 
     def read() -> list[int]:
-        return [int(p.read_text()) for p in pid_dir.iterdir()]
+        # A part writes ``i.tmp`` and renames it to ``i``: only whole files count.
+        return [int(p.read_text()) for p in sorted(pid_dir.iterdir()) if p.suffix != ".tmp"]
 
     async with asyncio.timeout(timeout):
         while True:
@@ -150,8 +151,10 @@ async def test_a_killed_part_without_a_retry_policy_fails_with_a_clear_error(
     client, task_id = await submit(
         http, sockets, "tray.part_dies", {"seconds": 60, "pid_dir": str(tmp_path)}
     )
-    pids = await part_pids(tmp_path)
-    os.kill(pids[0], signal.SIGKILL)
+    pids = await part_pids(tmp_path)  # by part: files "0" and "1"
+    # Part 1, while part 0 (in the body's own worker) has 60 s to go: the loss is seen at part
+    # 0's next progress call, not after it.
+    os.kill(pids[1], signal.SIGKILL)
     final = await client.wait_terminal(task_id, timeout=30)
     assert final["status"] == "FAILED", final
     assert final["error"]["type"] == "RayWorkerLost", final
