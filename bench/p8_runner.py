@@ -312,11 +312,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("-n", type=int, default=N)
+    parser.add_argument(
+        "--keep-profiles", type=Path, help="copy the raw py-spy files of --profile to this folder"
+    )
     args = parser.parse_args()
     results = Results()
     with tempfile.TemporaryDirectory(prefix="taskgate-p8-") as tmp, redis_server(Path(tmp)) as r:
         pid = r.proc.pid if r.proc is not None else None
         run(results, r.url, Path(tmp), redis_pid=pid, n=args.n, profile=args.profile)
+        if args.keep_profiles is not None and args.profile:
+            import shutil
+
+            args.keep_profiles.mkdir(parents=True, exist_ok=True)
+            for name in ("p8-taskgate.txt", "p8-plain.txt"):
+                shutil.copy(Path(tmp) / name, args.keep_profiles / name)
     print(render_table(results))
     for note in results.notes:
         print(note)

@@ -140,6 +140,16 @@ def _enc(value: Any) -> bytes:
     return orjson.dumps(value)
 
 
+@dataclass(frozen=True)
+class CeleryMeta:
+    """Celery's own result of a task, as its Redis backend stores it: ``transition.lua`` writes
+    it with the task's COMPLETED end (``worker/celery_result.py`` builds it)."""
+
+    key: bytes  # the backend's get_key_for_task(id)
+    value: bytes | str  # the meta, encoded by the backend
+    expires_s: int  # 0: none
+
+
 def transition_call(
     keys: Keys,
     task_id: str,
@@ -152,12 +162,14 @@ def transition_call(
     only_if: Sequence[TaskStatus] = (),
     start: StartGuard | None = None,
     cancel_wins: bool = False,
+    celery_meta: CeleryMeta | None = None,
     fields: dict[str, Any] | None = None,
 ) -> ScriptCall:
     """``transition.lua``'s KEYS and ARGV (see its header). ``start``: a run's start, checked
     and counted in the script (``StartGuard``), so that of two deliveries starting at once only
     one starts the task. ``cancel_wins``: a COMPLETED end that becomes CANCELLED if a cancel was
-    asked (``TransitionCode.CANCELLED_INSTEAD``)."""
+    asked (``TransitionCode.CANCELLED_INSTEAD``). ``celery_meta``: Celery's own result of a
+    COMPLETED end, written with it (``CeleryMeta``)."""
     call = ScriptCall(
         [
             keys.task(task_id),
@@ -178,8 +190,12 @@ def transition_call(
             ",".join(_enc(s.value).decode() for s in only_if),
             repr(time.time()),
             start.arg() if start is not None else ("complete" if cancel_wins else ""),
+            celery_meta.value if celery_meta is not None else "",
+            celery_meta.expires_s if celery_meta is not None else "",
         ],
     )
+    if celery_meta is not None:
+        call.keys.append(celery_meta.key)
     for name, value in (fields or {}).items():
         call.args.append(name)
         call.args.append(_enc(value))

@@ -37,12 +37,18 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared.celery_config import visibility_timeout
 from shared.current_task import running
 from shared.errors import InvalidInput, RetryRequested, TaskCancelled
-from shared.records import StartGuard, SyncRecords, TransitionCode, TransitionResult
+from shared.records import (
+    CeleryMeta,
+    StartGuard,
+    SyncRecords,
+    TransitionCode,
+    TransitionResult,
+)
 from shared.registry import RetryPolicy, TaskSpec
 from shared.send_options import PARENT_HEADER
 from shared.settings import Settings
 from shared.status import TaskStatus
-from worker import webhooks
+from worker import celery_result, webhooks
 from worker.adopt import RECORDED_HEADER, adopt, header, owner_of, queue_of
 from worker.context import Context
 from worker.engines import invoke
@@ -91,13 +97,16 @@ def finish(
     *,
     retry_s: float = FINISH_RETRY_S,
     cancel_wins: bool = False,
+    celery_meta: CeleryMeta | None = None,
     **fields: Any,
 ) -> TransitionResult:
     """Record the terminal status (a no-op if the task already ended); what it did.
 
     Retried through a Redis outage for ``retry_s`` seconds (less in the worker's main process,
     whose event loop must not stall). ``cancel_wins`` (COMPLETED only): if a cancel was asked,
-    the task ends CANCELLED instead (``TransitionCode.CANCELLED_INSTEAD``).
+    the task ends CANCELLED instead (``TransitionCode.CANCELLED_INSTEAD``). ``celery_meta``
+    (COMPLETED only): Celery's own result, written in the same script run
+    (``worker.celery_result``).
     """
     if status is TaskStatus.COMPLETED:
         fields.setdefault("progress", {"percent": 100.0, "message": "completed", "data": {}})
@@ -109,6 +118,7 @@ def finish(
             status=status,
             percent=100.0 if status is TaskStatus.COMPLETED else None,
             cancel_wins=cancel_wins,
+            celery_meta=celery_meta,
             fields=finished,
         ),
         f"recording {status.value} for {task_id}",
@@ -366,12 +376,22 @@ def _run(
         )
         finish(store, task_id, TaskStatus.FAILED, error=_error(too_large))
         raise too_large
-    # A cancel asked while it ran, and not seen by it, wins in the same script run.
+    # A cancel asked while it ran, and not seen by it, wins in the same script run; Celery's own
+    # result goes in that run too where it can (worker.celery_result).
+    same_redis = settings.effective_backend_url == settings.redis_url
+    meta = celery_result.meta_for(task, result, same_redis=same_redis)
     done = finish(
-        store, task_id, TaskStatus.COMPLETED, cancel_wins=True, result=orjson.Fragment(encoded)
+        store,
+        task_id,
+        TaskStatus.COMPLETED,
+        cancel_wins=True,
+        celery_meta=meta,
+        result=orjson.Fragment(encoded),
     )
     if done.code == TransitionCode.CANCELLED_INSTEAD:
         return None
+    if meta is not None and done.applied:
+        celery_result.stored(task)
     return result
 
 

@@ -26,6 +26,8 @@
 -- KEYS[7]  the outbox publish-time indexes' prefix: the queue is read from the record, so its
 --          index is KEYS[7] .. queue (Keys.outbox_times(queue))
 -- KEYS[8]  the outbox started-task indexes' prefix: KEYS[8] .. queue (Keys.outbox_running(queue))
+-- KEYS[9]  (only with ARGV[10]) Celery's own result key of the task (its backend's
+--          get_key_for_task: 'celery-task-meta-<id>')
 --
 -- ARGV[1]  task id (its member name in the sets)
 -- ARGV[2]  retention_s
@@ -47,7 +49,14 @@
 --          count first.
 --          'complete' for a COMPLETED end: if a cancel was asked the task ends CANCELLED
 --          instead (only 'finished_at' of the fields is written), code CANCELLED_INSTEAD.
--- ARGV[10..] field, JSON value, field, JSON value, ...
+-- ARGV[10] Celery's result meta, encoded as its backend encodes it (worker/celery_result.py),
+--          or '': with a COMPLETED end that applied (not CANCELLED_INSTEAD) it is SET on
+--          KEYS[9] (with EX ARGV[11] when that is above 0) and PUBLISHed on KEYS[9], as
+--          celery.backends.redis.RedisBackend._set writes a result; the worker then tells
+--          Celery not to store it again. One script run where Celery's store is a GET and a
+--          SETEX + PUBLISH.
+-- ARGV[11] that result's expiry in seconds ('' or 0: none)
+-- ARGV[12..] field, JSON value, field, JSON value, ...
 --
 -- Returns {code, seq, cancel_flag[, snapshot[, runs started, with a start guard]]}, code
 -- (shared.records.TransitionCode):
@@ -68,6 +77,8 @@ local outbox, strikes, times_prefix, started_prefix = KEYS[5], KEYS[6], KEYS[7],
 local task_id, retention, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local new_status, percent, owner_check = ARGV[4], ARGV[5], ARGV[6]
 local only_if, ended_at, guard = ARGV[7], tonumber(ARGV[8]), ARGV[9]
+local celery_meta, celery_expires = ARGV[10], tonumber(ARGV[11]) or 0
+local FIELDS = 12
 if redis.call('EXISTS', key) == 0 then return {-1, 0, '0'} end
 local cur = redis.call('HMGET', key, 'status', '_owner', '_pct', '_cancel', 'seq')
 local status, owner = cur[1], cur[2]
@@ -113,12 +124,12 @@ if guard == 'complete' and cancel == '1' then
   -- CANCELLED, its result not kept (as a run that saw the cancel ends).
   code = 7
   new_status = '"CANCELLED"'
-  for i = 10, #ARGV, 2 do
+  for i = FIELDS, #ARGV, 2 do
     if ARGV[i] == 'finished_at' then redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
   end
 else
   if mode ~= 'progress' and percent ~= '' then redis.call('HSET', key, '_pct', percent) end
-  for i = 10, #ARGV, 2 do
+  for i = FIELDS, #ARGV, 2 do
     redis.call('HSET', key, ARGV[i], ARGV[i + 1])
   end
 end
@@ -148,6 +159,14 @@ if new_status ~= '' and TERMINAL[new_status] then
     redis.call('ZREM', started_prefix .. queue, task_id)
     if status ~= '"PENDING"' then redis.call('ZREM', times_prefix .. queue, task_id) end
   end
+end
+if code == 1 and new_status == '"COMPLETED"' and celery_meta ~= '' then
+  if celery_expires > 0 then
+    redis.call('SET', KEYS[9], celery_meta, 'EX', celery_expires)
+  else
+    redis.call('SET', KEYS[9], celery_meta)
+  end
+  redis.call('PUBLISH', KEYS[9], celery_meta)
 end
 -- Every record, terminal or not, lives retention seconds after its last change.
 redis.call('EXPIRE', key, retention)

@@ -6,17 +6,22 @@ run). A real gateway, a real worker of their own, real Redis."""
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import redis
+from celery.result import AsyncResult
 
 from shared.settings import Settings
 from tests.support import CeleryWorker, ServerFactory, auth, gateway_apart
+from worker.celery_app import make_celery
 
 MODULES = "worker.demo,tests.faults.tasks_faults"
 LIMIT = 4096
@@ -99,3 +104,64 @@ async def test_a_cancel_asked_while_a_task_runs_wins_over_its_result_when_it_nev
         second = await until(session, url, who, kept, {"COMPLETED", "CANCELLED"})
     assert first["status"] == "CANCELLED" and first["result"] is None, first
     assert second["status"] == "COMPLETED" and second["result"] == {"slept": 1.0}
+
+
+def _monitor(url: str, needle: str, stop: threading.Event, seen: list[str]) -> None:
+    """Every command Redis runs that names ``needle`` (MONITOR), until ``stop``."""
+    client = redis.Redis.from_url(url)
+    try:
+        with client.monitor() as monitor:
+            seen.append("ready")
+            while not stop.is_set():
+                command = monitor.next_command()
+                text = str(command.get("command", ""))
+                if needle in text:
+                    seen.append(f"{command.get('client_type', '')} {text}")
+    finally:
+        client.close()
+
+
+async def test_celery_s_own_result_is_written_once_with_the_completed_end(
+    apart: tuple[Settings, str],
+) -> None:
+    """The records and the result backend on one Redis: the COMPLETED end writes Celery's result
+    in its own script run (a SET with the backend's expiry and a PUBLISH, nothing from the pool
+    process after it), and ``AsyncResult.get`` waiting meanwhile gets it, as Celery wrote it."""
+    settings, url = apart
+    who = f"meta-{uuid.uuid4().hex[:6]}"
+    app = make_celery(settings)
+    stop, seen = threading.Event(), []
+    async with aiohttp.ClientSession() as session:
+        task_id = await submit(
+            session, url, who, {"task": "faults.deaf", "input": {"seconds": 0.5}}
+        )
+        key = f"celery-task-meta-{task_id}"
+        watcher = threading.Thread(target=_monitor, args=(str(settings.redis_url), key, stop, seen))
+        watcher.start()
+        try:
+            got = await asyncio.to_thread(AsyncResult(task_id, app=app).get, timeout=20)
+            snap = await until(session, url, who, task_id, {"COMPLETED"})
+            await asyncio.sleep(0.3)  # what Celery would write after the script
+        finally:
+            stop.set()
+            redis.Redis.from_url(str(settings.redis_url)).ping()  # wakes the monitor
+            await asyncio.to_thread(watcher.join, 10)
+    assert got == {"slept": 0.5} == snap["result"]
+    lines = [line.split(" ") for line in seen if line != "ready"]
+    writes = [" ".join(w) for w in lines if w[1] in ("SET", "SETEX", "PUBLISH")]
+    # From the script only (Celery's own store would be a SETEX and a PUBLISH from the pool).
+    assert [w.split(" ")[:2] for w in writes] == [["lua", "SET"], ["lua", "PUBLISH"]], seen
+    assert " EX " in writes[0], writes
+    client = redis.Redis.from_url(str(settings.redis_url))
+    try:
+        (stored,) = list(client.scan_iter(f"*{key}"))  # the backend's key prefix before it
+        raw = client.get(stored)
+        ttl = client.ttl(stored)
+    finally:
+        client.close()
+    assert raw is not None and 0 < ttl <= settings.retention_s
+    meta = json.loads(raw)
+    assert meta["status"] == "SUCCESS" and meta["result"] == {"slept": 0.5}, meta
+    assert meta["task_id"] == task_id and meta["traceback"] is None and meta["children"] == []
+    assert datetime.fromisoformat(meta["date_done"]).tzinfo is not None
+    app.close()
