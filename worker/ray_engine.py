@@ -11,7 +11,9 @@ What the runner (worker/runner.py) sees is the same as for a body run in process
 
 - progress: every update the Ray side yields (``worker.ray_side``) goes through this run's own
   ``ctx.progress``, so seq, the monotonic percent, coalescing and the cancel check are the
-  runner's;
+  runner's. The driver takes them from the hub with a bounded wait: a hub that does not answer
+  is no update (cancel and time limits are still honoured), and one silent for
+  ``HUB_LOST_S`` is replaced for the next run;
 - cancel: ``ctx.progress`` or a poll of ``ctx.cancelled`` raises ``TaskCancelled``; the Ray
   work is cancelled (``ray.cancel``, which the body sees as its own ``ctx.progress`` raising),
   forced after ``TASKGATE_RAY_CANCEL_GRACE_S``, and the task ends CANCELLED;
@@ -33,6 +35,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import uuid
 from types import ModuleType
 from typing import Any
@@ -51,6 +54,10 @@ GRACE_ENV = "TASKGATE_RAY_CANCEL_GRACE_S"
 DEFAULT_GRACE_S = 2.0
 # How long the driver waits for the next update before it looks at the cancel flag again.
 POLL_S = 0.1
+# How long one poll waits for the hub's answer (unanswered: no update this poll), and after how
+# long without an answer the hub counts as lost (the next run makes a new one).
+HUB_TIMEOUT_S = 1.0
+HUB_LOST_S = 30.0
 
 _connect_lock = threading.Lock()
 _connected: str | None = None
@@ -175,9 +182,54 @@ def progress_hub(ray: ModuleType) -> Any:
     return _hub
 
 
+def _drop_hub(hub: Any) -> None:
+    """``hub`` is dead or lost: the next run makes a new one. The runs that have it keep it
+    until they end; the actor goes (Ray's reference counting) once no handle is left."""
+    global _hub
+    if _hub is hub:
+        _hub = None
+
+
+class _HubPoll:
+    """The driver's polls of the hub for one run, at most one in flight. A new poll waits up to
+    ``HUB_TIMEOUT_S`` for the answer, one still unanswered is only looked at; no answer is no
+    update this time. No answer for ``HUB_LOST_S``: the hub is lost (``_drop_hub``) and this run
+    goes on without its progress (cancel and time limits do not need the hub)."""
+
+    def __init__(self, ray: ModuleType, hub: Any, run: str) -> None:
+        self._ray = ray
+        self._hub = hub
+        self._run = run
+        self._asked: Any = None
+        self._answered = time.monotonic()
+        self.lost = False
+
+    def take(self) -> Any:
+        wait = 0.0
+        if self._asked is None:
+            self._asked = self._hub.take.remote(self._run)
+            wait = HUB_TIMEOUT_S
+        try:
+            update = self._ray.get(self._asked, timeout=wait)
+        except self._ray.exceptions.GetTimeoutError:
+            silent = time.monotonic() - self._answered
+            if not self.lost and silent > HUB_LOST_S:
+                self.lost = True
+                log.warning(
+                    "the Ray progress hub has not answered for %.0f s: a new one for the next "
+                    "run; run %s goes on without progress updates",
+                    silent,
+                    self._run,
+                )
+                _drop_hub(self._hub)
+            return None
+        self._asked = None
+        self._answered = time.monotonic()
+        return update
+
+
 def invoke_ray(spec: TaskSpec, ctx: Context, data: dict[str, Any]) -> Any:
     """Run ``spec``'s body on Ray as ``ctx``'s run; its result (or its error, raised here)."""
-    global _hub
     ray = connect()
     from worker import ray_side
 
@@ -194,11 +246,12 @@ def invoke_ray(spec: TaskSpec, ctx: Context, data: dict[str, Any]) -> Any:
     options = dict(spec.ray_options)
     remote = ray_side.body_remote.options(**options, name=spec.name)
     ref = remote.remote(spec.name, _task_modules(), data, info, hub, options)
+    poll = _HubPoll(ray, hub, run)
     ended = False
     try:
         while True:
             ready, _ = ray.wait([ref], timeout=POLL_S)
-            update = ray.get(hub.take.remote(run))
+            update = poll.take()
             if update is not None:
                 ctx.progress(update[0], update[1], **update[2])
             if ready:
@@ -210,7 +263,7 @@ def invoke_ray(spec: TaskSpec, ctx: Context, data: dict[str, Any]) -> Any:
         cause = exc.cause
         if isinstance(cause, lost):
             if isinstance(cause, ray.exceptions.ActorDiedError):
-                _hub = None  # the body met the dead hub: a new one for the next run
+                _drop_hub(hub)  # the body met the dead hub: a new one for the next run
             raise _lost(spec, cause) from exc
         if isinstance(cause, BaseException):
             raise cause from None
@@ -224,7 +277,7 @@ def invoke_ray(spec: TaskSpec, ctx: Context, data: dict[str, Any]) -> Any:
         raise
     except lost as exc:
         if isinstance(exc, ray.exceptions.ActorDiedError):
-            _hub = None  # the hub's own process died: a new one for the next run
+            _drop_hub(hub)  # the hub's own process died: a new one for the next run
         raise _lost(spec, exc) from exc
     finally:
         if not ended:

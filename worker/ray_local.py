@@ -4,10 +4,11 @@ shared by all its pool processes, started by the first that runs a Ray task.
 ``ray.init()`` with no address would start a cluster inside each pool process (and stop it with
 that process). Instead the first pool process, under a file lock, starts
 ``python -m worker.ray_local <worker pid> <port> <cpus> <dir>``: a small supervisor running
-``ray start --head --block`` on 127.0.0.1 with its own temporary directory, and stopping it
-(every Ray process of that head) once the Celery worker's main process is gone. The lock's
-folder keeps the head's address; the other pool processes find it there and connect to it.
-``TASKGATE_RAY_LOCAL_CPUS`` sets the local head's CPUs (default: this machine's).
+``ray start --head --block`` on 127.0.0.1 with its own temporary directory (in a process group
+of its own), and stopping it (every Ray process of that head) once the Celery worker's main
+process is gone, then exiting. The lock's folder keeps the head's address; the other pool
+processes find it there and connect to it. ``TASKGATE_RAY_LOCAL_CPUS`` sets the local head's
+CPUs (default: this machine's).
 
 The folder is ``$TMPDIR/taskgate-ray-<uid>/<worker pid>``.
 """
@@ -24,13 +25,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import IO
 
 # Ray's nodes then name themselves 127.0.0.1 (Ray picks the machine's outward address
 # otherwise); set in the pool process before ``ray`` is imported, and for the head.
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 CPUS_ENV = "TASKGATE_RAY_LOCAL_CPUS"
 START_TIMEOUT_S = 60.0
+# How long a head has to stop its processes after SIGTERM before its group is killed.
+STOP_GRACE_S = 15.0
 
 
 def _owner_pid() -> int:
@@ -50,7 +55,7 @@ def folder(owner: int | None = None) -> Path:
     return root / str(owner if owner is not None else _owner_pid())
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -60,17 +65,67 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _listening(port: int) -> bool:
+def listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port``."""
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
         return True
     return False
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait until 127.0.0.1:``port`` listens (True), or ``proc`` exits or ``timeout`` passes
+    (False)."""
+    deadline = time.monotonic() + timeout
+    while not listening(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def start_head(
+    port: int,
+    cpus: int | str,
+    temp_dir: Path,
+    env: Mapping[str, str] | None = None,
+    stdout: IO[bytes] | None = None,
+) -> subprocess.Popen[bytes]:
+    """``ray start --head --block`` on 127.0.0.1:``port``, no dashboard, Ray's files under
+    ``temp_dir`` (short: Ray's Unix sockets live under it), in a process group of its own
+    (which ``stop_head`` ends). ``env`` defaults to this process's; output to ``stdout`` (with
+    stderr), else inherited."""
+    argv = [
+        sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+        "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", str(cpus),
+        "--include-dashboard=false", "--disable-usage-stats", "--temp-dir", str(temp_dir),
+    ]  # fmt: skip
+    return subprocess.Popen(
+        argv,
+        env={**(os.environ if env is None else env), **LOOPBACK_ENV},
+        stdout=stdout,
+        stderr=subprocess.STDOUT if stdout is not None else None,
+        start_new_session=True,
+    )
+
+
+def stop_head(head: subprocess.Popen[bytes], grace: float = STOP_GRACE_S) -> None:
+    """Stop a head from ``start_head``: SIGTERM (``ray start --block`` then stops the head's
+    processes), up to ``grace`` seconds, then SIGKILL to whatever is left of its group."""
+    if head.poll() is None:
+        head.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            head.wait(grace)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(head.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        head.wait(5)
 
 
 def shared_address() -> str:
@@ -84,9 +139,9 @@ def shared_address() -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if state.exists():
             known = json.loads(state.read_text())
-            if _alive(known["pid"]) and _listening(known["port"]):
+            if alive(known["pid"]) and listening(known["port"]):
                 return f"127.0.0.1:{known['port']}"
-        port = _free_port()
+        port = free_port()
         cpus = os.environ.get(CPUS_ENV, "").strip() or str(os.cpu_count() or 1)
         log = open(where / "supervisor.log", "ab")  # noqa: SIM115
         proc = subprocess.Popen(
@@ -95,46 +150,32 @@ def shared_address() -> str:
             env={**os.environ, **LOOPBACK_ENV},
         )  # fmt: skip
         log.close()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _listening(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                # Its supervisor stops what it started of the head (SIGTERM), then the error.
-                proc.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(20)
-                raise RuntimeError(f"the local Ray did not start (see {where / 'supervisor.log'})")
-            time.sleep(0.1)
+        if not wait_listening(port, proc, START_TIMEOUT_S):
+            # Its supervisor stops what it started of the head (SIGTERM), then the error.
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(20)
+            raise RuntimeError(f"the local Ray did not start (see {where / 'supervisor.log'})")
         state.write_text(json.dumps({"pid": proc.pid, "port": port}))
         return f"127.0.0.1:{port}"
 
 
 def supervise(owner: int, port: int, cpus: str, where: Path) -> int:
-    """Run the head until ``owner`` (the Celery worker) is gone, or this is asked to stop."""
-    argv = [
-        sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
-        "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", cpus,
-        "--include-dashboard=false", "--disable-usage-stats",
-        "--temp-dir", str(where / "ray"),
-    ]  # fmt: skip
-    head = subprocess.Popen(argv, env={**os.environ, **LOOPBACK_ENV})
+    """Run the head until ``owner`` (the Celery worker) is gone, or this is asked to stop;
+    then stop the head (all its processes) and return 0."""
     stopping = False
 
     def on_term(*_: object) -> None:
         nonlocal stopping
         stopping = True
 
+    # Before the head starts: a stop asked meanwhile still stops it.
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    while not stopping and _alive(owner) and head.poll() is None:
+    head = start_head(port, cpus, where / "ray")
+    while not stopping and alive(owner) and head.poll() is None:
         time.sleep(0.5)
-    if head.poll() is None:
-        head.send_signal(signal.SIGTERM)  # ``ray start --block`` stops the head's processes
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            head.wait(15)
-    # Whatever is left of the head (it shares this process group) goes too.
-    with contextlib.suppress(ProcessLookupError):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        os.killpg(os.getpgid(0), signal.SIGKILL)
+    stop_head(head)
     return 0
 
 

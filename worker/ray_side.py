@@ -8,6 +8,8 @@ process keeps for all its Ray tasks: ``ctx.progress`` sends it an update at most
 the Celery side takes the latest from it while it waits, turning each into its own
 ``ctx.progress`` (worker/context.py: seq, monotonic percent, coalescing, cancel). So Ray adds
 no second way of writing the record, and nothing here needs Redis.
+The hub's per-run state is bounded (runs untouched for long, and the oldest beyond a cap, are
+forgotten), and a cancel check that the hub does not answer in time is "not cancelled yet".
 
 ``ctx.map(fn, items)`` runs ``fn(part_ctx, item)`` as one Ray task per item (``run_part``),
 the first in the body's own Ray task while the others run;
@@ -32,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import ray
-from ray.exceptions import RayTaskError
+from ray.exceptions import GetTimeoutError, RayTaskError
 
 from shared.errors import RetryRequested, TaskCancelled
 from shared.registry import get_task, load_task_modules
@@ -41,6 +43,12 @@ from shared.registry import get_task, load_task_modules
 PROGRESS_INTERVAL_S = 0.05
 # How stale ``ctx.cancelled`` may be (it asks the hub).
 _CANCEL_POLL_S = 0.25
+# How long a cancel check waits for the hub's answer. Unanswered, the task is not cancelled yet
+# (``ray.cancel`` reaches it anyway), and later checks do not wait again until the hub answers.
+_CANCEL_TIMEOUT_S = 1.0
+# The hub forgets a run untouched this long, and keeps at most this many runs.
+HUB_RUN_MAX_AGE_S = 600.0
+HUB_MAX_RUNS = 10_000
 # (map number, part index, parts): which part of which map of the body an update is from.
 Part = tuple[int, int, int]
 Update = tuple[float, str | None, dict[str, Any]]
@@ -48,14 +56,43 @@ Update = tuple[float, str | None, dict[str, Any]]
 
 class ProgressHub:
     """Holds the latest progress of each run (body and map parts) until the Celery side takes
-    it, and the runs' cancel flags. One per Celery pool process (its driver)."""
+    it, and the runs' cancel flags. One per Celery pool process (its driver).
 
-    def __init__(self) -> None:
+    Every call touches its run; a run not touched for ``max_age_s`` (its driver died before
+    ``forget``, or a part reported after it) is forgotten at the next call, and of more than
+    ``max_runs`` runs the least recently touched go. A live run is touched all along: its
+    driver polls ``take`` every few tenths of a second."""
+
+    def __init__(self, max_age_s: float = HUB_RUN_MAX_AGE_S, max_runs: int = HUB_MAX_RUNS) -> None:
+        self._max_age_s = max_age_s
+        self._max_runs = max(1, max_runs)
         self._latest: dict[str, Update] = {}
         self._parts: dict[str, dict[int, list[float]]] = {}
         self._cancelled: set[str] = set()
+        # Each run's last touch (monotonic), least recently touched first.
+        self._touched: dict[str, float] = {}
+
+    def _touch(self, run: str) -> None:
+        self._touched.pop(run, None)
+        self._touched[run] = time.monotonic()
+        self._sweep()
+
+    def _sweep(self) -> None:
+        cutoff = time.monotonic() - self._max_age_s
+        while self._touched:
+            run, at = next(iter(self._touched.items()))
+            if at >= cutoff and len(self._touched) <= self._max_runs:
+                return
+            self._drop(run)
+
+    def _drop(self, run: str) -> None:
+        self._touched.pop(run, None)
+        self._latest.pop(run, None)
+        self._parts.pop(run, None)
+        self._cancelled.discard(run)
 
     def report(self, run: str, part: Part | None, pct: float, message: Any, data: Any) -> None:
+        self._touch(run)
         if part is None:
             self._latest[run] = (pct, message, data)
             return
@@ -70,18 +107,25 @@ class ProgressHub:
         )
 
     def take(self, run: str) -> Update | None:
+        self._touch(run)
         return self._latest.pop(run, None)
 
     def cancel(self, run: str) -> None:
+        self._touch(run)
         self._cancelled.add(run)
 
     def cancelled(self, run: str) -> bool:
+        self._touch(run)
         return run in self._cancelled
 
     def forget(self, run: str) -> None:
-        self._latest.pop(run, None)
-        self._parts.pop(run, None)
-        self._cancelled.discard(run)
+        self._drop(run)
+        self._sweep()
+
+    def runs(self) -> list[str]:
+        """The runs held, least recently touched first (to look at the hub)."""
+        self._sweep()
+        return list(self._touched)
 
 
 class RayContext:
@@ -112,6 +156,7 @@ class RayContext:
         self._pending: Update | None = None
         self._cancel = False
         self._cancel_checked = time.monotonic()
+        self._cancel_ask: Any = None  # a cancel check the hub has not answered yet
         # The first part of a map runs in the body's own worker beside the others (Ray tasks):
         # each poll also looks at them, so that one lost or failed is seen while this part runs
         # (at its next progress or cancel check), not only after it.
@@ -142,10 +187,25 @@ class RayContext:
     @property
     def cancelled(self) -> bool:
         if not self._cancel and time.monotonic() - self._cancel_checked > _CANCEL_POLL_S:
-            self._cancel = bool(ray.get(self._hub.cancelled.remote(self._run)))
+            self._cancel = self._ask_cancelled()
             self._cancel_checked = time.monotonic()
             self._check_siblings()
         return self._cancel
+
+    def _ask_cancelled(self) -> bool:
+        """The hub's cancel flag of this run; False while the hub does not answer (a slow or
+        hung hub): at most ``_CANCEL_TIMEOUT_S`` for a new question, not at all for one still
+        unanswered (asked again, it is one question in flight, not one more each time)."""
+        wait = 0.0
+        if self._cancel_ask is None:
+            self._cancel_ask = self._hub.cancelled.remote(self._run)
+            wait = _CANCEL_TIMEOUT_S
+        try:
+            answer = ray.get(self._cancel_ask, timeout=wait)
+        except GetTimeoutError:
+            return False
+        self._cancel_ask = None
+        return bool(answer)
 
     def _check_siblings(self) -> None:
         """Raise a sibling part's error (or Ray's, for one whose worker died), if one ended so."""

@@ -1,5 +1,6 @@
 """Fixtures of the Ray tests: a real local Ray head per test module (``ray start --head`` on
-127.0.0.1 with 2 CPUs, no dashboard, a temporary directory of its own, stopped by its PID), a
+127.0.0.1 with 2 CPUs, no dashboard, a temporary directory of its own, started and stopped by
+worker/ray_local.py's ``start_head`` and ``stop_head``), a
 real Celery worker pointed at it with ``TASKGATE_RAY_ADDRESS``, and this test process as one
 more Ray driver, to read the cluster's free CPUs.
 
@@ -11,12 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,40 +25,23 @@ from typing import Any
 import pytest
 
 from tests.support import CeleryWorker, RedisServer, base_env, started
+from worker import ray_local
 
 # Ray's nodes name themselves 127.0.0.1 with this (else the machine's outward address); it must
 # be set before ``ray`` is imported, here and in every process of the test.
-LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+LOOPBACK = ray_local.LOOPBACK_ENV
 RAY_TASKS = "worker.demo,tests.ray.ray_tasks"
 os.environ.update(LOOPBACK)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _listening(port: int) -> bool:
-    import socket
-
-    try:
-        socket.create_connection(("127.0.0.1", port), 0.5).close()
-    except OSError:
-        return False
-    return True
-
-
 class RayHead:
-    """``ray start --head --block`` in its own process group; ``stop`` ends that group."""
+    """The head ``worker.ray_local`` starts and stops (``start_head``, ``stop_head``), with its
+    output in ``head.log`` of a temporary directory of its own, removed when it stops."""
 
     def __init__(self, env: dict[str, str], cpus: int = 2) -> None:
-        self.env = {**env, **LOOPBACK}
+        self.env = env
         self.cpus = cpus
-        self.port = _free_port()
+        self.port = ray_local.free_port()
         # Short: Ray's Unix sockets live under it (107 bytes at most).
         self.dir = Path(tempfile.mkdtemp(prefix="tgray-", dir="/tmp"))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -69,24 +51,14 @@ class RayHead:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> RayHead:
-        argv = [
-            sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
-            "--node-ip-address", "127.0.0.1", "--port", str(self.port),
-            "--num-cpus", str(self.cpus), "--include-dashboard=false", "--disable-usage-stats",
-            "--temp-dir", str(self.dir / "ray"),
-        ]  # fmt: skip
-        log = open(self.dir / "head.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()
-        deadline = time.monotonic() + 60
-        while not _listening(self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                tail = self.log_tail()
-                self.stop()  # started() calls stop() only once start() returned
-                raise RuntimeError(f"ray head did not start:\n{tail}")
-            time.sleep(0.1)
+        with open(self.dir / "head.log", "ab") as log:
+            self.proc = ray_local.start_head(
+                self.port, self.cpus, self.dir / "ray", env=self.env, stdout=log
+            )
+        if not ray_local.wait_listening(self.port, self.proc, ray_local.START_TIMEOUT_S):
+            tail = self.log_tail()
+            self.stop()  # started() calls stop() only once start() returned
+            raise RuntimeError(f"ray head did not start:\n{tail}")
         return self
 
     def log_tail(self) -> str:
@@ -95,12 +67,7 @@ class RayHead:
     def stop(self) -> None:
         if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGTERM)  # ``--block`` stops the head's processes
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(15)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # whatever of its group is left
-        self.proc.wait(5)
+        ray_local.stop_head(self.proc)
         self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -145,3 +112,41 @@ def ray_driver(ray_head: RayHead) -> Iterator[ModuleType]:
 
 def free_cpus(ray: Any) -> float:
     return float(ray.available_resources().get("CPU", 0.0))
+
+
+# The first lines of a Ray process's log: ``[2026-01-01 10:00:00,000 I <pid> <tid>] (gcs_server)``
+_LOG_PID = re.compile(rb"^\[[^\]]* [A-Z] (\d+) \d+\] \((\w+)\)", re.MULTILINE)
+
+
+def head_processes(temp_dir: Path) -> dict[str, int]:
+    """The pids of a head's GCS server and raylet, as Ray wrote them in its session's logs
+    under ``temp_dir`` (``--temp-dir``); empty for one that has not written them yet."""
+    found: dict[str, int] = {}
+    for name in ("gcs_server", "raylet"):
+        for log in sorted(temp_dir.glob(f"session_*/logs/{name}.out")):
+            with open(log, "rb") as f:
+                match = _LOG_PID.search(f.read(4096))
+            if match and match.group(2).decode() == name:
+                found[name] = int(match.group(1))
+    return found
+
+
+def runs_as(pid: int, name: str) -> bool:
+    """Whether ``pid`` is alive and is still that Ray process (not a pid used again)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return name.encode() in f.read()
+    except OSError:
+        return False
+
+
+def processes_under(temp_dir: Path) -> list[int]:
+    """The processes whose command line names ``temp_dir`` (a head's GCS server, raylet,
+    monitors and agents all do)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if str(temp_dir).encode() in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+    return found

@@ -108,3 +108,10 @@ def where(ctx: TaskContext, out: str, hold: float) -> None:
     with open(out + ".tmp", "w") as f:
         json.dump({"gcs": runtime.gcs_address, "job": runtime.get_job_id()}, f)
     os.replace(out + ".tmp", out)
+
+
+@task("tray.waits", queue="fast", schema=WaitInput, engine="ray")
+def waits(ctx: TaskContext, seconds: float, pid_dir: str | None) -> dict[str, Any]:
+    """Reports progress (and so checks its cancel) every 0.1 s for ``seconds``."""
+    _wait(ctx, seconds)
+    return {"waited": seconds}

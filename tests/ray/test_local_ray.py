@@ -1,11 +1,17 @@
 """With ``TASKGATE_RAY_ADDRESS`` unset, a worker's pool processes share ONE local Ray, started
-by the first Ray task (worker/ray_local.py), and it goes when the worker goes."""
+by the first Ray task (worker/ray_local.py), and it goes when the worker goes: its supervisor
+and the head's own processes (GCS server, raylet, ...), and its port."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -15,20 +21,37 @@ import pytest
 pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'taskgate[ray]')")
 
 from shared.settings import Settings
-from tests.ray.conftest import LOOPBACK, RAY_TASKS
-from tests.support import CeleryWorker, RedisServer, base_env, wait_until
+from tests.ray.conftest import LOOPBACK, RAY_TASKS, head_processes, processes_under, runs_as
+from tests.support import ROOT, CeleryWorker, RedisServer, base_env, wait_until
 from worker.celery_app import make_celery
-from worker.ray_local import folder
+from worker.ray_local import START_TIMEOUT_S, alive, folder, free_port, listening, wait_listening
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def running_head(temp_dir: Path) -> dict[str, int]:
+    """The GCS server's and the raylet's pids of a head that runs (both alive)."""
+    wait_until(lambda: len(head_processes(temp_dir)) == 2, timeout=20, step=0.2)
+    pids = head_processes(temp_dir)
+    assert all(runs_as(pid, name) for name, pid in pids.items()), pids
+    assert processes_under(temp_dir), "no process of the head names its temp dir"
+    return pids
+
+
+def assert_head_gone(temp_dir: Path, port: int, pids: dict[str, int], timeout: float) -> None:
+    """Within ``timeout``: nothing listens on the head's port, its GCS server and raylet are
+    gone, and no process names its temp dir."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = [n for n, pid in pids.items() if runs_as(pid, n)] + processes_under(temp_dir)
+        if not left and not listening(port):
+            return
+        time.sleep(0.2)
+    left_now = {n: pid for n, pid in pids.items() if runs_as(pid, n)}
+    raise AssertionError(
+        f"the head outlived its stop: port {port} listening={listening(port)}, "
+        f"{left_now} alive, {processes_under(temp_dir)} name {temp_dir}"
+    )
 
 
 def test_two_pool_processes_share_one_local_ray_that_stops_with_the_worker(
@@ -55,12 +78,43 @@ def test_two_pool_processes_share_one_local_ray_that_stops_with_the_worker(
         assert worker.proc is not None
         worker_pid = worker.proc.pid
         head = json.loads((folder(worker_pid) / "head.json").read_text())
-        assert _alive(head["pid"])
+        assert alive(head["pid"])
+        assert f"127.0.0.1:{head['port']}" == seen[0]["gcs"], (head, seen)
+        temp_dir = folder(worker_pid) / "ray"
+        pids = running_head(temp_dir)
     finally:
         worker.stop()
-    # The local Ray's supervisor stops the head once the worker's main process is gone.
+    # The local Ray's supervisor stops the head once the worker's main process is gone, then
+    # exits; nothing of the head is left.
     deadline = time.monotonic() + 30
-    while _alive(head["pid"]) and time.monotonic() < deadline:
+    while alive(head["pid"]) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _alive(head["pid"]), "the local Ray outlived its worker"
+    assert not alive(head["pid"]), "the local Ray's supervisor outlived its worker"
+    assert_head_gone(temp_dir, head["port"], pids, timeout=10)
     shutil.rmtree(folder(worker_pid), ignore_errors=True)
+
+
+def test_the_supervisor_asked_to_stop_stops_its_head_and_exits_0(tmp_path: Path) -> None:
+    # Short: Ray's Unix sockets live under it.
+    where = Path(tempfile.mkdtemp(prefix="tgsup-", dir="/tmp"))
+    port = free_port()
+    argv = [sys.executable, "-m", "worker.ray_local", str(os.getpid()), str(port), "1", str(where)]
+    with open(tmp_path / "supervisor.log", "ab") as log:
+        sup = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+            env={**os.environ, **LOOPBACK},
+        )  # fmt: skip
+    try:
+        assert wait_listening(port, sup, START_TIMEOUT_S), (tmp_path / "supervisor.log").read_text()
+        pids = running_head(where / "ray")
+        sup.send_signal(signal.SIGTERM)
+        assert sup.wait(30) == 0, (tmp_path / "supervisor.log").read_text()[-3000:]
+        assert_head_gone(where / "ray", port, pids, timeout=5)
+    finally:
+        if sup.poll() is None:
+            os.killpg(sup.pid, signal.SIGKILL)
+            sup.wait(5)
+        for pid in processes_under(where / "ray"):  # a head left by a failed test
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(where, ignore_errors=True)
