@@ -7,6 +7,16 @@ pings) or ``raw`` (a plain websocket server sending the same ``42["task",{...}]`
 
 Lag is ``time.time()`` at receipt minus ``progress.data.t`` that the publisher stamped into the
 update; publishers and clients share the machine's clock.
+
+``received`` counts, and ``lags`` time, only the publishers' updates: ``task`` events with a
+stamp that are not the gateway's own news of a record. The gateway also sends ``task`` events
+that no publisher sent: the snapshots a socket gets on connect, and the stall watch's mark
+(``"stalled": true``, seq bumped, ``gateway/tasks/stalls.py``) on a bench task that no worker
+beats for, which carries the stamp of the task's previous update, so its "lag" would be the age
+of that update (up to a round of the publishers over every task: 10 s at 10,000 tasks and
+1,000/s). Those are counted apart: ``unstamped`` and ``stalled``. ``stale_seq`` counts events
+whose ``seq`` was not above the last one this connection got of that task (duplicates, or an
+older after a newer), which the gateway promises never to send (``gateway/live/ledger.py``).
 """
 
 from __future__ import annotations
@@ -42,6 +52,9 @@ class ClientSpec:
 @dataclass
 class Counters:
     received: int = 0
+    unstamped: int = 0
+    stalled: int = 0
+    stale_seq: int = 0
     heartbeats: int = 0
     pings: int = 0
     disconnects: int = 0
@@ -62,6 +75,8 @@ class Swarm:
         self.sockets: list[aiohttp.ClientWebSocketResponse] = []
         self.session: aiohttp.ClientSession | None = None
         self.watch_running = False
+        # (connection, task id) -> the last seq it was sent; kept across windows.
+        self.last_seq: dict[tuple[int, str], int] = {}
 
     async def open(self) -> None:
         local = (self.spec.local_addr, 0) if self.spec.local_addr else None
@@ -142,9 +157,20 @@ class Swarm:
                 now = wall()
                 event, payload = loads(data[2:])[:2]
                 if event == "task":
-                    c.received += 1
+                    key = (idx, payload.get("task_id"))
+                    seq = payload.get("seq")
+                    if isinstance(seq, int):
+                        if seq <= self.last_seq.get(key, -1):
+                            c.stale_seq += 1
+                        else:
+                            self.last_seq[key] = seq
                     t = ((payload.get("progress") or {}).get("data") or {}).get("t")
-                    if t is not None:
+                    if payload.get("stalled") is True:
+                        c.stalled += 1
+                    elif t is None:
+                        c.unstamped += 1
+                    else:
+                        c.received += 1
                         c.lags.append(now - t)
                     if (
                         self.watch_running
@@ -166,6 +192,9 @@ class Swarm:
         c = self.counters
         return {
             "received": c.received,
+            "unstamped": c.unstamped,
+            "stalled": c.stalled,
+            "stale_seq": c.stale_seq,
             "heartbeats": c.heartbeats,
             "pings": c.pings,
             "disconnects": c.disconnects,
@@ -294,6 +323,9 @@ class ClientPool:
             first.update(p["first_running"])
         return {
             "received": sum(p["received"] for p in parts),
+            "unstamped": sum(p["unstamped"] for p in parts),
+            "stalled": sum(p["stalled"] for p in parts),
+            "stale_seq": sum(p["stale_seq"] for p in parts),
             "heartbeats": sum(p["heartbeats"] for p in parts),
             "pings": sum(p["pings"] for p in parts),
             "disconnects": sum(p["disconnects"] for p in parts),

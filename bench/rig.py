@@ -43,6 +43,11 @@ from gateway.cli.embedded import free_port
 CLIENT_MODE = {"gateway": "sio", "psio": "sio", "bare": "raw"}
 
 
+# TASKGATE_TASK_HEARTBEAT_S for a rig's gateway (its highest): the stall watch's first round is
+# an hour after start, since the rig's simulated workers publish progress but never beat.
+STALL_WATCH_S = "3600"
+
+
 class Rig:
     def __init__(
         self,
