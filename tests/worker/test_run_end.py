@@ -106,12 +106,15 @@ async def test_a_cancel_asked_while_a_task_runs_wins_over_its_result_when_it_nev
     assert second["status"] == "COMPLETED" and second["result"] == {"slept": 1.0}
 
 
-def _monitor(url: str, needle: str, stop: threading.Event, seen: list[str]) -> None:
-    """Every command Redis runs that names ``needle`` (MONITOR), until ``stop``."""
+def _monitor(
+    url: str, needle: str, ready: threading.Event, stop: threading.Event, seen: list[str]
+) -> None:
+    """Every command Redis runs that names ``needle`` (MONITOR; ``ready`` once it watches),
+    until ``stop``."""
     client = redis.Redis.from_url(url)
     try:
         with client.monitor() as monitor:
-            seen.append("ready")
+            ready.set()
             while not stop.is_set():
                 command = monitor.next_command()
                 text = str(command.get("command", ""))
@@ -130,24 +133,34 @@ async def test_celery_s_own_result_is_written_once_with_the_completed_end(
     settings, url = apart
     who = f"meta-{uuid.uuid4().hex[:6]}"
     app = make_celery(settings)
-    stop, seen = threading.Event(), []
-    async with aiohttp.ClientSession() as session:
-        task_id = await submit(
-            session, url, who, {"task": "faults.deaf", "input": {"seconds": 0.5}}
-        )
-        key = f"celery-task-meta-{task_id}"
-        watcher = threading.Thread(target=_monitor, args=(str(settings.redis_url), key, stop, seen))
-        watcher.start()
-        try:
+    ready, stop, seen = threading.Event(), threading.Event(), []
+    # Watching before the task is submitted: every write of its result key is seen.
+    watcher = threading.Thread(
+        target=_monitor, args=(str(settings.redis_url), "celery-task-meta-", ready, stop, seen)
+    )
+    watcher.start()
+
+    def wake_monitor() -> None:
+        with redis.Redis.from_url(str(settings.redis_url)) as client:
+            client.ping()
+
+    try:
+        assert await asyncio.to_thread(ready.wait, 10), "MONITOR did not start"
+        async with aiohttp.ClientSession() as session:
+            task_id = await submit(
+                session, url, who, {"task": "faults.deaf", "input": {"seconds": 0.5}}
+            )
             got = await asyncio.to_thread(AsyncResult(task_id, app=app).get, timeout=20)
             snap = await until(session, url, who, task_id, {"COMPLETED"})
             await asyncio.sleep(0.3)  # what Celery would write after the script
-        finally:
-            stop.set()
-            redis.Redis.from_url(str(settings.redis_url)).ping()  # wakes the monitor
-            await asyncio.to_thread(watcher.join, 10)
+    finally:
+        stop.set()
+        await asyncio.to_thread(wake_monitor)
+        await asyncio.to_thread(watcher.join, 10)
+    key = f"celery-task-meta-{task_id}"
+    seen = [line for line in seen if key in line]
     assert got == {"slept": 0.5} == snap["result"]
-    lines = [line.split(" ") for line in seen if line != "ready"]
+    lines = [line.split(" ") for line in seen]
     writes = [" ".join(w) for w in lines if w[1] in ("SET", "SETEX", "PUBLISH")]
     # From the script only (Celery's own store would be a SETEX and a PUBLISH from the pool).
     assert [w.split(" ")[:2] for w in writes] == [["lua", "SET"], ["lua", "PUBLISH"]], seen
