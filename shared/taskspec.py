@@ -108,6 +108,18 @@ class TaskSpec:
     engine: str = "celery"
     ray_options: Mapping[str, Any] = field(default_factory=dict)
 
+    def soft_limit_under(self, worker_soft: float) -> float | None:
+        """The soft limit to register with Celery for this task on a worker whose own soft
+        limit is ``worker_soft`` (``None``: the worker's). A task with only a hard limit at or
+        below ``worker_soft`` gets that hard limit as its soft one too: billiard starts the hard
+        timer only once the soft one fired, so the worker's larger soft limit would put the kill
+        off until then (stock Celery does exactly that)."""
+        if self.soft_time_limit is not None:
+            return self.soft_time_limit
+        if self.time_limit is not None and self.time_limit <= worker_soft:
+            return self.time_limit
+        return None
+
     @property
     def timelimit(self) -> tuple[float | None, float | None]:
         """Celery's ``timelimit`` header: ``(hard, soft)``."""

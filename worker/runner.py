@@ -151,8 +151,9 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
         name=spec.name,
         bind=True,
         queue=spec.queue,
-        # Messages sent with Celery's own API carry no timelimit: the task's own apply.
-        soft_time_limit=spec.soft_time_limit,
+        # Messages sent with Celery's own API carry no timelimit: the task's own apply. The
+        # gateway's carry no soft limit for a task with only a hard one: this one applies.
+        soft_time_limit=spec.soft_limit_under(settings.soft_time_limit),
         time_limit=spec.time_limit,
     )
     def run(self: Task, *args: Any, **kwargs: Any) -> Any:
@@ -335,14 +336,16 @@ def _run(
         finish(store, task_id, TaskStatus.CANCELLED)
         return None
     except SoftTimeLimitExceeded:
-        soft_limit = spec.soft_time_limit or settings.soft_time_limit
+        soft_limit = spec.soft_limit_under(settings.soft_time_limit)
+        # A task with only a hard limit is stopped at it, softly first (``soft_limit_under``).
+        which = "time limit" if spec.soft_time_limit is None and soft_limit else "soft time limit"
         finish(
             store,
             task_id,
             TaskStatus.TIMED_OUT,
             error={
                 "type": "TimeLimitExceeded",
-                "message": f"soft time limit ({soft_limit:g}s) exceeded",
+                "message": f"{which} ({soft_limit or settings.soft_time_limit:g}s) exceeded",
             },
         )
         raise

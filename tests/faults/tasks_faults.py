@@ -87,6 +87,16 @@ def quick_limit(ctx: TaskContext, seconds: float) -> dict[str, Any]:
     return {"slept": seconds}
 
 
+@task("faults.hard_limit_only", queue="fast", schema=SecondsInput, time_limit=2)
+def hard_limit_only(ctx: TaskContext, seconds: float) -> dict[str, Any]:
+    """demo.sleep with a hard limit of its own (2 s) and no soft one, below the workers' 6 s
+    soft limit."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.05)
+    return {"slept": seconds}
+
+
 @task(
     "faults.retry_later",
     queue="fast",

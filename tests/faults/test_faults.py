@@ -448,6 +448,23 @@ async def test_a_task_types_own_time_limit_travels_in_its_message_and_holds(
     assert final["finished_at"] - final["started_at"] < 6.0, final
 
 
+async def test_a_task_types_own_hard_limit_alone_holds_below_the_workers_soft_limit(
+    stack: Stack, worker: CeleryWorker, gw: TestServer, sockets: Connect
+) -> None:
+    """faults.hard_limit_only declares time_limit=2 and no soft limit; the workers' soft limit
+    is 6 s. Billiard starts a hard timer only once the soft one fired, so with the workers' soft
+    limit the task would run 6 s and end "soft time limit (6s)": its own 2 s must stop it."""
+    name = user()
+    client = await sockets(base(gw), name)
+    body = {"task": "faults.hard_limit_only", "input": {"seconds": 30}}
+    snap = (await submit(base(gw), name, body))[1]
+    final = await client.wait_terminal(snap["task_id"], timeout=20)
+    assert final["status"] == "TIMED_OUT", final
+    assert final["error"]["type"] == "TimeLimitExceeded", final
+    assert "time limit (2s) exceeded" in final["error"]["message"], final
+    assert final["finished_at"] - final["started_at"] < 6.0, final
+
+
 # ---- 5. Heartbeat -----------------------------------------------------------------------------
 
 
