@@ -19,9 +19,10 @@ What the runner (worker/runner.py) sees is the same as for a body run in process
   forced after ``TASKGATE_RAY_CANCEL_GRACE_S``, and the task ends CANCELLED;
 - time limits: Celery's ``SoftTimeLimitExceeded`` arrives here, in the waiting loop; the Ray
   work is cancelled the same way and the runner records TIMED_OUT. The hard limit kills this
-  process, and Ray cancels the tasks of a driver that died;
+  process, and Ray ends the tasks of a driver that died (their owner);
 - a Ray worker or node that died (``RAY_LOST``) is ``RetryRequested`` with ``RayWorkerLost``,
-  so the task's retry policy decides (without one it ends FAILED with that error);
+  so the task's retry policy decides (without one it ends FAILED with that error); so is a
+  cluster this process could not connect to in ``CONNECT_ATTEMPTS`` tries (``RayUnavailable``);
 - the function's own error is raised here as itself (``retry_for`` and error types work), and
   its result returns as the body's result (the runner stores it, size limit included).
 """
@@ -33,6 +34,7 @@ import importlib.util
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -58,6 +60,12 @@ POLL_S = 0.1
 # long without an answer the hub counts as lost (the next run makes a new one).
 HUB_TIMEOUT_S = 1.0
 HUB_LOST_S = 30.0
+# Connecting: tries, and the pause before each next one (a head restarting, or Ray Client's
+# proxy losing the server it started for this client, passes).
+CONNECT_ATTEMPTS = 3
+CONNECT_PAUSE_S = 1.0
+# How long the check that the address answers at all waits for a TCP connection.
+CONNECT_CHECK_S = 3.0
 
 _connect_lock = threading.Lock()
 _connected: str | None = None
@@ -70,6 +78,11 @@ class RayWorkerLost(Exception):
 
 class RayNotInstalled(RuntimeError):
     """A Ray-engine task reached a worker without the ``ray`` extra."""
+
+
+class RayUnavailable(Exception):
+    """The Ray cluster could not be reached (after ``CONNECT_ATTEMPTS`` tries); the task's
+    retry policy decides whether it runs again."""
 
 
 def cluster_address() -> str:
@@ -96,32 +109,68 @@ def connect() -> ModuleType:
             import ray
 
             if not ray.is_initialized():
-                # Celery's pool replaced sys.stderr with a logging proxy that has no file
-                # descriptor; ray.init enables faulthandler on it. The real one, meanwhile.
-                proxy, sys.stderr = sys.stderr, sys.__stderr__ or sys.stderr
-                # ray.init also sets its own SIGTERM handler (sys.exit): the pool process keeps
-                # Celery's (a warm shutdown lets the running task finish).
-                on_term = signal.getsignal(signal.SIGTERM)
-                try:
-                    ray.init(
-                        address=address,
-                        namespace="taskgate",
-                        logging_level=logging.WARNING,
-                        log_to_driver=False,
-                        configure_logging=False,
-                    )
-                finally:
-                    sys.stderr = proxy
-                    if (
-                        on_term is not None
-                        and threading.current_thread() is threading.main_thread()
-                    ):
-                        signal.signal(signal.SIGTERM, on_term)
+                _init(ray, address)
             _connected = address
             log.info("connected to Ray at %s", address)
         import ray
 
         return ray
+
+
+def _answers(address: str) -> None:
+    """A ``ConnectionError`` at once if nothing accepts a connection at ``address``
+    (``HOST:PORT`` or ``ray://HOST:PORT``; ``auto`` is Ray's to find): ``ray.init`` itself waits
+    minutes for a GCS that is not there, and 30 s for a Ray Client server."""
+    where = address.removeprefix("ray://")
+    host, sep, port = where.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), CONNECT_CHECK_S).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {where}: {exc}") from exc
+
+
+def _init(ray: ModuleType, address: str) -> None:
+    """``ray.init`` to ``address``, tried ``CONNECT_ATTEMPTS`` times on a connection error
+    (``ray.init`` undoes a failed one), else ``RayUnavailable``."""
+    for attempt in range(1, CONNECT_ATTEMPTS + 1):
+        # Celery's pool replaced sys.stderr with a logging proxy that has no file descriptor;
+        # ray.init enables faulthandler on it. The real one, meanwhile.
+        proxy, sys.stderr = sys.stderr, sys.__stderr__ or sys.stderr
+        # ray.init also sets its own SIGTERM handler (sys.exit): the pool process keeps
+        # Celery's (a warm shutdown lets the running task finish).
+        on_term = signal.getsignal(signal.SIGTERM)
+        try:
+            _answers(address)
+            ray.init(
+                address=address,
+                namespace="taskgate",
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+            return
+        except (ConnectionError, TimeoutError) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            if attempt == CONNECT_ATTEMPTS:
+                raise RayUnavailable(
+                    f"could not connect to the Ray cluster at {address} "
+                    f"({attempt} tries; {type(exc).__name__}: {first})"
+                ) from exc
+            log.warning(
+                "connecting to Ray at %s failed (try %d of %d): %s: %s",
+                address,
+                attempt,
+                CONNECT_ATTEMPTS,
+                type(exc).__name__,
+                first,
+            )
+        finally:
+            sys.stderr = proxy
+            if on_term is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, on_term)
+        time.sleep(CONNECT_PAUSE_S * attempt)
 
 
 def lost_errors(ray: ModuleType) -> tuple[type[BaseException], ...]:
@@ -230,7 +279,10 @@ class _HubPoll:
 
 def invoke_ray(spec: TaskSpec, ctx: Context, data: dict[str, Any]) -> Any:
     """Run ``spec``'s body on Ray as ``ctx``'s run; its result (or its error, raised here)."""
-    ray = connect()
+    try:
+        ray = connect()
+    except RayUnavailable as exc:
+        raise RetryRequested(None, exc) from exc
     from worker import ray_side
 
     lost = lost_errors(ray)
@@ -300,4 +352,4 @@ def _lost(spec: TaskSpec, exc: BaseException) -> RetryRequested:
     return RetryRequested(None, error)
 
 
-__all__ = ["RayWorkerLost", "TaskCancelled", "connect", "invoke_ray"]
+__all__ = ["RayUnavailable", "RayWorkerLost", "TaskCancelled", "connect", "invoke_ray"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.util
 import json
 import os
 import signal
@@ -90,22 +91,35 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float) -> 
     return True
 
 
+def has_ray_client() -> bool:
+    """Whether Ray Client's dependency (``grpcio``, ``ray[client]``) is installed."""
+    return importlib.util.find_spec("grpc") is not None
+
+
 def start_head(
     port: int,
     cpus: int | str,
     temp_dir: Path,
     env: Mapping[str, str] | None = None,
     stdout: IO[bytes] | None = None,
+    client_port: int | None = None,
 ) -> subprocess.Popen[bytes]:
     """``ray start --head --block`` on 127.0.0.1:``port``, no dashboard, Ray's files under
     ``temp_dir`` (short: Ray's Unix sockets live under it), in a process group of its own
     (which ``stop_head`` ends). ``env`` defaults to this process's; output to ``stdout`` (with
-    stderr), else inherited."""
+    stderr), else inherited.
+
+    With Ray Client installed a head always runs its client server, on 10001 unless told: on
+    ``client_port`` here, else a free port, so that two heads on one machine do not clash."""
+    if client_port is not None and not has_ray_client():
+        raise ValueError("a Ray Client port needs Ray Client: pip install 'taskgate[ray]'")
     argv = [
         sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
         "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", str(cpus),
         "--include-dashboard=false", "--disable-usage-stats", "--temp-dir", str(temp_dir),
     ]  # fmt: skip
+    if has_ray_client():
+        argv += ["--ray-client-server-port", str(client_port or free_port())]
     return subprocess.Popen(
         argv,
         env={**(os.environ if env is None else env), **LOOPBACK_ENV},

@@ -38,24 +38,45 @@ class RayHead:
     """The head ``worker.ray_local`` starts and stops (``start_head``, ``stop_head``), with its
     output in ``head.log`` of a temporary directory of its own, removed when it stops."""
 
-    def __init__(self, env: dict[str, str], cpus: int = 2) -> None:
-        self.env = env
+    def __init__(self, env: dict[str, str], cpus: int = 2, port: int | None = None) -> None:
         self.cpus = cpus
-        self.port = ray_local.free_port()
+        self.port = port or ray_local.free_port()
+        # Its Ray Client server (ray://), when Ray Client is installed (the ray extra has it).
+        self.client_port = ray_local.free_port() if ray_local.has_ray_client() else None
         # Short: Ray's Unix sockets live under it (107 bytes at most).
         self.dir = Path(tempfile.mkdtemp(prefix="tgray-", dir="/tmp"))
+        # Ray's files in <dir>/ray, which is Ray's default with RAY_TMPDIR=<dir>: a process with
+        # ``default_env`` finds this head as the one ``ray start`` left (address ``auto``).
+        self.env = {**env, **self.default_env}
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def client_address(self) -> str:
+        assert self.client_port is not None, "Ray Client is not installed"
+        return f"ray://127.0.0.1:{self.client_port}"
+
+    @property
+    def default_env(self) -> dict[str, str]:
+        return {"RAY_TMPDIR": str(self.dir)}
+
     def start(self) -> RayHead:
         with open(self.dir / "head.log", "ab") as log:
             self.proc = ray_local.start_head(
-                self.port, self.cpus, self.dir / "ray", env=self.env, stdout=log
+                self.port,
+                self.cpus,
+                self.dir / "ray",
+                env=self.env,
+                stdout=log,
+                client_port=self.client_port,
             )
-        if not ray_local.wait_listening(self.port, self.proc, ray_local.START_TIMEOUT_S):
+        ports = [self.port] + ([self.client_port] if self.client_port else [])
+        if not all(
+            ray_local.wait_listening(port, self.proc, ray_local.START_TIMEOUT_S) for port in ports
+        ):
             tail = self.log_tail()
             self.stop()  # started() calls stop() only once start() returned
             raise RuntimeError(f"ray head did not start:\n{tail}")

@@ -74,10 +74,32 @@ def forever(ctx: RayTaskContext, seconds: float, pid_dir: str | None) -> list[in
     return ctx.map(_deaf, [seconds, seconds])
 
 
+@task("tray.hard_limit", queue="fast", schema=WaitInput, engine="ray", time_limit=3)
+def hard_limit(ctx: RayTaskContext, seconds: float, pid_dir: str | None) -> list[int]:
+    """Two parts that ignore their end, and only a hard time limit: Celery kills the driver
+    (the pool process) at 3 s, and Ray must end the tasks of the driver that died."""
+    return ctx.map(_deaf, [seconds, seconds])
+
+
 def _deaf(ctx: TaskContext, seconds: float) -> int:
     ctx.progress(1.0, "started", pid=os.getpid())
     time.sleep(seconds)  # never looks at ctx: only a forced cancel ends it early
     return os.getpid()
+
+
+@task(
+    "tray.patient",
+    queue="fast",
+    schema=WaitInput,
+    engine="ray",
+    max_retries=6,
+    retry_backoff=1.0,
+    retry_backoff_max=8.0,
+    retry_jitter=False,
+)
+def patient(ctx: TaskContext, seconds: float, pid_dir: str | None) -> dict[str, Any]:
+    """Returns at once, with a retry policy that outlasts a cluster coming up."""
+    return {"attempt": ctx.attempt}
 
 
 class BigInput(TaskInput):

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,77 +15,20 @@ from aiohttp.test_utils import TestClient
 
 pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'taskgate[ray]')")
 
-from tests.ray.conftest import free_cpus
-from tests.support import CeleryWorker, SocketClient, auth
+from tests.ray.helpers import (
+    Connect,
+    assert_in_order,
+    client_user,
+    cpus_back,
+    cpus_free,
+    part_pids,
+    submit,
+    wait_event,
+)
+from tests.support import CeleryWorker, auth
+from worker.ray_local import alive as ray_local_alive
 
-Connect = Callable[[str], Awaitable[SocketClient]]
 pytestmark = pytest.mark.timeout(90)
-
-
-USERS: dict[int, str] = {}
-
-
-async def submit(
-    http: TestClient, sockets: Connect, name: str, data: dict[str, Any]
-) -> tuple[SocketClient, str]:
-    who = f"ray-{uuid.uuid4().hex[:6]}"
-    client = await sockets(who)
-    USERS[id(client)] = who
-    resp = await http.post("/api/tasks", json={"task": name, "input": data}, headers=auth(who))
-    assert resp.status == 202, await resp.text()
-    return client, (await resp.json())["task_id"]
-
-
-def client_user(client: SocketClient) -> str:
-    return USERS[id(client)]
-
-
-async def part_pids(pid_dir: Path, count: int = 2, timeout: float = 30) -> list[int]:
-    """The pids the parts wrote (tests/ray/ray_tasks.py), once all are there."""
-
-    def read() -> list[int]:
-        # A part writes ``i.tmp`` and renames it to ``i``: only whole files count.
-        return [int(p.read_text()) for p in sorted(pid_dir.iterdir()) if p.suffix != ".tmp"]
-
-    async with asyncio.timeout(timeout):
-        while True:
-            found = await asyncio.to_thread(read)
-            if len(found) >= count:
-                return found
-            await asyncio.sleep(0.1)
-
-
-def assert_in_order(events: list[dict[str, Any]]) -> None:
-    seqs = [e["seq"] for e in events]
-    assert seqs == sorted(set(seqs)), seqs
-    for attempt in {e.get("attempt") for e in events}:  # percent starts again at a retry
-        pcts = [
-            e["progress"]["percent"]
-            for e in events
-            if e["status"] == "RUNNING" and e.get("attempt") == attempt
-        ]
-        assert pcts == sorted(pcts), pcts
-
-
-async def wait_event(
-    client: SocketClient, task_id: str, pred: Callable[[dict[str, Any]], bool], timeout: float
-) -> dict[str, Any]:
-    await client.wait_for(lambda: any(pred(e) for e in client.events[task_id]), timeout)
-    return next(e for e in client.events[task_id] if pred(e))
-
-
-async def cpus_free(ray: Any, want: float, timeout: float = 20.0) -> None:
-    """Wait until the cluster has ``want`` CPUs free (Ray's view lags its tasks a little)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            if await asyncio.to_thread(free_cpus, ray) == want:
-                return
-            await asyncio.sleep(0.2)
-
-
-async def cpus_back(ray: Any, total: float = 2.0, timeout: float = 20.0) -> None:
-    """Wait until the cluster's CPUs are all free again (the Ray tasks were released)."""
-    await cpus_free(ray, total, timeout)
 
 
 async def test_ray_primes_rolls_up_its_parts_progress_to_100_and_completes_with_the_count(
@@ -171,6 +112,65 @@ async def test_the_soft_time_limit_cancels_the_ray_work_and_ends_timed_out(
     assert final["status"] == "TIMED_OUT", final
     assert final["error"]["type"] == "TimeLimitExceeded", final
     await cpus_back(ray_driver)  # parts that never look at ctx were forced to stop
+
+
+async def test_the_hard_time_limit_ends_timed_out_and_ray_ends_the_dead_drivers_tasks(
+    http: TestClient, sockets: Connect, ray_driver: Any, celery_worker: CeleryWorker
+) -> None:
+    await cpus_back(ray_driver)
+    client, task_id = await submit(http, sockets, "tray.hard_limit", {"seconds": 120})
+    await wait_event(client, task_id, lambda e: e["progress"]["percent"] > 0, 30)
+    await cpus_free(ray_driver, 0.0, timeout=10)  # both parts hold a CPU
+    # Only a hard limit (3 s): at 3 s the driver is told (the soft signal, worker/runner.py
+    # registers the hard limit as the soft one too) and at once Celery kills the pool process
+    # that drives the Ray work; whichever of the two records first, the task ends TIMED_OUT
+    # by its own 3 s, not the workers' soft limit (300 s).
+    final = await client.wait_terminal(task_id, timeout=30)
+    assert final["status"] == "TIMED_OUT", final
+    assert final["error"]["type"] == "TimeLimitExceeded", final
+    assert "time limit (3s) exceeded" in final["error"]["message"], final
+    # The parts never look at their context: a cancel the driver had no time to force, or
+    # Ray ending the tasks of a driver that died, frees their CPUs long before their 120 s.
+    await cpus_back(ray_driver, timeout=30)
+    # The worker replaced its pool process; the next Ray task runs (a new driver connects).
+    client, task_id = await submit(http, sockets, "tray.waits", {"seconds": 0.2})
+    final = await client.wait_terminal(task_id, timeout=60)
+    assert final["status"] == "COMPLETED" and final["result"] == {"waited": 0.2}, final
+
+
+def gone(pids: list[int]) -> bool:
+    return not any(ray_local_alive(pid) for pid in pids)
+
+
+async def test_the_ray_work_of_a_driver_that_died_ends_with_it(
+    http: TestClient,
+    sockets: Connect,
+    ray_driver: Any,
+    celery_worker: CeleryWorker,
+    tmp_path: Path,
+) -> None:
+    """The pool process waiting on the Ray work (its driver, and the owner of its Ray tasks) is
+    killed outright, as the hard time limit or the OOM killer does: Ray ends the tasks it owned
+    (their worker processes go), rather than let them run on for nobody."""
+    await cpus_back(ray_driver)
+    client, task_id = await submit(
+        http, sockets, "tray.part_dies", {"seconds": 60, "pid_dir": str(tmp_path)}
+    )
+    parts = await part_pids(tmp_path)  # part 0 in the body's own Ray worker, part 1 in another
+    for pid in await asyncio.to_thread(celery_worker.pool_pids):
+        os.kill(pid, signal.SIGKILL)
+    async with asyncio.timeout(30):
+        while True:
+            if gone(parts):
+                break
+            await asyncio.sleep(0.2)
+    # The run was lost, not ended: the worker runs the task again (docs/RELIABILITY.md 3); a
+    # cancel ends that run, and every CPU is free again.
+    resp = await http.delete(f"/api/tasks/{task_id}", headers=auth(client_user(client)))
+    assert resp.status in (200, 202), await resp.text()
+    final = await client.wait_terminal(task_id, timeout=60)
+    assert final["status"] == "CANCELLED", final
+    await cpus_back(ray_driver, timeout=30)
 
 
 async def test_a_result_above_the_limit_is_refused_whole(
