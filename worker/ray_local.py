@@ -10,7 +10,8 @@ process is gone, then exiting. The lock's folder keeps the head's address; the o
 processes find it there and connect to it. ``TASKGATE_RAY_LOCAL_CPUS`` sets the local head's
 CPUs (default: this machine's).
 
-The folder is ``$TMPDIR/taskgate-ray-<uid>/<worker pid>``.
+The folder is ``$TMPDIR/taskgate-ray-<uid>/<worker pid>``, Ray's files in its ``ray`` (or in
+``/tmp/taskgate-ray-<uid>-<worker pid>`` when that path is too long for Ray's Unix sockets).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import fcntl
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -174,6 +176,20 @@ def shared_address() -> str:
         return f"127.0.0.1:{port}"
 
 
+# Ray puts Unix sockets under its temporary directory, ``.../session_<date>_<pid>/sockets/
+# plasma_store`` (about 62 bytes more), and a socket's path has at most 107 bytes.
+RAY_DIR_MAX = 44
+
+
+def ray_dir(where: Path, owner: int) -> Path:
+    """Ray's temporary directory for the head of ``owner``: ``where/ray``, or if that is too
+    long for Ray's sockets (a deep ``$TMPDIR``), ``/tmp/taskgate-ray-<uid>-<owner>``."""
+    wanted = where / "ray"
+    if len(str(wanted)) <= RAY_DIR_MAX:
+        return wanted
+    return Path("/tmp") / f"taskgate-ray-{os.getuid()}-{owner}"
+
+
 def supervise(owner: int, port: int, cpus: str, where: Path) -> int:
     """Run the head until ``owner`` (the Celery worker) is gone, or this is asked to stop;
     then stop the head (all its processes) and return 0."""
@@ -186,10 +202,13 @@ def supervise(owner: int, port: int, cpus: str, where: Path) -> int:
     # Before the head starts: a stop asked meanwhile still stops it.
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    head = start_head(port, cpus, where / "ray")
+    files = ray_dir(where, owner)
+    head = start_head(port, cpus, files)
     while not stopping and alive(owner) and head.poll() is None:
         time.sleep(0.5)
     stop_head(head)
+    if where not in files.parents:  # the short one in /tmp: nobody would look for it there
+        shutil.rmtree(files, ignore_errors=True)
     return 0
 
 

@@ -11,24 +11,19 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import signal
-import subprocess
 import sys
 import tarfile
-import time
 import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.support import ROOT, end_process, free_port
+from tests.install.conftest import NPM_CLIENT, Up, run
+from tests.support import ROOT
 
-NPM_CLIENT = ROOT / "web" / "node_modules" / "socket.io-client"
 CHROMIUM = os.environ.get("TASKGATE_CHROMIUM", "/usr/bin/chromium")
 PAGE_CHECK = Path(__file__).with_name("page_check.mjs")
 ASSETS = "gateway/http/page_assets"
@@ -37,24 +32,6 @@ BUNDLE_FILES = [
     f"{ASSETS}/vendor/socket.io-client/{name}"
     for name in ("socket.io.esm.min.js", "socket.io.esm.min.js.map", "LICENSE", "VERSION.json")
 ]
-
-
-def run(cmd: list[str], timeout: float, **kw: Any) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-    assert out.returncode == 0, f"{cmd} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}"
-    return out
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    if not (NPM_CLIENT / "package.json").is_file():
-        pytest.fail("web/node_modules missing: run `npm ci` in web/ (make setup)")
-    out = tmp_path_factory.mktemp("dist")
-    # From the sdist, as pip builds a wheel from PyPI's sdist: the default of `python -m build`.
-    run([sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)], timeout=300)
-    (wheel,) = out.glob("taskgate-*.whl")
-    (sdist,) = out.glob("taskgate-*.tar.gz")
-    return {"wheel": wheel, "sdist": sdist}
 
 
 @pytest.fixture(scope="module")
@@ -87,46 +64,6 @@ def test_the_wheel_and_the_sdist_carry_the_page_and_the_bundle(built: dict[str, 
         members = {m.name.split("/", 1)[1] for m in sdist.getmembers() if "/" in m.name}
     assert set(PAGE_FILES) | set(BUNDLE_FILES) <= members
     assert "setup.py" in members and "web/src/index.html" in members
-
-
-class Up:
-    """``taskgate up`` of the installed wheel, run from an empty directory."""
-
-    def __init__(self, venv: Path, cwd: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = cwd / "up.log"
-        env = {
-            "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
-            "HOME": str(cwd),
-            "TASKGATE_PORT": str(self.port),
-            "LANG": "C.UTF-8",
-        }
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [str(venv / "bin" / "taskgate"), "up"], cwd=cwd, env=env, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-
-    def wait_ready(self, timeout: float = 90) -> str:
-        """The page link ``up`` printed, once ``/readyz`` says ok."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"taskgate up exited:\n{self.log.read_text()[-3000:]}")
-            link = re.search(r"taskgate is up: (\S+)", self.log.read_text())
-            if link:
-                try:
-                    with urllib.request.urlopen(self.url + "/readyz", timeout=2) as resp:
-                        if json.load(resp)["status"] == "ok":
-                            return link.group(1)
-                except OSError:
-                    pass
-            time.sleep(0.25)
-        raise AssertionError(f"taskgate up not ready:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> int:
-        return end_process(self.proc, signal.SIGINT)  # Ctrl-C, as its banner says
 
 
 @pytest.fixture(scope="module")
