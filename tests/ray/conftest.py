@@ -100,17 +100,23 @@ def ray_head(redis_server: RedisServer) -> Iterator[RayHead]:
         yield head
 
 
-@pytest.fixture(scope="module")
-def env(redis_server: RedisServer, ray_head: RayHead) -> dict[str, str]:
+def ray_env(redis_url: str, name: str, **named: str) -> dict[str, str]:
+    """A worker's environment for the Ray tests: the Ray task modules, quick heartbeats and
+    cancel grace, loopback only, and ``named`` (how the cluster is reached)."""
     return base_env(
-        redis_server.url,
-        f"tg-ray-{uuid.uuid4().hex[:8]}:",
-        TASKGATE_RAY_ADDRESS=ray_head.address,
+        redis_url,
+        f"{name}-{uuid.uuid4().hex[:8]}:",
         TASKGATE_TASK_MODULES=RAY_TASKS,
         TASKGATE_TASK_HEARTBEAT_S="1",
         TASKGATE_RAY_CANCEL_GRACE_S="1",
+        **named,
         **LOOPBACK,
     )
+
+
+@pytest.fixture(scope="module")
+def env(redis_server: RedisServer, ray_head: RayHead) -> dict[str, str]:
+    return ray_env(redis_server.url, "tg-ray", TASKGATE_RAY_ADDRESS=ray_head.address)
 
 
 @pytest.fixture(scope="module")

@@ -81,3 +81,20 @@ async def cpus_free(ray: Any, want: float, timeout: float = 20.0) -> None:
 async def cpus_back(ray: Any, total: float = 2.0, timeout: float = 20.0) -> None:
     """Wait until the cluster's CPUs are all free again (the Ray tasks were released)."""
     await cpus_free(ray, total, timeout)
+
+
+async def cancel_mid_run(
+    http: TestClient, sockets: Connect, ray: Any, first_progress_s: float = 30
+) -> None:
+    """Cancel a task whose two 60 s parts report progress (``tray.part_dies``, both CPUs busy)
+    once they run, and check it ends CANCELLED with the Ray tasks released."""
+    await cpus_back(ray)
+    client, task_id = await submit(http, sockets, "tray.part_dies", {"seconds": 60})
+    await wait_event(client, task_id, lambda e: e["progress"]["percent"] > 0, first_progress_s)
+    # The parts hold both CPUs (the body waiting on them holds none while it waits).
+    await cpus_free(ray, 0.0, timeout=10)
+    resp = await http.delete(f"/api/tasks/{task_id}", headers=auth(client_user(client)))
+    assert resp.status in (200, 202), await resp.text()
+    final = await client.wait_terminal(task_id, timeout=30)
+    assert final["status"] == "CANCELLED", final
+    await cpus_back(ray)  # the Ray tasks were cancelled, not left running

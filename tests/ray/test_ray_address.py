@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,9 @@ from aiohttp.test_utils import TestClient
 
 pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'taskgate[ray]')")
 
-from tests.ray.conftest import LOOPBACK, RAY_TASKS, RayHead
-from tests.ray.helpers import Connect, client_user, cpus_back, cpus_free, submit, wait_event
-from tests.support import CeleryWorker, RedisServer, auth, base_env, started
+from tests.ray.conftest import RayHead, ray_env
+from tests.ray.helpers import Connect, cancel_mid_run, submit
+from tests.support import CeleryWorker, RedisServer, started
 from worker import ray_local
 
 pytestmark = [
@@ -43,15 +42,7 @@ def env(redis_server: RedisServer, ray_head: RayHead, form: str) -> dict[str, st
         named = {"TASKGATE_RAY_ADDRESS": ray_head.client_address}
     else:
         named = {"TASKGATE_RAY_ADDRESS": "auto", **ray_head.default_env}
-    return base_env(
-        redis_server.url,
-        f"tg-rayaddr-{uuid.uuid4().hex[:8]}:",
-        TASKGATE_TASK_MODULES=RAY_TASKS,
-        TASKGATE_TASK_HEARTBEAT_S="1",
-        TASKGATE_RAY_CANCEL_GRACE_S="1",
-        **named,
-        **LOOPBACK,
-    )
+    return ray_env(redis_server.url, "tg-rayaddr", **named)
 
 
 @pytest.fixture(scope="module")
@@ -107,12 +98,4 @@ async def test_ray_primes_completes_on_the_cluster_the_address_names(
 async def test_a_cancel_reaches_the_ray_work(
     http: TestClient, sockets: Connect, ray_driver: Any
 ) -> None:
-    await cpus_back(ray_driver)
-    client, task_id = await submit(http, sockets, "tray.part_dies", {"seconds": 60})
-    await wait_event(client, task_id, lambda e: e["progress"]["percent"] > 0, 60)
-    await cpus_free(ray_driver, 0.0, timeout=10)
-    resp = await http.delete(f"/api/tasks/{task_id}", headers=auth(client_user(client)))
-    assert resp.status in (200, 202), await resp.text()
-    final = await client.wait_terminal(task_id, timeout=30)
-    assert final["status"] == "CANCELLED", final
-    await cpus_back(ray_driver)
+    await cancel_mid_run(http, sockets, ray_driver, first_progress_s=60)

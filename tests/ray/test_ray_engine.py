@@ -18,6 +18,7 @@ pytest.importorskip("ray", reason="the ray extra is not installed (pip install '
 from tests.ray.helpers import (
     Connect,
     assert_in_order,
+    cancel_mid_run,
     client_user,
     cpus_back,
     cpus_free,
@@ -54,17 +55,7 @@ async def test_ray_primes_rolls_up_its_parts_progress_to_100_and_completes_with_
 async def test_cancel_mid_run_ends_cancelled_and_frees_the_ray_tasks(
     http: TestClient, sockets: Connect, ray_driver: Any
 ) -> None:
-    await cpus_back(ray_driver)
-    # Two parts of 60 s each that report progress (tests/ray/ray_tasks.py): both CPUs busy.
-    client, task_id = await submit(http, sockets, "tray.part_dies", {"seconds": 60})
-    await wait_event(client, task_id, lambda e: e["progress"]["percent"] > 0, 30)
-    # The parts hold both CPUs (the body waiting on them holds none while it waits).
-    await cpus_free(ray_driver, 0.0, timeout=10)
-    resp = await http.delete(f"/api/tasks/{task_id}", headers=auth(client_user(client)))
-    assert resp.status in (200, 202), await resp.text()
-    final = await client.wait_terminal(task_id, timeout=30)
-    assert final["status"] == "CANCELLED", final
-    await cpus_back(ray_driver)  # the Ray tasks were cancelled, not left running
+    await cancel_mid_run(http, sockets, ray_driver)
 
 
 async def test_a_killed_ray_worker_is_retried_under_the_tasks_policy(
