@@ -44,10 +44,13 @@ RUN groupadd --system --gid 10001 taskgate \
     && useradd --system --uid 10001 --gid taskgate --home-dir /var/lib/taskgate \
        --create-home --shell /usr/sbin/nologin taskgate
 COPY --from=build /dist/ /tmp/wheels/
-# The wheel with its `fast` extra (uvloop), and Flower for the `flower` service.
+# The wheel with its extras, `fast` (uvloop) by default, and Flower for the `flower` service.
+# Workers that hand task bodies to a Ray cluster (TASKGATE_RAY_ADDRESS) need the `ray` extra:
+# docker compose build --build-arg TASKGATE_EXTRAS=fast,ray (or TASKGATE_EXTRAS in compose's env).
+ARG TASKGATE_EXTRAS=fast
 RUN set -eu; \
     wheel="$(echo /tmp/wheels/taskgate-*.whl)"; \
-    pip install --no-cache-dir "${wheel}[fast]" "flower>=2.0,<3"; \
+    pip install --no-cache-dir "${wheel}[${TASKGATE_EXTRAS}]" "flower>=2.0,<3"; \
     rm -rf /tmp/wheels
 WORKDIR /var/lib/taskgate
 USER taskgate:taskgate

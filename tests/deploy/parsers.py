@@ -12,6 +12,7 @@ from typing import Any
 
 from gateway.cli import embedded
 from shared.settings import Settings
+from worker import ray_engine, ray_local
 
 # ---------------------------------------------------------------------------------------------
 # Compose interpolation (the Compose specification's subset this project uses, and a little more)
@@ -119,6 +120,8 @@ def project_env_names() -> frozenset[str]:
     Settings.from_env(env)
     for queue in embedded.QUEUES:
         embedded.queue_concurrency(env, queue)
+    # The Ray engine's own (read where a Ray task runs, not through Settings).
+    env.asked |= {ray_engine.ADDRESS_ENV, ray_engine.GRACE_ENV, ray_local.CPUS_ENV}
     return frozenset(env.asked)
 
 

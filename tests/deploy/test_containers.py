@@ -263,6 +263,16 @@ def test_images_are_pinned_and_the_taskgate_image_is_this_version() -> None:
             assert repo == "taskgate" and tag == PYPROJECT["project"]["version"], image
             build = service["build"]
             assert build["context"] == "." and build["target"] in stages, build
+            # Build args reach a Dockerfile ARG; the extras named are the wheel's own.
+            declared = {
+                i.args.split("=")[0]
+                for st in parse_dockerfile(DOCKERFILE.read_text())
+                for i in st.all("ARG")
+            }
+            assert set(build.get("args", {})) <= declared, (build, declared)
+            if "TASKGATE_EXTRAS" in build.get("args", {}):
+                extras = build["args"]["TASKGATE_EXTRAS"].split(",")
+                assert set(extras) <= set(PYPROJECT["project"]["optional-dependencies"]), extras
             assert "volumes" not in service or all(
                 not str(v).startswith(("./", ".:", "/")) for v in service["volumes"]
             ), f"{name}: the image carries the code; no bind mount of the source"
@@ -381,7 +391,12 @@ def test_every_variable_is_one_the_project_reads() -> None:
             assert env_keys <= known, f"{name}: not read by taskgate: {env_keys - known}"
         else:
             assert not env_keys, f"{name}: {env_keys}"
-    used = {v for _, text in walk_strings(raw_compose()) for v in variables(text)}
+    # Build args are the image's (Dockerfile ARGs), not variables the running project reads.
+    dockerfile_args = {i.args.split("=")[0] for st in stages() for i in st.all("ARG")}
+    strings = list(walk_strings(raw_compose()))
+    build_vars = {v for path, text in strings if "build.args." in path for v in variables(text)}
+    assert build_vars <= dockerfile_args, build_vars - dockerfile_args
+    used = {v for path, text in strings if "build.args." not in path for v in variables(text)}
     assert used - known <= NOT_THE_PROJECTS, f"invented: {used - known - NOT_THE_PROJECTS}"
     for path, text in walk_strings(raw_compose()):
         if "RABBITMQ_DEFAULT_PASS" in variables(text):
@@ -615,6 +630,11 @@ def test_dockerfile_installs_the_wheel_built_in_a_build_stage() -> None:
     assert out and wheel_copies[0].args.split()[1].rstrip("/") == out.group(1).rstrip("/")
     installs = [r.args for r in final.all("RUN") if "pip install" in r.args]
     assert any(".whl" in r for r in installs), installs
+    # The extras installed with it: a build arg whose default names extras the wheel has.
+    (extras_arg,) = [a for a in final.all("ARG") if a.args.startswith("TASKGATE_EXTRAS=")]
+    default = extras_arg.args.split("=", 1)[1].split(",")
+    assert set(default) <= set(PYPROJECT["project"]["optional-dependencies"]), default
+    assert any("[${TASKGATE_EXTRAS}]" in r for r in installs), installs
     # No source tree in the runtime stage: it copies only from other stages.
     assert all("--from=" in c.args for c in final.all("COPY"))
 
