@@ -2,12 +2,13 @@
 
 The socket joins the user's room (every ``task`` event of the user's tasks reaches it) and on
 each reconnect sends ``watch`` with the last ``seq`` applied, so whatever changed while it was
-away comes back as the current snapshot. Until the first connect has been tried, nothing is
-read over HTTP, so that when the socket works every snapshot comes from it, in order. When
-the socket cannot connect, or stays quiet for ``quiet`` seconds, the task's HTTP record (the
-truth) is read instead. Whatever the source, a snapshot is yielded only when its ``seq`` is
-above the last one yielded, so none comes twice or out of order, and following ends after the
-terminal one.
+away comes back as the current snapshot; a record read while the socket is down cuts the
+reconnect's backoff short (the gateway answers again, and polls skip updates). Until the first
+connect has been tried, nothing is read over HTTP, so that when the socket works every snapshot
+comes from it, in order. When the socket cannot connect, or stays quiet for ``quiet`` seconds,
+the task's HTTP record (the truth) is read instead. Whatever the source, a snapshot is yielded
+only when its ``seq`` is above the last one yielded, so none comes twice or out of order, and
+following ends after the terminal one.
 
 Submitting through the follower's own socket (``submit``) subscribes before the task is
 published, as the contract promises, so even the first update (``seq`` 1) is seen. What no
@@ -92,6 +93,9 @@ class Follower:
         self.sio.on("task", self._on_task)
         self._down = asyncio.Event()
         self._down.set()
+        # Set when the record was read while the socket was down: the gateway answers again,
+        # so the keeper's backoff pause ends and it connects now (polls skip updates).
+        self._answering = asyncio.Event()
         self._keeper: asyncio.Future[None] | None = None
 
     # -- Socket.IO ---------------------------------------------------------------------------
@@ -114,6 +118,8 @@ class Follower:
     async def _keep_connected(self) -> None:
         """Connect, and connect again whenever the connection drops, with capped backoff."""
         delay = RECONNECT_MIN_S
+        # Whether a record read may cut the pause short, and whether this try came of one.
+        wake, woken = True, False
         while True:
             await self._down.wait()
             try:
@@ -125,10 +131,20 @@ class Follower:
                 )
             except (socketio.exceptions.SocketIOError, OSError):
                 self.queue.put_nowait(CONNECT_FAILED)
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                # HTTP answers but the socket does not (a proxy passing only /api/, say):
+                # the backoff alone, until a connect succeeds.
+                wake = wake and not woken
+                pause = delay * random.uniform(0.5, 1.0)
+                self._answering.clear()
+                if wake:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._answering.wait(), pause)
+                    woken = self._answering.is_set()
+                else:
+                    await asyncio.sleep(pause)
                 delay = min(RECONNECT_MAX_S, delay * 2)
                 continue
-            delay = RECONNECT_MIN_S
+            delay, wake, woken = RECONNECT_MIN_S, True, False
             # Then wait for the drop (the disconnect handler sets ``_down``) to connect again.
             if self.sio.connected:
                 self._down.clear()
@@ -248,6 +264,8 @@ class Follower:
                 record = await self._record()
                 if record is None:
                     continue
+                if not self.sio.connected:
+                    self._answering.set()  # the gateway is back: reconnect without waiting
                 item = record
             if self._fresh(item):
                 yield item
