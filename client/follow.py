@@ -94,8 +94,11 @@ class Follower:
         self._down = asyncio.Event()
         self._down.set()
         # Set when the record was read while the socket was down: the gateway answers again,
-        # so the keeper's backoff pause ends and it connects now (polls skip updates).
+        # so the keeper's backoff pause ends and it connects now (polls skip updates). Not
+        # after such a connect failed too (HTTP answers, the socket does not: a proxy passing
+        # only /api/, a gateway draining), until a connect succeeds or a read fails.
         self._answering = asyncio.Event()
+        self._wake = True
         self._keeper: asyncio.Future[None] | None = None
 
     # -- Socket.IO ---------------------------------------------------------------------------
@@ -118,8 +121,7 @@ class Follower:
     async def _keep_connected(self) -> None:
         """Connect, and connect again whenever the connection drops, with capped backoff."""
         delay = RECONNECT_MIN_S
-        # Whether a record read may cut the pause short, and whether this try came of one.
-        wake, woken = True, False
+        woken = False  # this try came of a record read
         while True:
             await self._down.wait()
             try:
@@ -131,20 +133,15 @@ class Follower:
                 )
             except (socketio.exceptions.SocketIOError, OSError):
                 self.queue.put_nowait(CONNECT_FAILED)
-                # HTTP answers but the socket does not (a proxy passing only /api/, say):
-                # the backoff alone, until a connect succeeds.
-                wake = wake and not woken
-                pause = delay * random.uniform(0.5, 1.0)
+                if woken:
+                    self._wake = False
                 self._answering.clear()
-                if wake:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._answering.wait(), pause)
-                    woken = self._answering.is_set()
-                else:
-                    await asyncio.sleep(pause)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._answering.wait(), delay * random.uniform(0.5, 1.0))
+                woken = self._answering.is_set()
                 delay = min(RECONNECT_MAX_S, delay * 2)
                 continue
-            delay, wake, woken = RECONNECT_MIN_S, True, False
+            delay, woken, self._wake = RECONNECT_MIN_S, False, True
             # Then wait for the drop (the disconnect handler sets ``_down``) to connect again.
             if self.sio.connected:
                 self._down.clear()
@@ -263,8 +260,9 @@ class Follower:
             if isinstance(item, _Marker):
                 record = await self._record()
                 if record is None:
+                    self._wake = True  # the gateway is away: its next answer is news
                     continue
-                if not self.sio.connected:
+                if not self.sio.connected and self._wake:
                     self._answering.set()  # the gateway is back: reconnect without waiting
                 item = record
             if self._fresh(item):
