@@ -264,12 +264,7 @@ def test_images_are_pinned_and_the_taskgate_image_is_this_version() -> None:
             build = service["build"]
             assert build["context"] == "." and build["target"] in stages, build
             # Build args reach a Dockerfile ARG; the extras named are the wheel's own.
-            declared = {
-                i.args.split("=")[0]
-                for st in parse_dockerfile(DOCKERFILE.read_text())
-                for i in st.all("ARG")
-            }
-            assert set(build.get("args", {})) <= declared, (build, declared)
+            assert set(build.get("args", {})) <= dockerfile_args(), build
             if "TASKGATE_EXTRAS" in build.get("args", {}):
                 extras = build["args"]["TASKGATE_EXTRAS"].split(",")
                 assert set(extras) <= set(PYPROJECT["project"]["optional-dependencies"]), extras
@@ -392,10 +387,9 @@ def test_every_variable_is_one_the_project_reads() -> None:
         else:
             assert not env_keys, f"{name}: {env_keys}"
     # Build args are the image's (Dockerfile ARGs), not variables the running project reads.
-    dockerfile_args = {i.args.split("=")[0] for st in stages() for i in st.all("ARG")}
     strings = list(walk_strings(raw_compose()))
     build_vars = {v for path, text in strings if "build.args." in path for v in variables(text)}
-    assert build_vars <= dockerfile_args, build_vars - dockerfile_args
+    assert build_vars <= dockerfile_args(), build_vars - dockerfile_args()
     used = {v for path, text in strings if "build.args." not in path for v in variables(text)}
     assert used - known <= NOT_THE_PROJECTS, f"invented: {used - known - NOT_THE_PROJECTS}"
     for path, text in walk_strings(raw_compose()):
@@ -553,6 +547,11 @@ def test_nginx_parser_rejects_broken_config() -> None:
 @cache
 def stages() -> list[Stage]:
     return parse_dockerfile(DOCKERFILE.read_text())
+
+
+def dockerfile_args() -> set[str]:
+    """The names of the Dockerfile's build args (``ARG NAME[=default]``), every stage's."""
+    return {i.args.split("=")[0] for st in stages() for i in st.all("ARG")}
 
 
 def test_dockerfile_is_multi_stage_with_pinned_images() -> None:

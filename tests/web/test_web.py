@@ -313,11 +313,12 @@ def test_page_has_no_serious_accessibility_violations(
 
 
 def test_page_builds_forms_from_task_types(web_gateway: GatewayProcess) -> None:
-    """A form per task type of GET /api/task-types (demo.report, demo.add with no page code);
+    """A form per task type of GET /api/task-types (demo.report, demo.add, demo.ray_primes with
+    no page code);
     demo.report's list, nested group, enum and boolean; queue choice; bad values named at the
     field client-side (nothing sent) and from the server's 422 (input.options.format)."""
     result = run_scenario("schema-forms", web_gateway, make_token(user()))
-    assert {"demo.report", "demo.add"} <= set(result["forms"])
+    assert {"demo.report", "demo.add", "demo.ray_primes"} <= set(result["forms"])
     assert result["client"] == {"rows": "at least 1", "column": "required"}
 
 

@@ -661,7 +661,7 @@ const scenarios = {
     const names = types.map((t) => t.name).sort();
     const forms = await page.locator(".task-form").evaluateAll((fs) => fs.map((f) => f.dataset.task));
     check(JSON.stringify(forms) === JSON.stringify(names), `forms ${forms} for task types ${names}`);
-    for (const needed of ["demo.report", "demo.add"]) check(forms.includes(needed), `no form for ${needed}`);
+    for (const needed of ["demo.report", "demo.add", "demo.ray_primes"]) check(forms.includes(needed), `no form for ${needed}`);
     // A queue choice where the type allows more than one queue.
     for (const t of types) {
       const select = page.locator(`form[data-task="${t.name}"] select[name="queue"]`);
