@@ -26,6 +26,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.auth import issue_token
 from gateway.cli.embedded import find_redis_server, free_port, stop_group, wait_for_port
+from gateway.live.ledger import TaskEvents
 from shared.settings import Secret, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -249,6 +250,35 @@ class SocketClient:
 
     async def close(self) -> None:
         await self.sio.disconnect()
+
+
+class CatchUps:
+    """The sockets a gateway has run a catch-up for (``TaskEvents.catch_up``), watched on the
+    gateway's own ledger. The connect-time catch-up runs in the background after the handshake
+    (``gateway.sockets.handlers``): its read can end after a short task did, and the ledger then
+    rightly counts the task's snapshot dropped. A test that counts drops waits for it first."""
+
+    def __init__(self, events: TaskEvents) -> None:
+        self.done: set[str] = set()
+        self._changed = asyncio.Event()
+        real = events.catch_up
+
+        async def observed(sid: str, *args: Any, **kwargs: Any) -> int:
+            try:
+                return await real(sid, *args, **kwargs)
+            finally:
+                self.done.add(sid)
+                self._changed.set()
+
+        events.catch_up = observed  # type: ignore[method-assign]
+
+    async def wait(self, client: SocketClient, timeout: float = 10.0) -> None:
+        """Until ``client``'s connect-time catch-up has run."""
+        sid = client.sio.get_sid()
+        async with asyncio.timeout(timeout):
+            while sid not in self.done:
+                self._changed.clear()
+                await self._changed.wait()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, step: float = 0.05) -> None:
