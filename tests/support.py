@@ -281,6 +281,17 @@ class CatchUps:
                 await self._changed.wait()
 
 
+def dead_pids(count: int) -> list[int]:
+    """Pids of processes that ran and ended (reaped): pids nothing runs as."""
+    pids: list[int] = []
+    while len(pids) < count:
+        proc = subprocess.Popen(["true"])
+        proc.wait()
+        if proc.pid not in pids:
+            pids.append(proc.pid)
+    return pids
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, step: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -12,6 +12,8 @@ CPUs (default: this machine's).
 
 The folder is ``$TMPDIR/taskgate-ray-<uid>/<worker pid>``, Ray's files in its ``ray`` (or in
 ``/tmp/taskgate-ray-<uid>-<worker pid>`` when that path is too long for Ray's Unix sockets).
+Ray's logs stay there after the worker stops (to look at after a crash); a worker starting its
+head removes the folders of workers gone, all but the newest ``KEEP_GONE``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ CPUS_ENV = "TASKGATE_RAY_LOCAL_CPUS"
 START_TIMEOUT_S = 60.0
 # How long a head has to stop its processes after SIGTERM before its group is killed.
 STOP_GRACE_S = 15.0
+# The folders of workers gone kept (Ray's logs of the last runs), the newest first.
+KEEP_GONE = 3
 
 
 def _owner_pid() -> int:
@@ -66,6 +70,39 @@ def alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _gone(entry: Path) -> bool:
+    """Whether ``entry`` is the folder of a worker gone whose head's supervisor is gone too
+    (a supervisor still stopping its head keeps its folder)."""
+    if not entry.name.isdigit() or not entry.is_dir() or alive(int(entry.name)):
+        return False
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        if alive(int(json.loads((entry / "head.json").read_text())["pid"])):
+            return False
+    return True
+
+
+def prune(root: Path, keep: int = KEEP_GONE) -> list[Path]:
+    """Remove the folders under ``root`` of workers gone (``_gone``), all but the newest
+    ``keep``, with the short Ray directory in ``/tmp`` each may have had (``ray_dir``); returns
+    the folders removed. Errors are skipped: this never stops a head from starting."""
+    try:
+        gone = [entry for entry in root.iterdir() if _gone(entry)]
+    except OSError:
+        return []
+
+    def changed(entry: Path) -> float:
+        try:
+            return entry.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    gone.sort(key=changed, reverse=True)
+    for entry in gone[keep:]:
+        shutil.rmtree(entry, ignore_errors=True)
+        shutil.rmtree(short_ray_dir(int(entry.name)), ignore_errors=True)
+    return gone[keep:]
 
 
 def listening(port: int) -> bool:
@@ -157,6 +194,7 @@ def shared_address() -> str:
             known = json.loads(state.read_text())
             if alive(known["pid"]) and listening(known["port"]):
                 return f"127.0.0.1:{known['port']}"
+        prune(where.parent)
         port = free_port()
         cpus = os.environ.get(CPUS_ENV, "").strip() or str(os.cpu_count() or 1)
         log = open(where / "supervisor.log", "ab")  # noqa: SIM115
@@ -183,10 +221,14 @@ RAY_DIR_MAX = 44
 
 def ray_dir(where: Path, owner: int) -> Path:
     """Ray's temporary directory for the head of ``owner``: ``where/ray``, or if that is too
-    long for Ray's sockets (a deep ``$TMPDIR``), ``/tmp/taskgate-ray-<uid>-<owner>``."""
+    long for Ray's sockets (a deep ``$TMPDIR``), ``short_ray_dir(owner)``."""
     wanted = where / "ray"
     if len(str(wanted)) <= RAY_DIR_MAX:
         return wanted
+    return short_ray_dir(owner)
+
+
+def short_ray_dir(owner: int) -> Path:
     return Path("/tmp") / f"taskgate-ray-{os.getuid()}-{owner}"
 
 

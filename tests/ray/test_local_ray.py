@@ -22,9 +22,16 @@ pytest.importorskip("ray", reason="the ray extra is not installed (pip install '
 
 from shared.settings import Settings
 from tests.ray.conftest import LOOPBACK, RAY_TASKS, head_processes, processes_under, runs_as
-from tests.support import ROOT, CeleryWorker, RedisServer, base_env, wait_until
+from tests.support import ROOT, CeleryWorker, RedisServer, base_env, dead_pids, wait_until
 from worker.celery_app import make_celery
-from worker.ray_local import START_TIMEOUT_S, alive, folder, free_port, listening, wait_listening
+from worker.ray_local import (
+    KEEP_GONE,
+    START_TIMEOUT_S,
+    alive,
+    free_port,
+    listening,
+    wait_listening,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -57,11 +64,21 @@ def assert_head_gone(temp_dir: Path, port: int, pids: dict[str, int], timeout: f
 def test_two_pool_processes_share_one_local_ray_that_stops_with_the_worker(
     redis_server: RedisServer, log_dir: Path, tmp_path: Path
 ) -> None:
+    # The worker's own $TMPDIR (short: Ray's sockets live under it), holding the folders of
+    # workers gone before it, the oldest first: starting its head removes all but the newest.
+    tmp = Path(tempfile.mkdtemp(prefix="tgr-", dir="/tmp"))
+    root = tmp / f"taskgate-ray-{os.getuid()}"
+    root.mkdir()
+    earlier = [root / str(pid) for pid in dead_pids(KEEP_GONE + 1)]
+    for age, path in enumerate(reversed(earlier)):
+        (path / "ray").mkdir(parents=True)
+        os.utime(path, (time.time() - 100 - age, time.time() - 100 - age))
     env = base_env(
         redis_server.url,
         f"tg-rlocal-{uuid.uuid4().hex[:8]}:",
         TASKGATE_TASK_MODULES=RAY_TASKS,
         TASKGATE_RAY_LOCAL_CPUS="2",
+        TMPDIR=str(tmp),
         **LOOPBACK,
     )
     worker = CeleryWorker(env, log_dir, queues="fast", concurrency=2).start()
@@ -77,11 +94,13 @@ def test_two_pool_processes_share_one_local_ray_that_stops_with_the_worker(
         assert seen[0]["gcs"].startswith("127.0.0.1:"), seen
         assert worker.proc is not None
         worker_pid = worker.proc.pid
-        head = json.loads((folder(worker_pid) / "head.json").read_text())
+        head = json.loads((root / str(worker_pid) / "head.json").read_text())
         assert alive(head["pid"])
         assert f"127.0.0.1:{head['port']}" == seen[0]["gcs"], (head, seen)
-        temp_dir = folder(worker_pid) / "ray"
+        temp_dir = root / str(worker_pid) / "ray"
         pids = running_head(temp_dir)
+        # The earlier workers' folders: the oldest removed, the newest KEEP_GONE kept.
+        assert [p.exists() for p in earlier] == [False] + [True] * KEEP_GONE
     finally:
         worker.stop()
     # The local Ray's supervisor stops the head once the worker's main process is gone, then
@@ -91,7 +110,7 @@ def test_two_pool_processes_share_one_local_ray_that_stops_with_the_worker(
         time.sleep(0.2)
     assert not alive(head["pid"]), "the local Ray's supervisor outlived its worker"
     assert_head_gone(temp_dir, head["port"], pids, timeout=10)
-    shutil.rmtree(folder(worker_pid), ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_the_supervisor_asked_to_stop_stops_its_head_and_exits_0(tmp_path: Path) -> None:
