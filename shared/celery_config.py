@@ -14,6 +14,7 @@ and kombu's ``Queue`` objects are built only when a configuration is.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from shared.sentinel import is_sentinel_url, parse_sentinel_url
@@ -105,6 +106,21 @@ def task_queue(name: str) -> Queue:
     )
 
 
+def task_routes(
+    settings: Settings, own: Mapping[str, str] | None = None
+) -> list[dict[str, dict[str, str]]]:
+    """Celery's ``task_routes``: the deployment's ``TASKGATE_ROUTES`` first (first match wins,
+    as the gateway applies them), then ``own``, each task's own queue by its exact name. That
+    part was the ``queue`` task attribute's, which Celery deprecates for 6.0 and which beat a
+    route: ``.apply_async()`` on a worker's task object ignored ``TASKGATE_ROUTES``."""
+    routes: list[dict[str, dict[str, str]]] = [
+        {pattern: {"queue": queue}} for pattern, queue in settings.routes
+    ]
+    if own:
+        routes.append({name: {"queue": queue} for name, queue in own.items()})
+    return routes
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery's configuration mapping for ``settings`` (for ``app.conf.update``)."""
     return {
@@ -131,7 +147,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": settings.soft_time_limit,
         "task_time_limit": settings.time_limit,
         "task_queues": [task_queue(name) for name in settings.queues],
-        "task_routes": [{pattern: {"queue": queue}} for pattern, queue in settings.routes],
+        "task_routes": task_routes(settings),
         "task_default_queue": DEFAULT_QUEUE,
         "task_queue_max_priority": MAX_PRIORITY,
         "task_default_priority": 0,

@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 
 from shared import logs, tracing
 from shared.beat import BeatEntry, unknown_names
-from shared.celery_config import celery_config
+from shared.celery_config import DEFAULT_QUEUE, celery_config, task_routes
 from shared.errors import ConfigError
 from shared.headers import TRACE_HEADER
 from shared.records import SyncRecords
@@ -40,12 +40,12 @@ from shared.registry import UNREGISTERED, all_tasks, check_time_limits, load_tas
 from shared.settings import Settings
 from shared.status import TaskStatus
 from worker.adopt import adopt, header, owner_of
-from worker.maintenance import register_maintenance
+from worker.maintenance import SWEEP_TASK, register_maintenance
 from worker.metrics import metrics
 from worker.metrics import serve as serve_metrics
 from worker.runner import finish, hard_time_limit_error, register_celery_task
 from worker.store import RecordsPerProcess
-from worker.webhooks import register_webhooks
+from worker.webhooks import WEBHOOK_QUEUE, WEBHOOK_TASK, register_webhooks
 from worker.workflow import settle_revoked
 
 log = logging.getLogger("taskgate.worker")
@@ -66,6 +66,10 @@ def make_celery(settings: Settings) -> Celery:
         register_celery_task(app, spec, records)
     register_maintenance(app, records)
     register_webhooks(app, records, settings)
+    own = {spec.name: spec.queue for spec in all_tasks().values()}
+    app.conf.task_routes = task_routes(
+        settings, {**own, SWEEP_TASK: DEFAULT_QUEUE, WEBHOOK_TASK: WEBHOOK_QUEUE}
+    )
     unknown = unknown_names(settings.beat_schedule, set(app.tasks))
     if unknown:
         raise ConfigError(f"TASKGATE_BEAT_SCHEDULE: no task named {unknown[0]!r} is registered")

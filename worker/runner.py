@@ -149,8 +149,7 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
 
     @app.task(  # type: ignore[untyped-decorator]
         name=spec.name,
-        bind=True,
-        queue=spec.queue,
+        bind=True,  # its queue: a route (worker.celery_app, shared.celery_config.task_routes)
         # Messages sent with Celery's own API carry no timelimit: the task's own apply. The
         # gateway's carry no soft limit for a task with only a hard one: this one applies.
         soft_time_limit=spec.soft_limit_under(settings.soft_time_limit),

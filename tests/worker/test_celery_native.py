@@ -12,13 +12,18 @@ import json
 import subprocess
 import sys
 import uuid
+import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import redis
 from aiohttp.test_utils import TestServer
 
-from tests.support import ROOT, SocketClient, auth
+from shared.registry import get_task
+from shared.settings import Settings
+from tests.support import ROOT, RedisServer, SocketClient, auth, base_env
+from worker.celery_app import make_celery
 
 Connect = Callable[[str], Awaitable[SocketClient]]
 
@@ -118,3 +123,42 @@ async def test_an_unregistered_name_ends_failed_unknown_task_not_silent_success(
     assert final["error"]["type"] == "UnknownTask"
     assert "reports.nope" in final["error"]["message"]
     assert final["task"] == "reports.nope"
+
+
+def test_celery_s_own_sends_go_to_the_task_s_queue_and_follow_taskgate_routes(
+    redis_server: RedisServer,
+) -> None:
+    """Celery's router on the worker's app, publishing to a real Redis broker that no worker
+    reads: a task object's ``.apply_async()`` and a bare ``send_task`` land where the gateway
+    would send them, ``TASKGATE_ROUTES`` first, then the task's own queue; and building the app
+    warns of no deprecated task attribute (Celery 6 drops ``queue=`` on tasks)."""
+    extra = {"TASKGATE_QUEUES": "fast,heavy,reports", "TASKGATE_ROUTES": "demo.count=reports"}
+    env = base_env(redis_server.url, f"tg-route-{uuid.uuid4().hex[:8]}:", **extra)
+    settings = Settings.from_env(env)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        app = make_celery(settings)
+    assert not [w for w in caught if "task attribute" in str(w.message)], caught
+    store = redis.Redis.from_url(redis_server.url)
+
+    def depth(queue: str) -> int:
+        return sum(int(store.llen(key)) for key in settings.keys.broker_queues(queue))
+
+    try:
+        app.tasks["demo.count"].apply_async(kwargs={"steps": 1})  # routed
+        app.tasks["demo.add"].apply_async(kwargs={"value": 1})  # its own: fast
+        app.send_task("demo.primes", kwargs={"limit": 10})  # by name, its own: heavy
+        app.send_task("demo.add", kwargs={"value": 1}, queue="heavy")  # named: as asked
+        assert {q: depth(q) for q in ("fast", "heavy", "reports")} == {
+            "fast": 1,
+            "heavy": 2,
+            "reports": 1,
+        }
+        # The gateway's choice for the same names agrees.
+        assert get_task("demo.count").default_queue(settings.routes) == "reports"
+        assert get_task("demo.primes").default_queue(settings.routes) == "heavy"
+    finally:
+        for queue in ("fast", "heavy", "reports"):
+            store.delete(*settings.keys.broker_queues(queue))
+        store.close()
+        app.close()
