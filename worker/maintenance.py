@@ -58,6 +58,6 @@ def sweep(records: SyncRecords, max_keys: int = 100_000) -> dict[str, int]:
 def register_maintenance(app: Celery, records: RecordsPerProcess) -> None:
     """Bind the maintenance tasks; ``records`` is the worker's per-process records holder."""
 
-    @app.task(name=SWEEP_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
+    @app.task(name=SWEEP_TASK, shared=False, ignore_result=True)  # type: ignore[untyped-decorator]
     def sweep_task() -> dict[str, int]:
         return sweep(records.get())

@@ -149,6 +149,7 @@ def register_celery_task(app: Celery, spec: TaskSpec, records: RecordsPerProcess
 
     @app.task(  # type: ignore[untyped-decorator]
         name=spec.name,
+        shared=False,  # this app's alone (its closure holds this app's records)
         bind=True,  # its queue: a route (worker.celery_app, shared.celery_config.task_routes)
         # Messages sent with Celery's own API carry no timelimit: the task's own apply. The
         # gateway's carry no soft limit for a task with only a hard one: this one applies.

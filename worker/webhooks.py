@@ -70,7 +70,7 @@ def register_webhooks(app: Celery, records: RecordsPerProcess, settings: Setting
             instance.app.amqp.queues.select_add(webhook_queue())
 
     @app.task(  # type: ignore[untyped-decorator]
-        name=WEBHOOK_TASK, bind=True, ignore_result=True, max_retries=None
+        name=WEBHOOK_TASK, shared=False, bind=True, ignore_result=True, max_retries=None
     )
     def deliver(self: Task, task_id: str) -> str:
         outcome, delay = Delivery(records.get(), settings).attempt(task_id)

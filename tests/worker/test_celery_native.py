@@ -162,3 +162,25 @@ def test_celery_s_own_sends_go_to_the_task_s_queue_and_follow_taskgate_routes(
             store.delete(*settings.keys.broker_queues(queue))
         store.close()
         app.close()
+
+
+def test_two_apps_in_one_process_each_run_their_own_tasks(redis_server: RedisServer) -> None:
+    """``make_celery`` twice in one process (a test suite, a producer with two settings): each
+    app's tasks are its own, bound to its settings, not the first app's closures that Celery's
+    shared tasks would hand every later app (with a DuplicateTaskNameWarning)."""
+    apps = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            env = base_env(redis_server.url, f"tg-apps-{uuid.uuid4().hex[:8]}:")
+            apps.append(make_celery(Settings.from_env(env)))
+        first, second = (app.tasks for app in apps)
+    try:
+        assert not [w for w in caught if "already registered" in str(w.message)], caught
+        for name in ("demo.count", "taskgate.sweep", "taskgate.webhook"):
+            assert first[name] is not second[name], name
+            assert first[name]._decorated_fun is not second[name]._decorated_fun, name
+            assert second[name].app is apps[1], name
+    finally:
+        for app in apps:
+            app.close()
