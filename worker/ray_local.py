@@ -85,7 +85,7 @@ def _gone(entry: Path) -> bool:
 
 def prune(root: Path, keep: int = KEEP_GONE) -> list[Path]:
     """Remove the folders under ``root`` of workers gone (``_gone``), all but the newest
-    ``keep``, with the short Ray directory in ``/tmp`` each may have had (``ray_dir``); returns
+    ``keep``, with the short Ray directory each may have had (``short_ray_dir``); returns
     the folders removed. Errors are skipped: this never stops a head from starting."""
     try:
         gone = [entry for entry in root.iterdir() if _gone(entry)]
@@ -229,6 +229,7 @@ def ray_dir(where: Path, owner: int) -> Path:
 
 
 def short_ray_dir(owner: int) -> Path:
+    """Ray's temporary directory for the head of ``owner`` when ``where/ray`` is too long."""
     return Path("/tmp") / f"taskgate-ray-{os.getuid()}-{owner}"
 
 

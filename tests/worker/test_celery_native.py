@@ -24,6 +24,8 @@ from shared.registry import get_task
 from shared.settings import Settings
 from tests.support import ROOT, RedisServer, SocketClient, auth, base_env
 from worker.celery_app import make_celery
+from worker.maintenance import SWEEP_TASK
+from worker.webhooks import WEBHOOK_TASK
 
 Connect = Callable[[str], Awaitable[SocketClient]]
 
@@ -164,7 +166,7 @@ def test_celery_s_own_sends_go_to_the_task_s_queue_and_follow_taskgate_routes(
         app.close()
 
 
-def test_two_apps_in_one_process_each_run_their_own_tasks(redis_server: RedisServer) -> None:
+def test_two_apps_in_one_process_each_have_their_own_tasks(redis_server: RedisServer) -> None:
     """``make_celery`` twice in one process (a test suite, a producer with two settings): each
     app's tasks are its own, bound to its settings, not the first app's closures that Celery's
     shared tasks would hand every later app (with a DuplicateTaskNameWarning)."""
@@ -177,7 +179,7 @@ def test_two_apps_in_one_process_each_run_their_own_tasks(redis_server: RedisSer
         first, second = (app.tasks for app in apps)
     try:
         assert not [w for w in caught if "already registered" in str(w.message)], caught
-        for name in ("demo.count", "taskgate.sweep", "taskgate.webhook"):
+        for name in ("demo.count", SWEEP_TASK, WEBHOOK_TASK):
             assert first[name] is not second[name], name
             assert first[name]._decorated_fun is not second[name]._decorated_fun, name
             assert second[name].app is apps[1], name
